@@ -1,0 +1,146 @@
+"""Parallel candidate generation for the optimal-inversion-step search (OIR steps 2-3).
+
+DESIGN.md §4.2-4.3: candidate ``c_{k,t}`` is the inverted latent ``x_t`` denoised to level 0 with
+the guided prompt ``G_k`` of pair ``k`` (negative: the original prompt, CFG). Serially that costs
+``T(T+1)/2`` model steps per pair; in lockstep all pairs and all active candidates at the same
+sigma share one model call, so an exhaustive search over ``T`` steps takes ``T`` calls (before
+chunking) with exactly the same work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import OIRInputError
+from .host import Host, Stage
+from .inversion import InversionTrajectory
+from .sampling import CallStats, LevelCallback, descending_walk, lockstep_denoise, lockstep_rows
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """Clean candidate latents of every (pair, step) searched.
+
+    Attributes:
+        pair_ids: ``N`` pair index of each candidate.
+        steps: ``N`` inversion step ``t`` each candidate started from.
+        latents: ``[N, *latent_shape]`` clean candidate latents in model space.
+        stats: exact model use (``rows`` per CFG branch, ``levels`` = sequential model calls before
+            chunking, ``calls`` after chunking).
+        stride: the sub-schedule stride the candidates were denoised with (1 = full schedule).
+    """
+
+    pair_ids: list[int]
+    steps: list[int]
+    latents: Tensor
+    stats: CallStats = field(default_factory=CallStats)
+    stride: int = 1
+
+    @property
+    def pair_count(self) -> int:
+        return max(self.pair_ids, default=-1) + 1
+
+    def for_pair(self, pair: int) -> tuple[list[int], Tensor]:
+        """``(steps, [n, *latent_shape] latents)`` of one pair, ordered by step."""
+        rows = sorted(
+            (step, index) for index, (p, step) in enumerate(zip(self.pair_ids, self.steps)) if p == pair
+        )
+        index = torch.tensor([i for _, i in rows], dtype=torch.long, device=self.latents.device)
+        return [s for s, _ in rows], self.latents.index_select(0, index)
+
+
+def exhaustive_steps(steps: int) -> list[int]:
+    """Every inversion step ``1..T`` (the paper's search set)."""
+    return list(range(1, steps + 1))
+
+
+def validate_start_steps(starts: Sequence[Sequence[int]], steps: int, stride: int = 1) -> list[list[int]]:
+    """Check per-pair start steps: integers in ``1..T``, unique, multiples of ``stride``."""
+    if not starts:
+        raise OIRInputError("edit_pairs", [], "no edit pairs to search", "connect at least one OIR Edit Pair")
+    checked: list[list[int]] = []
+    for pair, pair_steps in enumerate(starts):
+        values = [int(s) for s in pair_steps]
+        if not values:
+            raise OIRInputError(
+                "search_steps", f"pair {pair}: []", "no steps to search", "give at least one step in 1..T"
+            )
+        bad = [s for s in values if not 1 <= s <= steps]
+        if bad:
+            raise OIRInputError(
+                "search_steps", f"pair {pair}: {bad}", f"steps must lie in 1..{steps}", "drop those steps"
+            )
+        if len(set(values)) != len(values):
+            raise OIRInputError(
+                "search_steps", f"pair {pair}: {values}", "repeated steps", "list each step once"
+            )
+        misaligned = [s for s in values if s % stride]
+        if misaligned:
+            raise OIRInputError(
+                "search_steps",
+                f"pair {pair}: {misaligned}",
+                f"steps must be multiples of the sub-schedule stride {stride}",
+                "use stride 1 or aligned steps",
+            )
+        checked.append(sorted(values))
+    return checked
+
+
+def generate_candidates(
+    host: Host,
+    trajectory: InversionTrajectory,
+    starts: Sequence[Sequence[int]],
+    stride: int = 1,
+    max_batch: int | None = None,
+    on_level: LevelCallback | None = None,
+) -> CandidateSet:
+    """Denoise every candidate ``c_{k,t}`` to level 0 in lockstep (OIR steps 2-3).
+
+    Args:
+        trajectory: the shared inversion (``T`` steps).
+        starts: per pair ``k``, the inversion steps ``t`` to try (``1..T``).
+        stride: sub-schedule stride; 1 (default) is the paper's full ``t``-step denoise.
+        max_batch: rows per model call (``None``: the host's limit).
+        on_level: progress callback after each level; may abort.
+
+    Returns:
+        A :class:`CandidateSet` ordered pair-major, then by step. For an exhaustive search of ``K``
+        pairs, ``stats.rows == K * T * (T + 1) / 2`` and ``stats.levels == T``.
+    """
+    checked = validate_start_steps(starts, trajectory.steps, stride)
+    pair_ids = [pair for pair, pair_steps in enumerate(checked) for _ in pair_steps]
+    steps = [step for pair_steps in checked for step in pair_steps]
+    latents = trajectory.latents
+    index = torch.tensor(steps, dtype=torch.long, device=latents.device)
+    initial = latents.index_select(0, index)
+    cond_ids = torch.tensor(pair_ids, dtype=torch.long, device=latents.device)
+    level_sigmas = trajectory.level_sigmas.to(latents.device)
+    stats = CallStats()
+    stage = Stage(
+        role="guided",
+        sigmas=descending_walk(trajectory.level_sigmas, max(steps), 0, stride),
+        rows=lockstep_rows(steps, 0),
+        latent_shape=trajectory.latent_shape,
+        label="search",
+    )
+
+    def body(denoiser, host_max_batch):  # type: ignore[no-untyped-def]
+        return lockstep_denoise(
+            denoiser,
+            level_sigmas,
+            initial,
+            steps,
+            end_level=0,
+            cond_ids=cond_ids,
+            stride=stride,
+            max_batch=max_batch or host_max_batch,
+            stats=stats,
+            on_level=on_level,
+        )
+
+    clean = host.run(stage, body)
+    return CandidateSet(pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, stride=stride)

@@ -1,0 +1,134 @@
+"""Mask utilities: any ComfyUI MASK at any resolution to the image, latent or patch grid.
+
+DESIGN.md §4.6: a MASK is ``[B,H,W]`` or ``[H,W]`` with values in 0..1, at any size (ComfyUI's
+LoadImage gives a 64x64 zero mask for images without alpha). Masks are resized explicitly and
+binarised at 0.5, like the official code (nearest resize, no dilation, no blur).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import OIRInputError
+
+OverlapRule = Literal["later_wins", "error"]
+OVERLAP_RULES: tuple[str, ...] = ("later_wins", "error")
+
+ASPECT_TOLERANCE = 0.02
+"""Relative aspect-ratio difference accepted between a mask and the image it belongs to: masks
+painted on the same image but saved at another resolution are fine, a mask of another image is not."""
+
+
+def as_single_mask(mask: Tensor, name: str = "mask") -> Tensor:
+    """``[H, W]`` float mask from a ``[H,W]``, ``[1,H,W]`` or ``[1,1,H,W]`` tensor.
+
+    Raises:
+        OIRInputError: for a batch of several masks, a wrong rank, or NaN/inf values.
+    """
+    mask = torch.as_tensor(mask)
+    while mask.ndim > 2 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim != 2:
+        raise OIRInputError(
+            name,
+            f"tensor of shape {tuple(mask.shape)}",
+            "expected one mask [H,W] (a MASK batch of one)",
+            "give one mask per edit pair; split batches with a mask-from-batch node",
+        )
+    mask = mask.float()
+    if not torch.isfinite(mask).all():
+        raise OIRInputError(name, "mask with NaN/inf", "mask values must be finite", "regenerate the mask")
+    return mask.clamp(0.0, 1.0)
+
+
+def check_mask_aspect(mask: Tensor, image_hw: tuple[int, int], name: str = "mask") -> None:
+    """Refuse a ``[H, W]`` mask whose aspect ratio differs from the image's (a mask of another image)."""
+    mask_h, mask_w = mask.shape[-2:]
+    image_h, image_w = image_hw
+    mask_ratio = mask_w / mask_h
+    image_ratio = image_w / image_h
+    if abs(mask_ratio / image_ratio - 1.0) > ASPECT_TOLERANCE:
+        raise OIRInputError(
+            name,
+            f"{mask_w}x{mask_h} mask",
+            f"its aspect ratio differs from the {image_w}x{image_h} image",
+            "paint or resize the mask on the same image (LoadImage without an alpha channel "
+            "gives an empty 64x64 mask)",
+        )
+
+
+def resize_mask(mask: Tensor, size: tuple[int, int], threshold: float | None = 0.5) -> Tensor:
+    """Resize a ``[H, W]`` mask to ``size = (h, w)`` with centre-aligned nearest sampling.
+
+    Returns ``[h, w]`` float; binary ``mask > threshold`` unless ``threshold`` is ``None``.
+    """
+    resized = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+    if threshold is None:
+        return resized
+    return (resized > threshold).float()
+
+
+def region_masks(
+    masks: Sequence[Tensor],
+    grid_hw: tuple[int, int],
+    overlap: OverlapRule = "later_wins",
+    names: Sequence[str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Binary, mutually exclusive region masks on a grid, plus the background (DESIGN.md §4.5).
+
+    Overlap rule: ``"later_wins"`` gives a pixel claimed by several pairs to the last of them (the
+    pair declared later in the chain), so the regions partition the image; ``"error"`` refuses
+    overlaps. The background is everything no pair claims: ``M_bg = 1 - union(M_k)``.
+
+    Args:
+        masks: ``K`` masks ``[H, W]`` (any resolution, 0..1).
+        grid_hw: ``(h, w)`` of the target grid (the latent).
+
+    Returns:
+        ``([K, h, w], [h, w])`` float 0/1: the pair regions and the background; they sum to 1.
+
+    Raises:
+        OIRInputError: a mask is empty on the grid, or masks overlap with ``overlap="error"``.
+    """
+    if overlap not in OVERLAP_RULES:
+        raise OIRInputError("overlap_rule", overlap, "unknown rule", f"use one of {OVERLAP_RULES}")
+    labels = list(names) if names is not None else [f"mask of edit pair {k + 1}" for k in range(len(masks))]
+    binary = []
+    for label, mask in zip(labels, masks):
+        grid = resize_mask(as_single_mask(mask, label), grid_hw)
+        if grid.sum() == 0:
+            raise OIRInputError(
+                label,
+                f"mask with {int((mask > 0.5).sum())} pixels above 0.5",
+                f"empty at the {grid_hw[1]}x{grid_hw[0]} latent grid",
+                "paint the object's region (at least one latent cell, about 8x8 pixels)",
+            )
+        binary.append(grid)
+    regions = torch.stack(binary)
+    if overlap == "error":
+        claimed = regions.sum(0)
+        if (claimed > 1).any():
+            raise OIRInputError(
+                "edit_pairs",
+                f"{int((claimed > 1).sum())} overlapping latent cells",
+                "the masks of several edit pairs overlap",
+                "make the masks disjoint or use the 'later_wins' overlap rule",
+            )
+    exclusive = regions.clone()
+    for k in range(len(binary) - 2, -1, -1):
+        later = regions[k + 1 :].amax(0)
+        exclusive[k] = regions[k] * (1.0 - later)
+        if exclusive[k].sum() == 0:
+            raise OIRInputError(
+                labels[k],
+                "mask covered by later pairs",
+                "every cell of this pair is claimed by a later pair under 'later_wins'",
+                "shrink the later masks or reorder the edit pairs",
+            )
+    background = 1.0 - exclusive.sum(0)
+    return exclusive, background

@@ -1,0 +1,253 @@
+"""Object reassembly and re-inversion (OIR step 5, DESIGN.md §4.5; paper §3.3).
+
+1. Each pair ``k`` is denoised from its optimal level ``t_k*`` with its guided prompt down to the
+   reassembly level ``R``, giving ``z_k``.
+2. ``z = M_bg * x_R + sum_k M_k * z_k`` with the masks on the latent grid.
+3. ``z`` is re-inverted ``r`` levels with the original prompt (CFG off).
+4. The last ``R + r`` levels are denoised with the target prompt (CFG).
+
+Rule for ``t_k* <= R`` (the official code crashes there): the pair starts at level ``R`` from the
+inverted latent ``x_R`` itself, exactly as if ``t_k* = R`` (zero guided steps), so its region is
+edited only by the shared target-prompt denoise of the last ``R + r`` levels. The effective start
+of every pair is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import OIRInputError
+from .host import Host, Stage
+from .inversion import InversionTrajectory
+from .masks import OverlapRule, region_masks
+from .sampling import (
+    CallStats,
+    LevelCallback,
+    ascending_walk,
+    descending_walk,
+    invert_levels,
+    lockstep_denoise,
+    lockstep_rows,
+)
+
+
+@dataclass(frozen=True)
+class ReassemblyResult:
+    """Everything the reassembly produced.
+
+    Attributes:
+        latent: ``[*latent_shape]`` the final clean latent (model space).
+        merged: ``[*latent_shape]`` the reassembled latent ``z`` at level ``R`` (before re-inversion).
+        pair_latents: ``[K, *latent_shape]`` each pair's ``z_k`` at level ``R``.
+        effective_starts: per pair, the level it was actually denoised from (``max(t_k*, R)``).
+        pair_regions: ``[K, h, w]`` exclusive binary pair regions on the latent grid.
+        background: ``[h, w]`` binary background region.
+        stats: model use of all four stages.
+    """
+
+    latent: Tensor
+    merged: Tensor
+    pair_latents: Tensor
+    effective_starts: list[int]
+    pair_regions: Tensor
+    background: Tensor
+    stats: CallStats = field(default_factory=CallStats)
+
+
+def validate_reassembly(steps: int, reassembly_step: int, reinversion_steps: int) -> None:
+    """Check ``0 <= R``, ``0 <= r`` and ``R + r <= T``."""
+    if reassembly_step < 0 or reassembly_step >= steps:
+        raise OIRInputError(
+            "reassembly_step",
+            reassembly_step,
+            f"must lie in 0..{steps - 1} for a {steps}-step inversion",
+            "lower it (the paper uses 10 of 50) or raise steps",
+        )
+    if reinversion_steps < 0:
+        raise OIRInputError("reinversion_steps", reinversion_steps, "must not be negative", "use 0 or more")
+    if reassembly_step + reinversion_steps > steps:
+        raise OIRInputError(
+            "reinversion_steps",
+            reinversion_steps,
+            f"reassembly_step + reinversion_steps = {reassembly_step + reinversion_steps} exceeds steps"
+            f" = {steps}",
+            f"use at most {steps - reassembly_step} re-inversion steps",
+        )
+
+
+def effective_starts(chosen_steps: Sequence[int], reassembly_step: int) -> list[int]:
+    """The level each pair is denoised from: ``max(t_k*, R)`` (see the module's rule)."""
+    return [max(int(t), reassembly_step) for t in chosen_steps]
+
+
+def merge_regions(
+    background_latent: Tensor, pair_latents: Tensor, pair_regions: Tensor, background: Tensor
+) -> Tensor:
+    """``z = M_bg * x_R + sum_k M_k * z_k`` (paper Eq. for reassembly).
+
+    Args:
+        background_latent: ``[C, ..., h, w]`` the inverted latent ``x_R``.
+        pair_latents: ``[K, C, ..., h, w]``.
+        pair_regions: ``[K, h, w]``; background: ``[h, w]`` (broadcast over channels and frames).
+    """
+    regions = pair_regions.to(pair_latents)
+    spread = regions.reshape(regions.shape[0], *([1] * (pair_latents.ndim - 3)), *regions.shape[-2:])
+    merged = background.to(background_latent) * background_latent
+    return merged + (spread * pair_latents).sum(0)
+
+
+def reassemble(
+    host: Host,
+    trajectory: InversionTrajectory,
+    chosen_steps: Sequence[int],
+    masks: Sequence[Tensor],
+    reassembly_step: int = 10,
+    reinversion_steps: int = 10,
+    overlap: OverlapRule = "later_wins",
+    max_batch: int | None = None,
+    on_level: LevelCallback | None = None,
+) -> ReassemblyResult:
+    """Run OIR's reassembly: per-pair guided denoise to ``R``, merge, re-invert ``r``, target denoise.
+
+    Args:
+        trajectory: the shared inversion (``T`` steps).
+        chosen_steps: ``K`` optimal steps ``t_k*`` in ``1..T``.
+        masks: ``K`` masks ``[H, W]`` at any resolution (resized to the latent grid).
+        reassembly_step: ``R`` (paper default 10).
+        reinversion_steps: ``r`` (paper default 10).
+        overlap: rule for overlapping masks (see :func:`oir_core.masks.region_masks`).
+        on_level: called after every level of every stage with ``(done, total)`` over all stages.
+    """
+    steps = trajectory.steps
+    validate_reassembly(steps, reassembly_step, reinversion_steps)
+    if len(chosen_steps) != len(masks):
+        raise OIRInputError(
+            "chosen_steps",
+            list(chosen_steps),
+            f"{len(chosen_steps)} steps for {len(masks)} edit pairs",
+            "give one chosen step per edit pair",
+        )
+    bad = [t for t in chosen_steps if not 1 <= int(t) <= steps]
+    if bad:
+        raise OIRInputError("chosen_steps", bad, f"steps must lie in 1..{steps}", "use the search's choice")
+    grid_hw = trajectory.latent_shape[-2:]
+    pair_regions, background = region_masks(masks, (int(grid_hw[0]), int(grid_hw[1])), overlap)
+    latents = trajectory.latents
+    level_sigmas = trajectory.level_sigmas.to(latents.device)
+    starts = effective_starts(chosen_steps, reassembly_step)
+    top = reassembly_step + reinversion_steps
+    pair_levels = max(starts) - reassembly_step
+    total_levels = pair_levels + reinversion_steps + top
+    stats = CallStats()
+    progress = _StageProgress(on_level, total_levels)
+
+    # 1. Each pair from its own start down to R, all pairs sharing calls (lockstep).
+    initial = latents.index_select(0, torch.tensor(starts, dtype=torch.long, device=latents.device))
+    cond_ids = torch.arange(len(starts), dtype=torch.long, device=latents.device)
+    if pair_levels > 0:
+        stage = Stage(
+            role="guided",
+            sigmas=descending_walk(trajectory.level_sigmas, max(starts), reassembly_step),
+            rows=lockstep_rows(starts, reassembly_step),
+            latent_shape=trajectory.latent_shape,
+            label="reassembly: objects",
+        )
+        pair_latents = host.run(
+            stage,
+            lambda denoiser, host_max: lockstep_denoise(
+                denoiser,
+                level_sigmas,
+                initial,
+                starts,
+                end_level=reassembly_step,
+                cond_ids=cond_ids,
+                max_batch=max_batch or host_max,
+                stats=stats,
+                on_level=progress,
+            ),
+        )
+    else:
+        pair_latents = initial.clone()
+
+    # 2. Reassemble by masks at level R.
+    merged = merge_regions(latents[reassembly_step], pair_latents, pair_regions, background)
+
+    # 3. Re-invert r levels with the original prompt, CFG off.
+    reinverted = merged
+    if reinversion_steps > 0:
+        start_sigma = trajectory.clean_sigma
+        stage = Stage(
+            role="original",
+            sigmas=ascending_walk(trajectory.level_sigmas, reassembly_step, top, start_sigma),
+            rows=1,
+            latent_shape=trajectory.latent_shape,
+            label="reassembly: re-inversion",
+        )
+        path = host.run(
+            stage,
+            lambda denoiser, host_max: invert_levels(
+                denoiser,
+                merged.unsqueeze(0),
+                level_sigmas,
+                reassembly_step,
+                top,
+                trajectory.convention,  # type: ignore[arg-type]
+                start_sigma,
+                max_batch=max_batch or host_max,
+                stats=stats,
+                on_level=progress,
+            ),
+        )
+        reinverted = path[-1][0]
+
+    # 4. Denoise the last R + r levels with the target prompt.
+    final = reinverted
+    if top > 0:
+        stage = Stage(
+            role="target",
+            sigmas=descending_walk(trajectory.level_sigmas, top, 0),
+            rows=1,
+            latent_shape=trajectory.latent_shape,
+            label="reassembly: target",
+        )
+        final = host.run(
+            stage,
+            lambda denoiser, host_max: lockstep_denoise(
+                denoiser,
+                level_sigmas,
+                reinverted.unsqueeze(0),
+                [top],
+                end_level=0,
+                max_batch=max_batch or host_max,
+                stats=stats,
+                on_level=progress,
+            ),
+        )[0]
+    return ReassemblyResult(
+        latent=final,
+        merged=merged,
+        pair_latents=pair_latents,
+        effective_starts=starts,
+        pair_regions=pair_regions,
+        background=background,
+        stats=stats,
+    )
+
+
+class _StageProgress:
+    """Turns per-stage ``(done, total)`` reports into one running count over all stages."""
+
+    def __init__(self, on_level: LevelCallback | None, total: int) -> None:
+        self.on_level = on_level
+        self.total = total
+        self.done = 0
+
+    def __call__(self, _stage_done: int, _stage_total: int) -> bool | None:
+        self.done += 1
+        if self.on_level is None:
+            return None
+        return self.on_level(self.done, self.total)

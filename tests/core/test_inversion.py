@@ -1,0 +1,160 @@
+"""Inversion against the exact ODE path of the Gaussian analytic model (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from engine_fixtures import SD_CLEAN_SIGMA, TinyConditionedNet, clean_latent, prompt_means
+
+from oir_core import FunctionHost, OIRInputError, invert
+from oir_core.analytic import GaussianModel, ddim_uniform_schedule, flow_schedule
+from oir_core.sampling import lockstep_denoise
+
+
+def _host(model: GaussianModel) -> FunctionHost:
+    return FunctionHost(original=model.denoiser(0), guided=model.denoiser(0), target=model.denoiser(0))
+
+
+def _relative_path_error(model: GaussianModel, trajectory, x0: torch.Tensor) -> float:
+    """Largest error of any inverted latent against the exact path, relative to the path's std."""
+    worst = 0.0
+    for level, sigma in enumerate(trajectory.level_sigmas.tolist()):
+        exact = model.exact_path(x0, 0.0, sigma, model.means[0])
+        error = (trajectory.latents[level] - exact).abs().max().item() / float(model.std_path(sigma))
+        worst = max(worst, error)
+    return worst
+
+
+def _round_trip_error(model: GaussianModel, steps: int, schedule, convention: str) -> float:
+    x0 = clean_latent(model)
+    trajectory = invert(_host(model), x0, schedule(steps), convention, clean_sigma=SD_CLEAN_SIGMA)
+    back = lockstep_denoise(model.denoiser(0), trajectory.level_sigmas, trajectory.latents[-1:], [steps], 0)
+    return (back[0] - x0).abs().max().item()
+
+
+@pytest.mark.parametrize("convention", ["official", "euler"])
+def test_vp_inversion_follows_exact_path_and_converges(convention: str) -> None:
+    model = GaussianModel(prompt_means(1), std=0.5, parameterization="vp")
+    x0 = clean_latent(model)
+    errors = []
+    for steps in (10, 20, 50, 100):
+        trajectory = invert(
+            _host(model), x0, ddim_uniform_schedule(steps), convention, clean_sigma=SD_CLEAN_SIGMA
+        )
+        assert trajectory.latents.shape == (steps + 1, *x0.shape)
+        assert torch.equal(trajectory.latents[0], x0)
+        errors.append(_relative_path_error(model, trajectory, x0))
+    # First-order solver: the error shrinks steadily with the step count and ends small.
+    assert all(later < earlier * 0.75 for earlier, later in itertools.pairwise(errors)), errors
+    assert errors[-1] < 0.1, errors
+
+
+def test_flow_inversion_follows_exact_path_and_converges() -> None:
+    model = GaussianModel(prompt_means(1), std=0.5, parameterization="flow")
+    x0 = clean_latent(model)
+    errors = []
+    for steps in (10, 20, 50, 100):
+        trajectory = invert(_host(model), x0, flow_schedule(steps), "euler")
+        assert float(trajectory.level_sigmas[-1]) == pytest.approx(1.0)
+        errors.append(_relative_path_error(model, trajectory, x0))
+    assert all(later < earlier * 0.75 for earlier, later in itertools.pairwise(errors)), errors
+    assert errors[-1] < 0.1, errors
+
+
+def test_round_trip_error_falls_with_steps_and_official_beats_euler() -> None:
+    model = GaussianModel(prompt_means(1), std=0.5, parameterization="vp")
+    official = [_round_trip_error(model, n, ddim_uniform_schedule, "official") for n in (10, 20, 50)]
+    euler = [_round_trip_error(model, n, ddim_uniform_schedule, "euler") for n in (10, 20, 50)]
+    assert official[0] > official[1] > official[2]
+    assert euler[0] > euler[1] > euler[2]
+    # DESIGN.md §3: the official convention reconstructs clearly better at every step count.
+    assert all(o < 0.8 * e for o, e in zip(official, euler)), (official, euler)
+    assert official[2] < 0.15
+
+
+def test_flow_round_trip_error_falls_with_steps() -> None:
+    model = GaussianModel(prompt_means(1), std=0.5, parameterization="flow")
+    errors = [_round_trip_error(model, n, flow_schedule, "euler") for n in (10, 20, 50, 100)]
+    assert all(later < earlier for earlier, later in itertools.pairwise(errors)), errors
+    assert errors[-1] < 0.1, errors
+
+
+def test_official_step_feeds_next_level_and_rescaled_latent() -> None:
+    """The official step evaluates the model at the *next* level on x * sqrt(alpha(a)/alpha(b))."""
+    seen: list[tuple[float, torch.Tensor]] = []
+
+    def spy(x: torch.Tensor, sigma: torch.Tensor, cond_ids: torch.Tensor | None) -> torch.Tensor:
+        seen.append((float(sigma), x.clone()))
+        return torch.zeros_like(x)
+
+    schedule = ddim_uniform_schedule(4)
+    latent = torch.ones(1, 2, 2)
+    host = FunctionHost(original=spy, guided=spy, target=spy)
+    trajectory = invert(host, latent, schedule, "official", clean_sigma=SD_CLEAN_SIGMA)
+    levels = trajectory.level_sigmas.tolist()
+    assert [s for s, _ in seen] == pytest.approx(levels[1:])
+    a, b = SD_CLEAN_SIGMA, levels[1]
+    expected_scale = ((1 + b * b) / (1 + a * a)) ** 0.5
+    assert seen[0][1].flatten()[0].item() == pytest.approx(expected_scale, rel=1e-6)
+    # With D = 0 the network's eps is x'/b, so x_1 = x0 + (b - a) * x0 * scale / b.
+    expected_x1 = 1 + (b - a) * expected_scale / b
+    assert trajectory.latents[1].flatten()[0].item() == pytest.approx(expected_x1, rel=1e-5)
+
+
+def test_euler_inversion_starts_at_small_positive_sigma() -> None:
+    seen: list[float] = []
+
+    def spy(x: torch.Tensor, sigma: torch.Tensor, cond_ids: torch.Tensor | None) -> torch.Tensor:
+        seen.append(float(sigma))
+        return x * 0.5
+
+    schedule = ddim_uniform_schedule(5)
+    invert(FunctionHost(original=spy, guided=spy, target=spy), torch.ones(1, 2, 2), schedule, "euler")
+    first_positive = float(schedule[-2])
+    assert seen[0] == pytest.approx(min(1e-4, first_positive / 2))
+    assert seen[1:] == pytest.approx(schedule.flip(0)[1:-1].tolist())
+
+
+def test_inversion_is_deterministic_and_does_not_mutate_input() -> None:
+    net = TinyConditionedNet()
+    host = FunctionHost(original=net, guided=net, target=net)
+    latent = torch.randn(4, 8, 8)
+    before = latent.clone()
+    first = invert(host, latent, ddim_uniform_schedule(6), "official", clean_sigma=SD_CLEAN_SIGMA)
+    second = invert(host, latent, ddim_uniform_schedule(6), "official", clean_sigma=SD_CLEAN_SIGMA)
+    assert torch.equal(latent, before)
+    assert torch.equal(first.latents, second.latents)
+    assert first.stats.levels == 6 and first.stats.calls == 6 and first.stats.rows == 6
+
+
+def test_inversion_reports_the_original_role_stage() -> None:
+    model = GaussianModel(prompt_means(1))
+    host = _host(model)
+    invert(host, clean_latent(model), ddim_uniform_schedule(5), "official", clean_sigma=SD_CLEAN_SIGMA)
+    (stage,) = host.stages
+    assert stage.role == "original" and stage.rows == 1 and stage.latent_shape == (4, 8, 8)
+    assert stage.sigmas[0].item() == pytest.approx(SD_CLEAN_SIGMA)
+    assert (stage.sigmas[1:] > stage.sigmas[:-1]).all()
+
+
+@pytest.mark.parametrize(
+    ("sigmas", "problem"),
+    [
+        (torch.tensor([1.0, 0.0]), "at least 2 steps"),
+        (torch.tensor([2.0, 1.0, 0.5]), "end at sigma 0"),
+        (torch.tensor([2.0, 2.0, 0.0]), "strictly descending"),
+        (torch.tensor([float("nan"), 1.0, 0.0]), "NaN"),
+    ],
+)
+def test_bad_schedules_are_refused(sigmas: torch.Tensor, problem: str) -> None:
+    model = GaussianModel(prompt_means(1))
+    with pytest.raises(OIRInputError, match=problem):
+        invert(_host(model), clean_latent(model), sigmas, "euler")
+
+
+def test_official_convention_needs_a_discrete_clean_level() -> None:
+    model = GaussianModel(prompt_means(1), parameterization="flow")
+    with pytest.raises(OIRInputError, match="euler"):
+        invert(_host(model), clean_latent(model), flow_schedule(5), "official", clean_sigma=None)

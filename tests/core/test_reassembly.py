@@ -1,0 +1,205 @@
+"""Reassembly: region routing, the exact analytic path, t* <= R and overlapping masks (DESIGN.md §4.5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_means
+
+from oir_core import FunctionHost, OIRInputError, invert, reassemble
+from oir_core.analytic import GaussianModel, ddim_uniform_schedule
+from oir_core.sampling import invert_levels, lockstep_denoise
+
+# Prompt ids: 0 = original P_o, 1..K = guided G_k, K+1 = target P_t.
+PAIRS = 2
+CFG = 3.0
+
+
+def _setup(steps: int = 20, guided=None):  # type: ignore[no-untyped-def]
+    model = GaussianModel(prompt_means(PAIRS + 2, seed=5), std=0.5)
+    host = FunctionHost(
+        original=model.denoiser(0),
+        guided=guided or model.cfg_denoiser(negative=0, cfg=CFG, id_offset=1),
+        target=model.cfg_denoiser(negative=0, cfg=CFG, positive=PAIRS + 1),
+    )
+    trajectory = invert(
+        host, clean_latent(model), ddim_uniform_schedule(steps), "official", clean_sigma=SD_CLEAN_SIGMA
+    )
+    return model, host, trajectory
+
+
+def _image_masks() -> list[torch.Tensor]:
+    """Two 64x64 masks whose 8x8 latent footprints are the left-top and right-bottom blocks."""
+    first = torch.zeros(64, 64)
+    first[:32, :24] = 1.0
+    second = torch.zeros(64, 64)
+    second[40:, 32:] = 1.0
+    return [first, second]
+
+
+def _finish(
+    host: FunctionHost, trajectory, z: torch.Tensor, reassembly: int, reinversion: int
+) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Reference for stages 3-4 applied to a whole latent (the analytic model is per-pixel)."""
+    top = reassembly + reinversion
+    path = invert_levels(
+        host.original, z[None], trajectory.level_sigmas, reassembly, top, "official", trajectory.clean_sigma
+    )
+    return lockstep_denoise(host.target, trajectory.level_sigmas, path[-1], [top], 0)[0]
+
+
+def test_each_region_follows_its_own_path() -> None:
+    _, host, trajectory = _setup()
+    chosen, reassembly, reinversion = [15, 12], 5, 4
+    result = reassemble(host, trajectory, chosen, _image_masks(), reassembly, reinversion)
+    regions = result.pair_regions.bool()
+    background = result.background.bool()
+    assert regions[0, :4, :3].all() and regions[1, 5:, 4:].all()
+    assert background.sum() == 64 - 12 - 12
+
+    # z_k: pair k alone from x_{t_k} to R with its guided prompt, on the whole latent.
+    for k, start in enumerate(chosen):
+        z_k = lockstep_denoise(
+            host.guided,
+            trajectory.level_sigmas,
+            trajectory.latents[start][None],
+            [start],
+            reassembly,
+            cond_ids=torch.tensor([k]),
+        )[0]
+        torch.testing.assert_close(result.pair_latents[k], z_k)
+        expected_final = _finish(host, trajectory, z_k, reassembly, reinversion)
+        inside = regions[k].expand_as(result.latent)
+        torch.testing.assert_close(result.latent[inside], expected_final[inside], atol=1e-5, rtol=1e-5)
+
+    expected_background = _finish(host, trajectory, trajectory.latents[reassembly], reassembly, reinversion)
+    outside = background.expand_as(result.latent)
+    torch.testing.assert_close(result.latent[outside], expected_background[outside], atol=1e-5, rtol=1e-5)
+    # The merged latent takes x_R verbatim outside every mask.
+    torch.testing.assert_close(result.merged[outside], trajectory.latents[reassembly][outside])
+
+
+def test_background_follows_the_exact_original_then_target_path() -> None:
+    model, host, trajectory = _setup(steps=200)
+    reassembly, reinversion = 40, 40
+    result = reassemble(host, trajectory, [150, 100], _image_masks(), reassembly, reinversion)
+    levels = trajectory.level_sigmas.tolist()
+    x_r = trajectory.latents[reassembly]
+    reinverted = model.exact_path(x_r, levels[reassembly], levels[reassembly + reinversion], model.means[0])
+    target_mean = model.means[0] + CFG * (model.means[PAIRS + 1] - model.means[0])
+    exact = model.exact_path(reinverted, levels[reassembly + reinversion], 0.0, target_mean)
+    outside = result.background.bool().expand_as(exact)
+    assert (result.latent[outside] - exact[outside]).abs().max() < 0.1
+    # The edited regions are not the background's path: the guided prompts changed them.
+    inside = result.pair_regions[0].bool().expand_as(exact)
+    assert (result.latent[inside] - exact[inside]).abs().max() > 0.1
+
+
+def test_stages_roles_levels_and_row_counts() -> None:
+    model, _, trajectory = _setup()
+    recorders = {
+        "original": CallRecorder(model.denoiser(0)),
+        "guided": CallRecorder(model.cfg_denoiser(negative=0, cfg=CFG, id_offset=1)),
+        "target": CallRecorder(model.cfg_denoiser(negative=0, cfg=CFG, positive=PAIRS + 1)),
+    }
+    host = FunctionHost(**recorders)
+    progress: list[tuple[int, int]] = []
+    result = reassemble(
+        host, trajectory, [15, 9], _image_masks(), 5, 4, on_level=lambda d, t: progress.append((d, t))
+    )
+    assert [stage.role for stage in host.stages] == ["guided", "original", "target"]
+    guided_stage, original_stage, target_stage = host.stages
+    assert guided_stage.rows == 2
+    assert (guided_stage.sigmas[:-1] > guided_stage.sigmas[1:]).all()
+    assert (original_stage.sigmas[1:] > original_stage.sigmas[:-1]).all()
+    assert float(target_stage.sigmas[-1]) == 0.0
+    assert sum(c["rows"] for c in recorders["guided"].calls) == (15 - 5) + (9 - 5)
+    assert len(recorders["guided"].calls) == 15 - 5
+    assert len(recorders["original"].calls) == 4
+    assert len(recorders["target"].calls) == 5 + 4
+    assert result.stats.rows == (15 - 5) + (9 - 5) + 4 + 9
+    total = (15 - 5) + 4 + 9
+    assert progress == [(d, total) for d in range(1, total + 1)]
+
+
+def test_chosen_step_at_or_below_reassembly_starts_from_x_r() -> None:
+    """Rule: t* <= R is clamped to R, i.e. z_k = x_R (the official code crashes here)."""
+    model, _, trajectory = _setup()
+    recorder = CallRecorder(model.cfg_denoiser(negative=0, cfg=CFG, id_offset=1))
+    host = FunctionHost(
+        original=model.denoiser(0),
+        guided=recorder,
+        target=model.cfg_denoiser(negative=0, cfg=CFG, positive=PAIRS + 1),
+    )
+    below = reassemble(host, trajectory, [3, 12], _image_masks(), 5, 4)
+    assert below.effective_starts == [5, 12]
+    torch.testing.assert_close(below.pair_latents[0], trajectory.latents[5])
+    assert all(0 not in call["ids"] for call in recorder.calls)
+    at = reassemble(host, trajectory, [5, 12], _image_masks(), 5, 4)
+    torch.testing.assert_close(at.latent, below.latent)
+    # Every pair at or below R: no guided stage at all, still a full result.
+    recorder.calls.clear()
+    both = reassemble(host, trajectory, [1, 2], _image_masks(), 5, 4)
+    assert recorder.calls == [] and torch.isfinite(both.latent).all()
+
+
+def test_overlapping_masks_later_pair_wins_or_error() -> None:
+    _, host, trajectory = _setup()
+    first = torch.zeros(64, 64)
+    first[:, :40] = 1.0
+    second = torch.zeros(64, 64)
+    second[:, 24:] = 1.0
+    result = reassemble(host, trajectory, [15, 12], [first, second], 5, 4)
+    # Columns 3-4 of the 8x8 grid are claimed by both; the later pair takes them.
+    assert result.pair_regions[1, :, 3:].eq(1).all()
+    assert result.pair_regions[0, :, 3:].eq(0).all()
+    torch.testing.assert_close(result.pair_regions.sum(0) + result.background, torch.ones(8, 8))
+    with pytest.raises(OIRInputError, match="overlap"):
+        reassemble(host, trajectory, [15, 12], [first, second], 5, 4, overlap="error")
+
+
+def test_whole_image_mask_leaves_no_background() -> None:
+    _, host, trajectory = _setup()
+    result = reassemble(host, trajectory, [15], [torch.ones(64, 64)], 5, 4)
+    assert result.background.sum() == 0
+    torch.testing.assert_close(result.merged, result.pair_latents[0])
+
+
+def test_reassembly_does_not_mutate_inputs_and_is_deterministic() -> None:
+    _, host, trajectory = _setup()
+    masks = _image_masks()
+    latents_before = trajectory.latents.clone()
+    masks_before = [m.clone() for m in masks]
+    first = reassemble(host, trajectory, [15, 12], masks, 5, 4)
+    second = reassemble(host, trajectory, [15, 12], masks, 5, 4)
+    assert torch.equal(first.latent, second.latent)
+    assert torch.equal(trajectory.latents, latents_before)
+    assert all(torch.equal(a, b) for a, b in zip(masks, masks_before))
+
+
+@pytest.mark.parametrize(
+    ("chosen", "reassembly", "reinversion", "problem"),
+    [
+        ([15, 12], 20, 0, "reassembly_step"),
+        ([15, 12], -1, 0, "reassembly_step"),
+        ([15, 12], 15, 6, "exceeds steps"),
+        ([15, 12], 5, -1, "negative"),
+        ([15], 5, 4, "1 steps for 2 edit pairs"),
+        ([0, 12], 5, 4, "must lie in"),
+        ([21, 12], 5, 4, "must lie in"),
+    ],
+)
+def test_bad_reassembly_inputs_are_refused(
+    chosen: list[int], reassembly: int, reinversion: int, problem: str
+) -> None:
+    _, host, trajectory = _setup()
+    with pytest.raises(OIRInputError, match=problem):
+        reassemble(host, trajectory, chosen, _image_masks(), reassembly, reinversion)
+
+
+def test_empty_mask_is_refused_with_the_pair_named() -> None:
+    _, host, trajectory = _setup()
+    masks = _image_masks()
+    masks[1] = torch.zeros(64, 64)
+    with pytest.raises(OIRInputError, match="edit pair 2"):
+        reassemble(host, trajectory, [15, 12], masks, 5, 4)
