@@ -1,0 +1,117 @@
+"""Step sets, overrides and the coarse-to-fine search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_means
+
+from oir_core import FunctionHost, OIRInputError, invert
+from oir_core.analytic import GaussianModel, ddim_uniform_schedule
+from oir_core.search import (
+    coarse_steps,
+    coarse_to_fine_candidates,
+    format_step_overrides,
+    parse_step_overrides,
+    parse_steps,
+    refine_steps,
+    search_step_sets,
+)
+
+
+def test_parse_steps_ranges_and_strides() -> None:
+    assert parse_steps("1-5", 50) == [1, 2, 3, 4, 5]
+    assert parse_steps("5, 10; 20-30:5, 10", 50) == [5, 10, 20, 25, 30]
+    for bad, problem in [
+        ("", "no steps"),
+        ("3-1", "ascend"),
+        ("a", "not a step"),
+        ("0-3", "1..50"),
+        ("49-51", "1..50"),
+    ]:
+        with pytest.raises(OIRInputError, match=problem):
+            parse_steps(bad, 50)
+
+
+def test_search_step_sets() -> None:
+    assert search_step_sets("exhaustive", 4, 2) == [[1, 2, 3, 4], [1, 2, 3, 4]]
+    assert search_step_sets("custom", 10, 1, "2-6:2") == [[2, 4, 6]]
+    with pytest.raises(OIRInputError, match="search_mode"):
+        search_step_sets("coarse_to_fine", 10, 1)
+
+
+def test_overrides_round_trip_and_errors() -> None:
+    assert parse_step_overrides("", 2, 50) == [None, None]
+    assert parse_step_overrides("auto, 23", 2, 50) == [None, 23]
+    assert parse_step_overrides("7", 3, 50) == [7, None, None]
+    assert parse_step_overrides(format_step_overrides([None, 23, 4]), 3, 50) == [None, 23, 4]
+    with pytest.raises(OIRInputError, match="2 entries for 1"):
+        parse_step_overrides("1, 2", 1, 50)
+    with pytest.raises(OIRInputError, match="pair 2"):
+        parse_step_overrides("auto, 51", 2, 50)
+
+
+def test_coarse_and_refine_sets() -> None:
+    assert coarse_steps(50, 5) == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    assert coarse_steps(12, 5) == [5, 10]
+    assert refine_steps(2, 2, 50) == [1, 2, 3, 4]
+    assert refine_steps(50, 2, 50) == [48, 49, 50]
+    with pytest.raises(OIRInputError, match="coarse_stride"):
+        coarse_steps(10, 0)
+    with pytest.raises(OIRInputError, match="refine_radius"):
+        refine_steps(5, -1, 10)
+
+
+def _analytic(steps: int, pairs: int):  # type: ignore[no-untyped-def]
+    model = GaussianModel(prompt_means(pairs + 1))
+    recorder = CallRecorder(model.cfg_denoiser(negative=0, cfg=3.0, id_offset=1))
+    host = FunctionHost(original=model.denoiser(0), guided=recorder, target=model.denoiser(0))
+    trajectory = invert(
+        host, clean_latent(model), ddim_uniform_schedule(steps), "official", clean_sigma=SD_CLEAN_SIGMA
+    )
+    return host, recorder, trajectory
+
+
+def test_coarse_to_fine_refines_around_the_ranked_best_and_counts_rows() -> None:
+    steps, pairs = 50, 2
+    host, recorder, trajectory = _analytic(steps, pairs)
+    seen_coarse = []
+
+    def rank(candidates):  # type: ignore[no-untyped-def]
+        seen_coarse.append(candidates)
+        assert candidates.stride == 5
+        return [50, 15]
+
+    progress: list[tuple[int, int]] = []
+    run = coarse_to_fine_candidates(
+        host, trajectory, pairs, rank, stride=5, radius=2, on_level=lambda d, t: progress.append((d, t))
+    )
+    assert run.coarse_best == [50, 15]
+    assert run.coarse.steps == coarse_steps(50, 5) * 2
+    assert run.coarse.stats.rows == pairs * sum(range(1, 11))  # t / stride rows per coarse candidate
+    assert run.coarse.stats.levels == 10
+    assert run.refined.for_pair(0)[0] == [48, 49, 50]
+    assert run.refined.for_pair(1)[0] == [13, 14, 15, 16, 17]
+    assert run.refined.stride == 1
+    assert run.refined.stats.rows == (48 + 49 + 50) + (13 + 14 + 15 + 16 + 17)
+    total_rows = run.coarse.stats.rows + run.refined.stats.rows
+    assert total_rows <= 0.25 * pairs * steps * (steps + 1) // 2
+    assert sum(c["rows"] for c in recorder.calls) == total_rows
+    done = [d for d, _ in progress]
+    assert done == list(range(1, len(done) + 1))
+    assert progress[-1][0] == progress[-1][1] == 10 + 50
+
+
+def test_refined_candidates_equal_exhaustive_ones_at_the_same_steps() -> None:
+    from oir_core import generate_candidates
+
+    host, _, trajectory = _analytic(20, 1)
+    run = coarse_to_fine_candidates(host, trajectory, 1, lambda c: [10], stride=5, radius=1)
+    full = generate_candidates(host, trajectory, [[9, 10, 11]])
+    torch.testing.assert_close(run.refined.latents, full.latents)
+
+
+def test_ranking_contract_is_checked() -> None:
+    host, _, trajectory = _analytic(20, 1)
+    with pytest.raises(ValueError, match="best_steps returned"):
+        coarse_to_fine_candidates(host, trajectory, 1, lambda c: [7], stride=5, radius=1)
