@@ -1,0 +1,136 @@
+"""Static figures for headless runs and SaveImage: the candidate grid and the score plot.
+
+Pure PIL + torch; images are ComfyUI IMAGE layout ``[B, H, W, 3]`` float 0..1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+HIGHLIGHT = (255, 196, 0)
+EDITING_COLOR = (66, 135, 245)
+FIDELITY_COLOR = (46, 204, 113)
+COMBINED_COLOR = (235, 64, 52)
+BACKGROUND = (24, 24, 28)
+INK = (230, 230, 230)
+GRID_INK = (70, 70, 78)
+
+
+def _to_pil(image: Tensor) -> Image.Image:
+    array = (image.detach().float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def _to_tensor(image: Image.Image) -> Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def candidate_grid(
+    images: Tensor,
+    labels: Sequence[str],
+    highlight: Sequence[int] = (),
+    columns: int | None = None,
+    cell: int = 128,
+) -> Tensor:
+    """Tile candidates into one labelled image.
+
+    Args:
+        images: ``[N, H, W, 3]`` candidates.
+        labels: ``N`` captions (e.g. ``"t=23"``), drawn on a bar under each thumbnail.
+        highlight: indices framed in :data:`HIGHLIGHT` (the chosen candidate).
+        columns: grid width in cells (default ``ceil(sqrt(N))``).
+        cell: thumbnail size of the longer image side in pixels.
+
+    Returns:
+        ``[1, rows * (h + bar), columns * w, 3]`` float 0..1.
+    """
+    count, height, width = images.shape[:3]
+    columns = columns or max(1, math.ceil(math.sqrt(count)))
+    rows = max(1, math.ceil(count / columns))
+    scale = cell / max(height, width)
+    thumb_w, thumb_h = max(1, round(width * scale)), max(1, round(height * scale))
+    bar = max(14, cell // 8)
+    canvas = Image.new("RGB", (columns * thumb_w, rows * (thumb_h + bar)), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(bar - 4)
+    chosen = set(highlight)
+    for index in range(count):
+        x = (index % columns) * thumb_w
+        y = (index // columns) * (thumb_h + bar)
+        canvas.paste(_to_pil(images[index]).resize((thumb_w, thumb_h), Image.BILINEAR), (x, y))
+        draw.text((x + 3, y + thumb_h + 1), labels[index], fill=INK, font=font)
+        if index in chosen:
+            border = max(2, cell // 40)
+            draw.rectangle((x, y, x + thumb_w - 1, y + thumb_h + bar - 1), outline=HIGHLIGHT, width=border)
+    return _to_tensor(canvas)
+
+
+def plot_x(step: int, first: int, last: int, left: int, right: int) -> int:
+    """Pixel column of ``step`` on a plot spanning ``first..last`` between ``left`` and ``right``."""
+    if last == first:
+        return (left + right) // 2
+    return round(left + (step - first) * (right - left) / (last - first))
+
+
+def score_plot(
+    steps: Sequence[int],
+    editing: Sequence[float],
+    fidelity: Sequence[float],
+    combined: Sequence[float],
+    chosen_step: int,
+    title: str = "",
+    width: int = 640,
+    height: int = 320,
+) -> Tensor:
+    """Plot normalised editing, fidelity and combined scores against the inversion step.
+
+    The chosen step gets a vertical marker. Scores are expected in 0..1 (min-max normalised,
+    DESIGN.md §4.4).
+
+    Returns:
+        ``[1, height, width, 3]`` float 0..1.
+    """
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(12)
+    left, right, top, bottom = 40, width - 12, 28, height - 28
+    first, last = min(steps), max(steps)
+    for fraction in (0.0, 0.5, 1.0):
+        y = round(bottom - fraction * (bottom - top))
+        draw.line((left, y, right, y), fill=GRID_INK)
+        draw.text((6, y - 6), f"{fraction:.1f}", fill=INK, font=font)
+    marker = plot_x(chosen_step, first, last, left, right)
+    draw.line((marker, top, marker, bottom), fill=HIGHLIGHT, width=2)
+    for values, color in ((editing, EDITING_COLOR), (fidelity, FIDELITY_COLOR), (combined, COMBINED_COLOR)):
+        points = [
+            (plot_x(s, first, last, left, right), round(bottom - float(v) * (bottom - top)))
+            for s, v in zip(steps, values)
+        ]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for px, py in points:
+            draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=color)
+    draw.text((left, 6), f"{title}  chosen t={chosen_step}", fill=INK, font=font)
+    draw.text((left, bottom + 8), f"step {first}", fill=INK, font=font)
+    draw.text((right - 60, bottom + 8), f"step {last}", fill=INK, font=font)
+    legend_x = width - 250
+    for offset, (name, color) in enumerate(
+        (("editing", EDITING_COLOR), ("fidelity", FIDELITY_COLOR), ("combined", COMBINED_COLOR))
+    ):
+        x = legend_x + offset * 80
+        draw.line((x, 12, x + 14, 12), fill=color, width=3)
+        draw.text((x + 18, 6), name, fill=INK, font=font)
+    return _to_tensor(canvas)
