@@ -38,6 +38,25 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def grid_geometry(
+    count: int, height: int, width: int, columns: int | None = None, cell: int = 128
+) -> dict[str, int]:
+    """Layout of :func:`candidate_grid`: columns, rows, thumbnail size and label bar height (pixels).
+
+    The frontend uses the same numbers to crop one candidate's thumbnail out of the grid image.
+    """
+    columns = columns or max(1, math.ceil(math.sqrt(count)))
+    scale = cell / max(height, width)
+    return {
+        "count": count,
+        "columns": columns,
+        "rows": max(1, math.ceil(count / columns)),
+        "thumb_width": max(1, round(width * scale)),
+        "thumb_height": max(1, round(height * scale)),
+        "bar": max(14, cell // 8),
+    }
+
+
 def candidate_grid(
     images: Tensor,
     labels: Sequence[str],
@@ -55,15 +74,17 @@ def candidate_grid(
         cell: thumbnail size of the longer image side in pixels.
 
     Returns:
-        ``[1, rows * (h + bar), columns * w, 3]`` float 0..1.
+        ``[1, rows * (h + bar), columns * w, 3]`` float 0..1 (see :func:`grid_geometry`).
     """
     count, height, width = images.shape[:3]
-    columns = columns or max(1, math.ceil(math.sqrt(count)))
-    rows = max(1, math.ceil(count / columns))
-    scale = cell / max(height, width)
-    thumb_w, thumb_h = max(1, round(width * scale)), max(1, round(height * scale))
-    bar = max(14, cell // 8)
-    canvas = Image.new("RGB", (columns * thumb_w, rows * (thumb_h + bar)), BACKGROUND)
+    layout = grid_geometry(count, height, width, columns, cell)
+    columns, thumb_w, thumb_h, bar = (
+        layout["columns"],
+        layout["thumb_width"],
+        layout["thumb_height"],
+        layout["bar"],
+    )
+    canvas = Image.new("RGB", (columns * thumb_w, layout["rows"] * (thumb_h + bar)), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = _font(bar - 4)
     chosen = set(highlight)

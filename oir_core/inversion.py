@@ -151,3 +151,29 @@ def invert(
         stats=stats,
         source=dict(source or {}),
     )
+
+
+def check_trajectory_source(trajectory: Any, expected: dict[str, Any], input_name: str = "trajectory") -> None:
+    """Refuse a trajectory made by another model, parameterisation or latent layout.
+
+    Every key present in both ``trajectory.source`` and ``expected`` must agree (floats to 1e-4
+    relative), e.g. ``model_sampling``, ``latent_channels``, ``sigma_max``.
+    """
+    if not isinstance(trajectory, InversionTrajectory):
+        raise OIRInputError(
+            input_name, type(trajectory).__name__, "is not an OIR trajectory", "connect OIR DDIM Inversion's output"
+        )
+    for key in sorted(set(trajectory.source) & set(expected)):
+        made, now = trajectory.source[key], expected[key]
+        same = (
+            abs(float(made) - float(now)) <= 1e-4 * max(1.0, abs(float(now)))
+            if isinstance(made, float) or isinstance(now, float)
+            else made == now
+        )
+        if not same:
+            raise OIRInputError(
+                input_name,
+                f"{key}={made!r}",
+                f"the trajectory was made with {key}={made!r} but this node's model has {key}={now!r}",
+                "invert the image with the same model (LoRA and patches may differ) and re-run the graph",
+            )

@@ -158,3 +158,23 @@ def test_official_convention_needs_a_discrete_clean_level() -> None:
     model = GaussianModel(prompt_means(1), parameterization="flow")
     with pytest.raises(OIRInputError, match="euler"):
         invert(_host(model), clean_latent(model), flow_schedule(5), "official", clean_sigma=None)
+
+
+def test_trajectory_source_mismatch_is_refused() -> None:
+    from oir_core.inversion import check_trajectory_source
+
+    model = GaussianModel(prompt_means(1))
+    trajectory = invert(
+        _host(model),
+        clean_latent(model),
+        ddim_uniform_schedule(5),
+        "euler",
+        source={"latent_channels": 4, "sigma_max": 14.6, "model_sampling": "EPS"},
+    )
+    check_trajectory_source(trajectory, {"latent_channels": 4, "sigma_max": 14.6000001, "other": 1})
+    with pytest.raises(OIRInputError, match="latent_channels=4"):
+        check_trajectory_source(trajectory, {"latent_channels": 16})
+    with pytest.raises(OIRInputError, match="model_sampling"):
+        check_trajectory_source(trajectory, {"model_sampling": "CONST"})
+    with pytest.raises(OIRInputError, match="not an OIR trajectory"):
+        check_trajectory_source({"samples": 1}, {})
