@@ -116,6 +116,10 @@ def invert(
         )
     if latent.ndim >= 2 and latent.shape[0] == 1:
         latent = latent[0]
+    if not torch.isfinite(latent).all():
+        raise OIRInputError(
+            "latent", "latent with NaN/inf", "the input latent is not finite", "re-encode the image"
+        )
     level_sigmas = sigmas.flip(0).to(latent.device)
     steps = sigmas.numel() - 1
     start_sigma = clean_sigma if convention == "official" else None
@@ -153,7 +157,9 @@ def invert(
     )
 
 
-def check_trajectory_source(trajectory: Any, expected: dict[str, Any], input_name: str = "trajectory") -> None:
+def check_trajectory_source(
+    trajectory: Any, expected: dict[str, Any], input_name: str = "trajectory"
+) -> None:
     """Refuse a trajectory made by another model, parameterisation or latent layout.
 
     Every key present in both ``trajectory.source`` and ``expected`` must agree (floats to 1e-4
@@ -161,7 +167,10 @@ def check_trajectory_source(trajectory: Any, expected: dict[str, Any], input_nam
     """
     if not isinstance(trajectory, InversionTrajectory):
         raise OIRInputError(
-            input_name, type(trajectory).__name__, "is not an OIR trajectory", "connect OIR DDIM Inversion's output"
+            input_name,
+            type(trajectory).__name__,
+            "is not an OIR trajectory",
+            "connect OIR DDIM Inversion's output",
         )
     for key in sorted(set(trajectory.source) & set(expected)):
         made, now = trajectory.source[key], expected[key]

@@ -189,6 +189,17 @@ class ChunkedDenoiser:
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
 
 
+def check_finite(x: Tensor, stage: str, sigma: float) -> None:
+    """Stop at the first non-finite latent instead of silently producing a black or noisy image."""
+    if not torch.isfinite(x).all():
+        raise OIRInputError(
+            "model",
+            f"NaN/inf during {stage} at sigma {sigma:.4g}",
+            "the model produced non-finite values",
+            "check the model and LoRA strength, lower cfg, or run in fp32 (ComfyUI --force-fp32)",
+        )
+
+
 def report_level(on_level: LevelCallback | None, done: int, total: int) -> None:
     """Fire the per-level callback; ``False`` means stop."""
     if on_level is not None and on_level(done, total) is False:
@@ -234,6 +245,7 @@ def invert_levels(
         if level == 0:
             sigma = clean_sigma if clean_sigma else safe_start_sigma(sigma_next)
         x = inversion_step(chunked, x, sigma, sigma_next, convention)
+        check_finite(x, "inversion", sigma_next)
         stats.levels += 1
         latents.append(x)
         report_level(on_level, done, total)
@@ -291,6 +303,7 @@ def lockstep_denoise(
         sigma_next = level_sigmas[level - stride]
         x0_hat = chunked(rows, sigma, ids)
         next_rows = x0_hat.clone() if float(sigma_next) == 0.0 else ode_step(rows, x0_hat, sigma, sigma_next)
+        check_finite(next_rows, "denoising", float(sigma))
         x.index_copy_(0, active.to(x.device), next_rows.to(x.dtype))
         stats.levels += 1
         report_level(on_level, done, len(levels))

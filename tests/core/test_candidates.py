@@ -213,3 +213,21 @@ def test_strided_sub_schedule_walks_every_stride_th_level() -> None:
     assert [c["sigma"] for c in recorder.calls] == pytest.approx(trajectory.level_sigmas[[12, 8, 4]].tolist())
     with pytest.raises(OIRInputError, match="multiples"):
         generate_candidates(host, trajectory, [[6]], stride=4)
+
+
+def test_non_finite_model_output_stops_with_a_clear_error() -> None:
+    host, net = _net_host()
+    trajectory = _trajectory(host, 6)
+
+    def exploding(x: torch.Tensor, sigma: torch.Tensor, cond_ids: torch.Tensor | None) -> torch.Tensor:
+        out = net(x, sigma, cond_ids)
+        return out * float("inf") if float(sigma) < 1.0 else out
+
+    host.guided = exploding
+    with pytest.raises(OIRInputError, match="non-finite"):
+        generate_candidates(host, trajectory, [exhaustive_steps(6)])
+    host.original = exploding
+    with pytest.raises(OIRInputError, match="during inversion"):
+        _trajectory(host, 6)
+    with pytest.raises(OIRInputError, match="latent"):
+        invert(host, torch.full((4, 8, 8), float("nan")), ddim_uniform_schedule(4), "euler")
