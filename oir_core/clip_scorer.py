@@ -1,0 +1,286 @@
+"""The CLIP search scorer: OIR's ``S_e`` and ``S_ne`` (paper §"search metric"; DESIGN.md §4.4).
+
+- ``S_e(t) = cos(text(target phrase), masked_image(c_t, M_k))``: CLIP's image embedding of the
+  candidate with ViT attention restricted to the mask region (no ×100 logit scale).
+- ``S_ne(t) = -MSE(c_t, original)`` outside ``M_k``.
+
+Geometry. Images go through CLIP's preprocessing in torch, on the model's device: shortest side
+resized to ``resize_size`` (bicubic, antialiased, clamped to 0..1 as an 8-bit image would be), a
+centred ``S×S`` crop, per-channel normalization. The mask follows the *same* resize and crop
+(nearest, centre-sampled) so it stays aligned with the pixels CLIP sees, then is sampled at each
+patch centre of the ``(S/p)²`` grid and thresholded at 0.5. CLS always counts as inside.
+
+Attention modes (the bias is added to the attention logits of every layer and head):
+
+- ``official``: the paper's code. ``A[i,j] = 1`` iff tokens ``i`` and ``j`` are both in the region,
+  else 0, added to the logits: a soft +1 bias (in-region pairs get about e ≈ 2.7× weight). Pixels
+  outside the region still influence the embedding.
+- ``hard``: keys outside the region get ``-inf``: no token attends to outside tokens, so the CLS
+  embedding depends on in-region patches only. Out-of-region *query* rows still see CLS, so no row
+  is all ``-inf`` (no NaN); their outputs never reach CLS.
+
+Fidelity spaces:
+
+- ``official``: both images CLIP-preprocessed to normalized ``S×S`` tensors, multiplied by
+  ``1 - mask`` (same geometry, > 0.5), mean over *all* ``3·S²`` elements, zeros included.
+- ``pixels``: the full-resolution 0..1 images; squared error summed over pixels outside the mask
+  (mask nearest-resized to the image, > 0.5) divided by their count. If the mask covers the whole
+  image, every candidate gets 0 (nothing to preserve; the metric's all-equal guard then lets ``S_e``
+  decide).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .clip_backends import Backend, ClipModel, ClipPreprocess, load_clip
+from .errors import OIRInputError
+from .metric import as_mask_batch, check_candidates, masked_mse, resize_mask_nearest
+
+__all__ = [
+    "ATTENTION_MODES",
+    "FIDELITY_SPACES",
+    "ClipScorer",
+    "attention_bias",
+    "crop_geometry",
+    "load_clip_scorer",
+    "patch_region",
+    "preprocess_images",
+    "preprocess_mask",
+    "region_tokens",
+]
+
+AttentionMode = Literal["official", "hard"]
+FidelitySpace = Literal["official", "pixels"]
+ATTENTION_MODES: tuple[str, ...] = ("official", "hard")
+FIDELITY_SPACES: tuple[str, ...] = ("official", "pixels")
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry
+
+
+def crop_geometry(height: int, width: int, prep: ClipPreprocess) -> tuple[int, int, int, int]:
+    """Where CLIP's preprocessing takes its square from an ``height × width`` image.
+
+    Returns:
+        ``(resized_h, resized_w, top, left)``: the shortest side becomes ``resize_size`` and the long
+        side ``int(resize_size · long / short)`` (as CLIP's processors compute it); the crop is the
+        ``crop_size²`` square at ``(top, left)`` of the resized image, floor-centred like
+        transformers' ``center_crop``.
+    """
+    short, long = (height, width) if height <= width else (width, height)
+    new_short, new_long = prep.resize_size, int(prep.resize_size * long / short)
+    new_h, new_w = (new_short, new_long) if height <= width else (new_long, new_short)
+    return new_h, new_w, (new_h - prep.crop_size) // 2, (new_w - prep.crop_size) // 2
+
+
+def preprocess_images(
+    images: Tensor, prep: ClipPreprocess, device: torch.device | str | None = None
+) -> Tensor:
+    """CLIP preprocessing in torch: ``images: [N,H,W,3]`` float 0..1 → ``[N,3,S,S]`` normalized float32."""
+    x = images.to(device=images.device if device is None else device, dtype=torch.float32).permute(0, 3, 1, 2)
+    new_h, new_w, top, left = crop_geometry(x.shape[-2], x.shape[-1], prep)
+    if (new_h, new_w) != tuple(x.shape[-2:]):
+        # Clamp: CLIP's processors resize 8-bit images, which cannot overshoot 0..1 as bicubic does.
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp(0.0, 1.0)
+    x = x[..., top : top + prep.crop_size, left : left + prep.crop_size]
+    mean = torch.tensor(prep.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def preprocess_mask(mask: Tensor, image_hw: tuple[int, int], prep: ClipPreprocess) -> Tensor:
+    """The image's resize + crop applied to a mask.
+
+    Args:
+        mask: ``[B,h,w]`` 0..1 at any resolution, covering the whole ``image_hw`` image.
+        image_hw: ``(H, W)`` of the images the mask belongs to.
+        prep: the model's preprocessing.
+
+    Returns:
+        ``[B,S,S]`` float mask values (not thresholded), aligned with :func:`preprocess_images`.
+    """
+    new_h, new_w, top, left = crop_geometry(image_hw[0], image_hw[1], prep)
+    resized = resize_mask_nearest(mask.float(), (new_h, new_w))
+    return resized[..., top : top + prep.crop_size, left : left + prep.crop_size]
+
+
+def patch_region(mask_crop: Tensor, grid: int) -> Tensor:
+    """``[B,S,S]`` cropped mask → ``[B, grid²]`` bool, patch centre sampled and ``> 0.5``, row-major.
+
+    A mask that touches the crop but covers no patch centre (an object smaller than a patch) falls
+    back to its best-covered patch(es), so the region is never just CLS.
+    """
+    binary = (mask_crop > 0.5).float()
+    region = resize_mask_nearest(binary, (grid, grid)) > 0.5
+    empty = ~region.flatten(1).any(dim=1)
+    if bool(empty.any()):
+        coverage = F.adaptive_avg_pool2d(binary.unsqueeze(1), grid).squeeze(1)
+        best = coverage.flatten(1).amax(dim=1).view(-1, 1, 1)
+        fallback = (coverage >= best) & (best > 0)
+        region = torch.where(empty.view(-1, 1, 1), fallback, region)
+    return region.flatten(1)
+
+
+def region_tokens(patches: Tensor) -> Tensor:
+    """``[B, P]`` in-region patches → ``[B, 1+P]`` in-region tokens, CLS (token 0) always in."""
+    cls = torch.ones(patches.shape[0], 1, dtype=torch.bool, device=patches.device)
+    return torch.cat([cls, patches.bool()], dim=1)
+
+
+def attention_bias(tokens: Tensor, mode: AttentionMode, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The additive attention bias ``[B, L, L]`` for in-region ``tokens: [B, L]`` (bool).
+
+    - ``official``: ``A = m mᵀ`` (outer product of the 0/1 token mask): 1 where query ``i`` and key
+      ``j`` are both in the region, else 0.
+    - ``hard``: 0 for in-region keys, ``-inf`` for out-of-region keys, for every query row.
+    """
+    if mode == "official":
+        m = tokens.to(dtype)
+        return m.unsqueeze(2) * m.unsqueeze(1)
+    if mode == "hard":
+        length = tokens.shape[1]
+        blocked = torch.zeros(tokens.shape, dtype=dtype, device=tokens.device)
+        blocked = blocked.masked_fill(~tokens.bool(), float("-inf"))
+        return blocked.unsqueeze(1).expand(-1, length, -1)
+    raise OIRInputError("attention_mode", mode, "unknown attention mode", f"use one of {ATTENTION_MODES}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Scorer
+
+
+class ClipScorer:
+    """OIR's search scorer with a loaded CLIP; implements :class:`oir_core.metric.CandidateScorer`.
+
+    Args:
+        model: a :class:`ClipModel` from :func:`load_clip`.
+        attention_mode: ``"official"`` (paper's soft +1 bias) or ``"hard"`` (block outside tokens).
+        fidelity_space: ``"official"`` (CLIP tensors, mean over all) or ``"pixels"`` (full resolution,
+            mean outside the mask).
+    """
+
+    def __init__(
+        self,
+        model: ClipModel,
+        attention_mode: AttentionMode = "official",
+        fidelity_space: FidelitySpace = "official",
+    ) -> None:
+        if attention_mode not in ATTENTION_MODES:
+            raise OIRInputError(
+                "attention_mode", attention_mode, "unknown attention mode", f"use one of {ATTENTION_MODES}"
+            )
+        if fidelity_space not in FIDELITY_SPACES:
+            raise OIRInputError(
+                "fidelity_space", fidelity_space, "unknown fidelity space", f"use one of {FIDELITY_SPACES}"
+            )
+        self.model = model
+        self.attention_mode: AttentionMode = attention_mode
+        self.fidelity_space: FidelitySpace = fidelity_space
+        self._text_cache: dict[str, Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def text_embedding(self, text: str) -> Tensor:
+        """``[D]`` float32 CLIP text features of ``text`` (cached per string)."""
+        if not isinstance(text, str) or not text.strip():
+            raise OIRInputError("target_text", text, "is empty", "give the pair's target phrase")
+        if text not in self._text_cache:
+            self._text_cache[text] = self.model.encode_text([text])[0]
+        return self._text_cache[text]
+
+    def _cropped_masks(self, mask: Tensor, n: int, image_hw: tuple[int, int]) -> Tensor:
+        """``[n,S,S]`` masks after CLIP's geometry, one per candidate."""
+        m = as_mask_batch(mask).to(self.device)
+        if m.shape[0] not in (1, n):
+            raise OIRInputError(
+                "mask",
+                tuple(mask.shape),
+                f"holds {m.shape[0]} masks for {n} images",
+                "give one mask, or one per image",
+            )
+        if not bool((m > 0.5).any(dim=(1, 2)).all()):
+            raise OIRInputError("mask", tuple(mask.shape), "is empty", "paint the object to edit")
+        cropped = preprocess_mask(m, image_hw, self.model.preprocess)
+        if not bool((cropped > 0.5).any(dim=(1, 2)).all()):
+            raise OIRInputError(
+                "mask",
+                tuple(mask.shape),
+                "lies entirely outside the centre square CLIP looks at",
+                "crop the image closer to square around the edited objects",
+            )
+        return cropped.expand(n, -1, -1)
+
+    def masked_image_embeddings(self, images: Tensor, mask: Tensor) -> Tensor:
+        """``[N, D]`` float32 region embeddings of ``images: [N,H,W,3]``.
+
+        ``mask`` is ``[H',W']`` / ``[1,H',W']`` (shared) or ``[N,H',W']`` (per image), 0..1, any
+        resolution covering the image.
+        """
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise OIRInputError("images", tuple(images.shape), "must be [N,H,W,3]", "pass a ComfyUI IMAGE")
+        pixels = preprocess_images(images, self.model.preprocess, self.device)
+        cropped = self._cropped_masks(mask, images.shape[0], (images.shape[1], images.shape[2]))
+        tokens = region_tokens(patch_region(cropped, self.model.grid_size))
+        bias = attention_bias(tokens, self.attention_mode, torch.float32)
+        return self.model.encode_image_masked(pixels, bias)
+
+    def editing_scores(self, candidates: Tensor, mask: Tensor, target_text: str) -> Tensor:
+        """``[N]`` raw ``S_e``: cosine of each region embedding with the target phrase's embedding."""
+        text = self.text_embedding(target_text)
+        images = self.masked_image_embeddings(candidates, mask)
+        return F.cosine_similarity(images, text.unsqueeze(0), dim=-1)
+
+    def fidelity_scores(self, candidates: Tensor, original: Tensor, mask: Tensor) -> Tensor:
+        """``[N]`` raw ``S_ne = -MSE`` outside the mask, in :attr:`fidelity_space`."""
+        m = as_mask_batch(mask).to(self.device)
+        if m.shape[0] != 1:
+            raise OIRInputError("mask", tuple(mask.shape), "must be one mask", "pass this pair's mask")
+        height, width = candidates.shape[1], candidates.shape[2]
+        if self.fidelity_space == "official":
+            prep = self.model.preprocess
+            cand = preprocess_images(candidates, prep, self.device)
+            orig = preprocess_images(original.unsqueeze(0), prep, self.device)
+            keep = 1.0 - (preprocess_mask(m, (height, width), prep) > 0.5).float()  # [1,S,S]
+            return -masked_mse(cand, orig, keep.unsqueeze(1), reduction="all")
+        keep = 1.0 - (resize_mask_nearest(m, (height, width)) > 0.5).float()  # [1,H,W]
+        cand = candidates.to(self.device, torch.float32)
+        orig = original.to(self.device, torch.float32)
+        return -masked_mse(cand, orig, keep.unsqueeze(-1), reduction="kept")
+
+    def score(
+        self, candidates: Tensor, original: Tensor, mask: Tensor, target_text: str
+    ) -> tuple[Tensor, Tensor]:
+        """``(S_e [N], S_ne [N])`` for one pair's ``candidates: [N,H,W,3]`` against ``original: [H,W,3]``.
+
+        ``mask: [H',W']`` or ``[1,H',W']`` is the pair's edited region (0..1, any resolution).
+        """
+        check_candidates(candidates, original)
+        m = as_mask_batch(mask)
+        if m.shape[0] != 1:
+            raise OIRInputError("mask", tuple(mask.shape), "must be one mask", "pass this pair's mask")
+        editing = self.editing_scores(candidates, m, target_text)
+        fidelity = self.fidelity_scores(candidates, original, m)
+        return editing.float().cpu(), fidelity.float().cpu()
+
+
+def load_clip_scorer(
+    path: str,
+    backend: Backend = "auto",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    architecture: str | None = None,
+    attention_mode: AttentionMode = "official",
+    fidelity_space: FidelitySpace = "official",
+) -> ClipScorer:
+    """:func:`oir_core.clip_backends.load_clip` (cached) wrapped in a :class:`ClipScorer`."""
+    model = load_clip(path, backend=backend, device=device, dtype=dtype, architecture=architecture)
+    return ClipScorer(model, attention_mode=attention_mode, fidelity_space=fidelity_space)
