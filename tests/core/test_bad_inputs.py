@@ -190,7 +190,7 @@ def test_bad_input_gets_a_clear_error(
 
 
 def test_scorer_files_missing_corrupt_or_pickled(tmp_path: Path) -> None:
-    with pytest.raises(OIRInputError, match="not found|missing"):
+    with pytest.raises(OIRInputError, match=r"not found|missing"):
         load_state_dict_file(tmp_path / "absent.safetensors")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a safetensors file")

@@ -1,0 +1,35 @@
+"""ComfyUI glue for the OIR engine: V3 nodes that convert types and call one oir_core function each."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .edit_nodes import OIREditPair, OIRGuidedPromptBuilder
+from .sampling_nodes import OIRDDIMInversion, OIRObjectReassembly, OIRParallelStepSearch
+from .scoring_nodes import OIRLoadCLIPScorer, OIRMaskMetricScorer, register_scorer_folder
+
+NODES: list[type[io.ComfyNode]] = [
+    OIRLoadCLIPScorer,
+    OIREditPair,
+    OIRGuidedPromptBuilder,
+    OIRDDIMInversion,
+    OIRParallelStepSearch,
+    OIRMaskMetricScorer,
+    OIRObjectReassembly,
+]
+
+
+class OIRExtension(ComfyExtension):
+    """Registers the OIR nodes with ComfyUI."""
+
+    async def on_load(self) -> None:
+        register_scorer_folder()
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> OIRExtension:
+    """ComfyUI's V3 entry point."""
+    register_scorer_folder()
+    return OIRExtension()

@@ -1,0 +1,477 @@
+"""The ComfyUI implementation of the engine's model protocol (DESIGN.md §3, §5).
+
+:class:`ComfyHost` runs every engine stage through ComfyUI's own sampling machinery: a
+``comfy.samplers.CFGGuider`` (or, for per-row guided prompts, the :class:`GuidedCFGGuider`
+subclass) drives our :class:`StageSampler`, whose ``sample`` method calls the engine's ``body``
+with a denoiser built on ``model_wrap(x, sigma * ones(B), **extra_args)``. That single route is
+what applies LoRA weight patches, object and attention patches, ControlNet carried in the
+conditioning, hooks, wrappers and CFG post-functions, exactly as a KSampler would.
+
+All tensors are in ComfyUI's k-diffusion model space (after ``process_latent_in``); see
+:func:`model_space_in` / :func:`model_space_out`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import torch
+from torch import Tensor
+
+from ..oir_core.host import Denoiser, Stage
+
+R = TypeVar("R")
+
+Conditioning = list[list[Any]]
+"""A ComfyUI CONDITIONING: ``[[cond [B, T, D], {"pooled_output": ..., "control": ..., ...}], ...]``."""
+
+MEMORY_SAFETY_FACTOR = 1.5
+"""The margin ComfyUI itself applies (``_calc_cond_batch``): ``memory_required * 1.5 < free``."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers the nodes need
+# --------------------------------------------------------------------------------------------------
+
+
+def model_space_in(model: Any, samples: Tensor) -> Tensor:
+    """LATENT ``samples`` ``[B, C, h, w]`` (as the VAE gives them) -> model space (``process_latent_in``).
+
+    Uses the (possibly object-patched) ``latent_format`` of the ModelPatcher, which is what
+    ``BaseModel.process_latent_in`` applies during sampling.
+    """
+    return model.get_model_object("latent_format").process_in(samples)
+
+
+def model_space_out(model: Any, x: Tensor) -> Tensor:
+    """Model-space latents ``[B, C, h, w]`` -> LATENT ``samples`` for the VAE (``process_latent_out``)."""
+    return model.get_model_object("latent_format").process_out(x)
+
+
+def get_sigmas(model: Any, scheduler: str, steps: int) -> Tensor:
+    """The model's descending noise schedule: ``[steps + 1]`` float32 on CPU, usually ending in 0.
+
+    Args:
+        model: a ModelPatcher (its ``model_sampling`` object patch is honoured).
+        scheduler: one of ``comfy.samplers.SCHEDULER_NAMES`` (``"ddim_uniform"``, ``"normal"``, ...).
+        steps: number of steps (>= 1).
+    """
+    model_sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps)
+    return sigmas.to(device="cpu", dtype=torch.float32)
+
+
+def is_flow_model(model: Any) -> bool:
+    """True when the model's sampling is rectified flow (``CONST``: SD3, Flux, ``ModelType.FLOW``).
+
+    For these ``x = (1 - sigma) x0 + sigma eps`` and ``sigma_max`` is exactly 1.0.
+    """
+    return isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+
+
+def clean_sigma(model: Any) -> float:
+    """The smallest noise level the model knows (``model_sampling.sigma_min``).
+
+    For discrete EPS / V models this is the t = 0 level (about 0.029 for SD1.x), where the
+    official OIR code places the clean latent.
+    """
+    return float(model.get_model_object("model_sampling").sigma_min)
+
+
+def fit_max_batch(
+    memory_required: Callable[[list[int]], float],
+    latent_shape: Sequence[int],
+    rows: int,
+    free_memory: float,
+    branches: int = 2,
+    cap: int | None = None,
+    safety: float = MEMORY_SAFETY_FACTOR,
+) -> int:
+    """The largest chunk ``k`` (rows per model call) that fits in ``free_memory``.
+
+    ``k`` is the largest value in ``[1, min(rows, cap)]`` with
+    ``memory_required([k * branches, *latent_shape]) * safety < free_memory``, found by bisection
+    (``memory_required`` is assumed non-decreasing in the batch). At least 1 is returned even when
+    one row does not fit: ComfyUI then falls back to its own low-VRAM behaviour.
+
+    Args:
+        memory_required: ``BaseModel.memory_required`` (bytes for one forward pass of a batch shape).
+        latent_shape: one latent's shape, without batch, e.g. ``(C, h, w)``.
+        rows: the largest batch the stage will ask for.
+        free_memory: bytes free on the compute device (``comfy.model_management.get_free_memory``).
+        branches: forward passes per row: 2 with CFG (cond + uncond), 1 without.
+        cap: the user's upper bound on the chunk, ``None`` for none.
+        safety: multiplier on the estimate (ComfyUI uses 1.5).
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    limit = rows if cap is None else min(rows, cap)
+    limit = max(1, int(limit))
+    shape = [int(s) for s in latent_shape]
+
+    def fits(k: int) -> bool:
+        return memory_required([k * branches, *shape]) * safety < free_memory
+
+    if fits(limit):
+        return limit
+    if not fits(1):
+        return 1
+    lo, hi = 1, limit - 1  # fits(lo) holds, fits(limit) does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# --------------------------------------------------------------------------------------------------
+# Guider and sampler
+# --------------------------------------------------------------------------------------------------
+
+
+class GuidedCFGGuider(comfy.samplers.CFGGuider):
+    """CFG with a per-row positive prompt: row ``i`` uses guided prompt ``cond_ids[i]``.
+
+    Registers the conds ``{"negative": N, "positive_0": G_0, ..., "positive_{K-1}": G_{K-1}}`` so
+    each gets ComfyUI's full ``process_conds`` treatment (masks, areas, start/end percents,
+    ``extra_conds``, ControlNet ``pre_run``). ``predict_noise`` groups the rows of ``x`` by pair and
+    runs ``comfy.samplers.sampling_function(inner_model, x_k, t_k, N, G_k, cfg)`` per group, so
+    each row gets exactly what a plain ``CFGGuider(G_k, N)`` would give it.
+
+    One known difference: for conds carrying an ``area`` (ConditioningSetArea, or a mask with
+    ``set_area_to_bounds``) ``process_conds`` adds same-area copies across *all* registered keys,
+    so pair k may also see area entries derived from another pair's areas. Plain text, masks,
+    start/end percents, ControlNet and hooks are unaffected.
+
+    The caller sets :attr:`cond_ids` (``[B]`` int64) just before each model call.
+    """
+
+    def __init__(self, model_patcher: Any) -> None:
+        super().__init__(model_patcher)
+        self.num_pairs = 0
+        self.cond_ids: Tensor | None = None
+        self._pair_negatives: list[Any] | None = None
+
+    def set_guided_conds(self, guided: Sequence[Conditioning], negative: Conditioning) -> None:
+        """Register the K guided prompts and the shared negative (the user's objects, unchanged)."""
+        if len(guided) == 0:
+            raise ValueError("GuidedCFGGuider needs at least one guided conditioning")
+        conds: dict[str, Conditioning] = {"negative": negative}
+        for k, cond in enumerate(guided):
+            conds[f"positive_{k}"] = cond
+        self.num_pairs = len(guided)
+        self.inner_set_conds(conds)
+
+    def sample(self, *args: Any, **kwargs: Any) -> Tensor:
+        self._pair_negatives = None
+        try:
+            return super().sample(*args, **kwargs)
+        finally:
+            self._pair_negatives = None
+            self.cond_ids = None
+
+    def _negative_for_pair(self, k: int) -> Any:
+        """The processed negative as a plain ``CFGGuider(G_k, N)`` would see it.
+
+        ``process_conds`` copies a positive's ControlNet marked ``control_apply_to_uncond`` (and
+        GLIGEN) onto the negative, but only for the key ``"positive"``; redo that per pair.
+        """
+        if self._pair_negatives is None:
+            base = self.conds.get("negative", None)
+            negatives = []
+            for j in range(self.num_pairs):
+                positive = self.conds.get(f"positive_{j}", None)
+                if base is None or positive is None:
+                    negatives.append(base)
+                    continue
+                neg = list(base)
+                comfy.samplers.apply_empty_x_to_equal_area(
+                    [c for c in positive if c.get("control_apply_to_uncond", False)],
+                    neg,
+                    "control",
+                    lambda cond_cnets, i: cond_cnets[i],
+                )
+                comfy.samplers.apply_empty_x_to_equal_area(
+                    positive, neg, "gligen", lambda cond_cnets, i: cond_cnets[i]
+                )
+                negatives.append(neg)
+            self._pair_negatives = negatives
+        return self._pair_negatives[k]
+
+    def predict_noise(
+        self, x: Tensor, timestep: Tensor, model_options: dict | None = None, seed: int | None = None
+    ) -> Tensor:
+        """CFG-combined x0 ``[B, ...]`` for ``x [B, ...]`` at ``timestep [B]``.
+
+        Row ``i`` is guided by pair ``cond_ids[i]``.
+        """
+        if model_options is None:
+            model_options = {}
+        ids = self.cond_ids
+        if ids is None:
+            raise RuntimeError("GuidedCFGGuider: cond_ids were not set before the model call")
+        batch = x.shape[0]
+        if ids.shape != (batch,):
+            raise RuntimeError(f"GuidedCFGGuider: cond_ids has shape {tuple(ids.shape)}, x has batch {batch}")
+        per_row_t = timestep.ndim > 0 and timestep.shape[0] == batch
+        ids_cpu = ids.to("cpu")
+        pairs = torch.unique(ids_cpu).tolist()
+        if len(pairs) == 1:
+            k = int(pairs[0])
+            return comfy.samplers.sampling_function(
+                self.inner_model,
+                x,
+                timestep,
+                self._negative_for_pair(k),
+                self.conds[f"positive_{k}"],
+                self.cfg,
+                model_options=model_options,
+                seed=seed,
+            )
+        out: Tensor | None = None
+        for k in pairs:
+            k = int(k)
+            idx = torch.nonzero(ids_cpu == k).squeeze(1).to(x.device)
+            t_rows = timestep.index_select(0, idx.to(timestep.device)) if per_row_t else timestep
+            res = comfy.samplers.sampling_function(
+                self.inner_model,
+                x.index_select(0, idx),
+                t_rows,
+                self._negative_for_pair(k),
+                self.conds[f"positive_{k}"],
+                self.cfg,
+                model_options=model_options,
+                seed=seed,
+            )
+            if out is None:
+                out = res.new_empty((batch, *res.shape[1:]))
+            out.index_copy_(0, idx.to(res.device), res)
+        assert out is not None
+        return out
+
+
+class StageSampler(comfy.samplers.Sampler):
+    """A ``comfy.samplers.Sampler`` that hands the sampling context to an engine ``body``.
+
+    ``sample`` (called by ``CFGGuider.sample`` once models are loaded and conds processed) sizes
+    the chunk from free memory, builds the denoiser and calls ``body(denoiser, max_batch)``. The
+    body's real result is kept in :attr:`result`; ``sample`` returns zeros shaped like ``noise``.
+
+    Args:
+        stage: the engine stage being run.
+        body: the engine's callable.
+        user_max_batch: the user's cap on rows per call (``None``: none).
+        branches: forward passes per row (2 with CFG, 1 without), for the memory estimate.
+        guided_guider: the :class:`GuidedCFGGuider` whose ``cond_ids`` to set, for role ``"guided"``.
+        free_memory: override of the free-memory reading in bytes (tests); ``None`` reads
+            ``comfy.model_management.get_free_memory(device)``.
+    """
+
+    def __init__(
+        self,
+        stage: Stage,
+        body: Callable[[Denoiser, int | None], Any],
+        user_max_batch: int | None,
+        branches: int,
+        guided_guider: GuidedCFGGuider | None = None,
+        free_memory: float | None = None,
+    ) -> None:
+        self.stage = stage
+        self.body = body
+        self.user_max_batch = user_max_batch
+        self.branches = branches
+        self.guided_guider = guided_guider
+        self.free_memory = free_memory
+        self.result: Any = None
+        self.max_batch: int | None = None
+        self.calls = 0
+
+    def sample(
+        self,
+        model_wrap: Any,
+        sigmas: Tensor,
+        extra_args: dict,
+        callback: Any,
+        noise: Tensor,
+        latent_image: Tensor | None = None,
+        denoise_mask: Tensor | None = None,
+        disable_pbar: bool = False,
+    ) -> Tensor:
+        device = noise.device
+        latent_shape = tuple(self.stage.latent_shape)
+        free = self.free_memory
+        if free is None:
+            free = comfy.model_management.get_free_memory(device)
+        self.max_batch = fit_max_batch(
+            model_wrap.inner_model.memory_required,
+            latent_shape,
+            self.stage.rows,
+            free,
+            branches=self.branches,
+            cap=self.user_max_batch,
+        )
+        guided = self.guided_guider
+
+        def denoiser(x: Tensor, sigma: Tensor, cond_ids: Tensor | None) -> Tensor:
+            """``x [B, *latent_shape]``, ``sigma`` 0-dim, ``cond_ids [B]`` (guided role) -> ``x0_hat``.
+
+            ``x0_hat`` has ``x``'s shape, device and dtype.
+            """
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if tuple(x.shape[1:]) != latent_shape:
+                raise ValueError(
+                    f"denoiser: x has shape {tuple(x.shape)}, the stage's latent shape is {latent_shape}"
+                )
+            batch = x.shape[0]
+            x_dev = x.to(device)
+            sig = torch.as_tensor(sigma).to(device=device, dtype=torch.float32).reshape(())
+            if guided is not None:
+                if cond_ids is None:
+                    raise ValueError("denoiser: the 'guided' role needs cond_ids")
+                ids = torch.as_tensor(cond_ids).to(dtype=torch.int64).reshape(-1)
+                if ids.shape[0] != batch:
+                    raise ValueError(f"denoiser: cond_ids has {ids.shape[0]} entries for a batch of {batch}")
+                if batch and (int(ids.min()) < 0 or int(ids.max()) >= guided.num_pairs):
+                    raise ValueError(
+                        f"denoiser: cond_ids must lie in [0, {guided.num_pairs}), got {ids.tolist()}"
+                    )
+                guided.cond_ids = ids
+            try:
+                with torch.no_grad():
+                    out = model_wrap(x_dev, sig * x_dev.new_ones(batch), **extra_args)
+            finally:
+                if guided is not None:
+                    guided.cond_ids = None
+            self.calls += 1
+            return out.to(device=x.device, dtype=x.dtype)
+
+        self.result = self.body(denoiser, self.max_batch)
+        return torch.zeros_like(noise)
+
+
+# --------------------------------------------------------------------------------------------------
+# The host
+# --------------------------------------------------------------------------------------------------
+
+
+class ComfyHost:
+    """The engine's :class:`~oir_core.host.Host` on a ComfyUI MODEL and CONDITIONINGs.
+
+    Roles (DESIGN.md §3):
+
+    - ``"original"``: ``CFGGuider(positive=original, negative=negative)`` at cfg 1 (ComfyUI then
+      evaluates the conditional branch only).
+    - ``"guided"``: :class:`GuidedCFGGuider` with ``guided[k]`` per row vs ``negative``, at ``cfg``.
+    - ``"target"``: ``CFGGuider(positive=target, negative=negative)`` at ``cfg``.
+
+    Every user CONDITIONING is passed to ComfyUI unchanged (ControlNet, hooks, masks ride in it) and
+    is never mutated. A new guider is built per :meth:`run`, so the host holds no sampling state.
+
+    Args:
+        model: the ModelPatcher from the graph (LoRA'd, patched; never mutated).
+        original: CONDITIONING of the original prompt P_o.
+        negative: the negative CONDITIONING; ``None`` uses ``original`` (OIR's default,
+            negative-prompt-inversion style).
+        guided: one CONDITIONING per edit pair (guided prompt G_k).
+        target: CONDITIONING of the target prompt P_t (``None`` if no target stage will run).
+        cfg: the CFG scale of the ``"guided"`` and ``"target"`` roles.
+        seed: passed to ComfyUI as the sampling seed (used by some conds / patches only; the
+            engine's steps are deterministic).
+        max_batch: the user's cap on rows per model call (``None``: sized from free memory only).
+
+    Attributes:
+        last_max_batch: the chunk size given to the most recent body.
+        free_memory_override: set to a byte count to simulate free memory (tests, benchmarks).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        original: Conditioning,
+        negative: Conditioning | None,
+        guided: Sequence[Conditioning],
+        target: Conditioning | None,
+        cfg: float,
+        seed: int = 0,
+        max_batch: int | None = None,
+    ) -> None:
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+        self.model = model
+        self.original = original
+        self.negative = negative if negative is not None else original
+        self.guided = list(guided)
+        self.target = target
+        self.cfg = float(cfg)
+        self.seed = int(seed)
+        self.max_batch = max_batch
+        self.last_max_batch: int | None = None
+        self.free_memory_override: float | None = None
+
+    def _cfg1_skips_uncond(self) -> bool:
+        return not self.model.model_options.get("disable_cfg1_optimization", False)
+
+    def _guider(self, role: str) -> tuple[comfy.samplers.CFGGuider, int, GuidedCFGGuider | None]:
+        """Build the guider for ``role``: ``(guider, branches per row, guided guider or None)``."""
+        if role == "original":
+            guider = comfy.samplers.CFGGuider(self.model)
+            guider.set_conds(self.original, self.negative)
+            guider.set_cfg(1.0)
+            return guider, 1 if self._cfg1_skips_uncond() else 2, None
+        branches = 1 if math.isclose(self.cfg, 1.0) and self._cfg1_skips_uncond() else 2
+        if role == "target":
+            if self.target is None:
+                raise ValueError("ComfyHost: a 'target' stage needs the target conditioning")
+            guider = comfy.samplers.CFGGuider(self.model)
+            guider.set_conds(self.target, self.negative)
+            guider.set_cfg(self.cfg)
+            return guider, branches, None
+        if role == "guided":
+            if not self.guided:
+                raise ValueError("ComfyHost: a 'guided' stage needs at least one guided conditioning")
+            guided = GuidedCFGGuider(self.model)
+            guided.set_guided_conds(self.guided, self.negative)
+            guided.set_cfg(self.cfg)
+            return guided, branches, guided
+        raise ValueError(f"ComfyHost: unknown role {role!r}")
+
+    def run(self, stage: Stage, body: Callable[[Denoiser, int | None], R]) -> R:
+        """Run ``body(denoiser, max_batch)`` inside ``guider.sample`` and return its result.
+
+        ``guider.sample`` gets zero ``noise`` / ``latent_image`` of shape
+        ``[min(stage.rows, max_batch), *stage.latent_shape]`` (so ComfyUI reserves memory for one
+        chunk) and ``sigmas = stage.sigmas`` (so hooks and ControlNet percents see the real schedule;
+        ascending inversion schedules are fine: the guider only passes them through).
+        """
+        sigmas = torch.as_tensor(stage.sigmas, dtype=torch.float32).reshape(-1)
+        if sigmas.numel() == 0:
+            raise ValueError(f"ComfyHost: stage {stage.label!r} has no sigmas")
+        if stage.rows < 1:
+            raise ValueError(f"ComfyHost: stage {stage.label!r} has rows = {stage.rows}")
+        guider, branches, guided = self._guider(stage.role)
+        chunk = stage.rows if self.max_batch is None else min(stage.rows, self.max_batch)
+        shape = (chunk, *(int(s) for s in stage.latent_shape))
+        noise = torch.zeros(shape, dtype=torch.float32)
+        latent = torch.zeros(shape, dtype=torch.float32)
+        sampler = StageSampler(
+            stage, body, self.max_batch, branches, guided_guider=guided, free_memory=self.free_memory_override
+        )
+        guider.sample(
+            noise,
+            latent,
+            sampler,
+            sigmas,
+            denoise_mask=None,
+            callback=None,
+            disable_pbar=True,
+            seed=self.seed,
+        )
+        self.last_max_batch = sampler.max_batch
+        return sampler.result

@@ -1,0 +1,445 @@
+"""Nodes that run the diffusion model: OIR DDIM Inversion, Parallel Step Search, Object Reassembly.
+
+Every model call goes through :class:`nodes.comfy_host.ComfyHost` (ComfyUI's CFGGuider), so LoRA,
+ControlNet carried in the conditioning, hooks and model patches act on every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import comfy.samplers
+import torch
+from comfy_api.latest import io, ui
+
+from ..oir_core.candidates import CandidateSet, generate_candidates
+from ..oir_core.clip_scorer import ClipScorer
+from ..oir_core.edit import check_cfg, check_masks_match, fit_image, stack_images
+from ..oir_core.errors import OIRInputError
+from ..oir_core.figures import candidate_grid, grid_geometry
+from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, invert
+from ..oir_core.metric import search_scores
+from ..oir_core.reassembly import reassemble
+from ..oir_core.search import SEARCH_MODES, coarse_to_fine_candidates, search_step_sets
+from .comfy_host import ComfyHost, clean_sigma, get_sigmas, is_flow_model, model_space_in, model_space_out
+from .conditioning import check_conditioning, inherit_conditioning
+from .payloads import CandidateBundle, ChosenSteps, OIREdit
+from .progress import level_progress
+from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
+
+CATEGORY = "OIR/sampling"
+CONVENTIONS = ("auto", "official", "euler")
+
+
+def model_facts(model: Any) -> dict[str, Any]:
+    """What a trajectory must agree on with the model that uses it."""
+    sampling = model.get_model_object("model_sampling")
+    return {
+        "model_sampling": type(sampling).__name__,
+        "latent_channels": int(model.get_model_object("latent_format").latent_channels),
+        "sigma_max": float(sampling.sigma_max),
+        "sigma_min": float(sampling.sigma_min),
+    }
+
+
+def single_latent(latent: dict[str, Any], input_name: str = "latent") -> torch.Tensor:
+    """``[1, C, ..., h, w]`` samples of a one-image LATENT."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor):
+        raise OIRInputError(
+            input_name, type(latent).__name__, "is not a LATENT", "connect VAE Encode's output"
+        )
+    if samples.shape[0] != 1:
+        raise OIRInputError(
+            input_name,
+            f"batch of {samples.shape[0]}",
+            "OIR edits one image at a time",
+            "split the batch (Latent From Batch) and edit each image separately",
+        )
+    if not torch.isfinite(samples).all():
+        raise OIRInputError(
+            input_name, "latent with NaN/inf", "the latent is not finite", "re-encode the image"
+        )
+    return samples
+
+
+def check_edit(edit: Any, trajectory: InversionTrajectory) -> OIREdit:
+    """The edit's masks must belong to the inverted image."""
+    if not isinstance(edit, OIREdit):
+        raise OIRInputError(
+            "oir_edit", type(edit).__name__, "is not an OIR edit", "connect the Guided Prompt Builder"
+        )
+    check_masks_match(edit.pairs, tuple(int(s) for s in trajectory.latent_shape[-2:]))
+    return edit
+
+
+def guided_conditionings(edit: OIREdit, original: list) -> list:
+    """Each pair's guided prompt carrying whatever the user attached to the original conditioning."""
+    return [inherit_conditioning(original, encoded, edit.encoder_keys) for encoded in edit.guided_encodings]
+
+
+def decode(vae: Any, model: Any, latents: torch.Tensor) -> torch.Tensor:
+    """``[N, *latent_shape]`` model-space latents -> ``[N, H, W, 3]`` images (after sampling only)."""
+    images = vae.decode(model_space_out(model, latents))
+    if images.ndim == 5:  # video VAEs give [N, frames, H, W, 3]; OIR scores the first frame
+        images = images[:, 0]
+    return images.float().clamp(0, 1).cpu()
+
+
+def pair_grids(candidates: CandidateSet, images: torch.Tensor, highlight: dict[int, int] | None = None):  # type: ignore[no-untyped-def]
+    """One labelled grid per pair (padded to a common size) and their layouts."""
+    grids, layouts = [], []
+    for pair in range(candidates.pair_count):
+        index = [i for i, p in enumerate(candidates.pair_ids) if p == pair]
+        steps = [candidates.steps[i] for i in index]
+        marked = [steps.index(highlight[pair])] if highlight and highlight.get(pair) in steps else []
+        pair_images = images[index]
+        grids.append(candidate_grid(pair_images, [f"t={s}" for s in steps], highlight=marked))
+        layouts.append({"pair": pair, "steps": steps, **grid_geometry(len(index), *pair_images.shape[1:3])})
+    return stack_images(grids), layouts
+
+
+class OIRDDIMInversion(io.ComfyNode):
+    """Deterministic DDIM inversion with the original prompt, keeping every latent."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OIRDDIMInversion",
+            display_name="OIR DDIM Inversion",
+            category=CATEGORY,
+            description=(
+                "OIR step 1: inverts the encoded image with the original prompt (CFG off) and keeps all T+1 "
+                "latents. One inversion serves every edit pair. 'official' follows the paper's code "
+                "(model evaluated at the next timestep, about 2x more accurate round trips); flow models "
+                "(SD3, Flux) use 'euler'."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (LoRA and patches apply)."),
+                io.Latent.Input("latent", tooltip="VAE Encode of the source image (batch of one)."),
+                io.Conditioning.Input(
+                    "original", tooltip="Original prompt P_o (from the Guided Prompt Builder)."
+                ),
+                io.Int.Input("steps", default=50, min=2, max=1000, tooltip="Inversion steps T (paper: 50)."),
+                io.Combo.Input(
+                    "scheduler",
+                    options=list(comfy.samplers.SCHEDULER_NAMES),
+                    default="ddim_uniform",
+                    tooltip="Noise schedule; ddim_uniform matches the paper's DDIM timesteps.",
+                ),
+                io.Combo.Input(
+                    "convention",
+                    options=list(CONVENTIONS),
+                    default="auto",
+                    tooltip="auto = official for noise/v-prediction models, euler for flow models.",
+                ),
+            ],
+            outputs=[
+                Trajectory.Output(
+                    display_name="trajectory", tooltip="All T+1 inverted latents and the schedule."
+                ),
+                io.Latent.Output(display_name="inverted", tooltip="The fully inverted latent x_T."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls, model: Any, latent: dict, original: list, steps: int, scheduler: str, convention: str
+    ) -> io.NodeOutput:
+        samples = single_latent(latent)
+        check_conditioning(original, "original")
+        if steps < 2:
+            raise OIRInputError("steps", steps, "OIR needs at least 2 steps", "use the paper's 50")
+        flow = is_flow_model(model)
+        if convention == "auto":
+            convention = "euler" if flow else "official"
+        if convention == "official" and flow:
+            raise OIRInputError(
+                "convention",
+                convention,
+                "the official convention is defined for noise/v-prediction models",
+                "use 'euler' (or 'auto') with flow models",
+            )
+        host = ComfyHost(model, original, None, [], None, cfg=1.0)
+        trajectory = invert(
+            host,
+            model_space_in(model, samples)[0].float(),
+            get_sigmas(model, scheduler, steps),
+            convention,  # type: ignore[arg-type]
+            clean_sigma=clean_sigma(model) if convention == "official" else None,
+            on_level=level_progress(),
+            source={**model_facts(model), "scheduler": scheduler},
+        )
+        inverted = {"samples": model_space_out(model, trajectory.latents[-1:].clone())}
+        return io.NodeOutput(trajectory, inverted)
+
+
+class OIRParallelStepSearch(io.ComfyNode):
+    """Every candidate of every pair, denoised in lockstep; decoded after sampling."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OIRParallelStepSearch",
+            display_name="OIR Parallel Step Search",
+            category=CATEGORY,
+            description=(
+                "OIR steps 2-3: for each edit pair and each inversion step t, denoises x_t with the pair's "
+                "guided prompt (negative: original prompt) into a candidate. All pairs and steps share each "
+                "model call (T calls instead of T(T+1)/2), chunked to fit memory. 'coarse_to_fine' scores a "
+                "strided subset on a coarse sub-schedule first and refines around the best (needs scorer "
+                "and image)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (LoRA and patches apply)."),
+                Trajectory.Input("trajectory", tooltip="From OIR DDIM Inversion."),
+                OIREditType.Input("oir_edit", tooltip="From the OIR Guided Prompt Builder."),
+                io.Conditioning.Input(
+                    "original",
+                    tooltip="Original prompt P_o: the default negative, and the template whose ControlNet/"
+                    "hooks "
+                    "the guided prompts inherit.",
+                ),
+                io.Vae.Input("vae", tooltip="Decodes the candidates for scoring and preview."),
+                io.Float.Input(
+                    "cfg", default=7.5, min=0.0, max=100.0, step=0.1, tooltip="CFG scale (paper: 7.5)."
+                ),
+                io.Combo.Input(
+                    "search_mode",
+                    options=list(SEARCH_MODES),
+                    default="exhaustive",
+                    tooltip="exhaustive = every step 1..T (paper); coarse_to_fine = strided then refined; "
+                    "custom = the steps listed in custom_steps.",
+                ),
+                io.String.Input(
+                    "custom_steps", default="1-50", tooltip="Steps for 'custom', e.g. '5, 10, 20-40:2'."
+                ),
+                io.Int.Input(
+                    "coarse_stride", default=5, min=1, max=100, tooltip="coarse_to_fine: step spacing."
+                ),
+                io.Int.Input(
+                    "refine_radius",
+                    default=2,
+                    min=0,
+                    max=50,
+                    tooltip="coarse_to_fine: refinement half-width.",
+                ),
+                io.Int.Input(
+                    "max_batch",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    tooltip="Rows per model call; 0 = largest that fits memory.",
+                ),
+                io.Conditioning.Input(
+                    "negative", optional=True, tooltip="Negative prompt; default: the original."
+                ),
+                Scorer.Input("scorer", optional=True, tooltip="coarse_to_fine only: the CLIP scorer."),
+                io.Image.Input("image", optional=True, tooltip="coarse_to_fine only: the source image."),
+            ],
+            outputs=[
+                Candidates.Output(display_name="candidates", tooltip="Candidate latents and decoded images."),
+                io.Image.Output(display_name="grid", tooltip="One labelled candidate grid per pair."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model: Any,
+        trajectory: InversionTrajectory,
+        oir_edit: OIREdit,
+        original: list,
+        vae: Any,
+        cfg: float,
+        search_mode: str,
+        custom_steps: str,
+        coarse_stride: int,
+        refine_radius: int,
+        max_batch: int,
+        negative: list | None = None,
+        scorer: Any = None,
+        image: torch.Tensor | None = None,
+    ) -> io.NodeOutput:
+        check_trajectory_source(trajectory, model_facts(model))
+        edit = check_edit(oir_edit, trajectory)
+        check_conditioning(original, "original")
+        if negative is not None:
+            check_conditioning(negative, "negative")
+        if search_mode not in SEARCH_MODES:
+            raise OIRInputError("search_mode", search_mode, "unknown mode", f"use one of {SEARCH_MODES}")
+        host = ComfyHost(
+            model,
+            original,
+            negative,
+            guided_conditionings(edit, original),
+            None,
+            check_cfg(cfg),
+            max_batch=max_batch or None,
+        )
+        pairs = len(edit.pairs)
+        coarse, coarse_best = None, ()
+        if search_mode == "coarse_to_fine":
+            if scorer is None or image is None:
+                raise OIRInputError(
+                    "search_mode",
+                    search_mode,
+                    "coarse_to_fine scores between rounds",
+                    "connect 'scorer' and 'image'",
+                )
+            clip_scorer = ClipScorer(scorer)
+
+            def best_steps(round_one: CandidateSet) -> list[int]:
+                images = decode(vae, model, round_one.latents)
+                original_image = fit_image(image, tuple(images.shape[1:3]))
+                best = []
+                for pair, edit_pair in enumerate(edit.pairs):
+                    index = [i for i, p in enumerate(round_one.pair_ids) if p == pair]
+                    table = search_scores(
+                        clip_scorer,
+                        [round_one.steps[i] for i in index],
+                        images[index],
+                        original_image,
+                        edit_pair.mask,
+                        edit.plan.score_texts[pair],
+                    )
+                    best.append(table.chosen_step)
+                return best
+
+            run = coarse_to_fine_candidates(
+                host, trajectory, pairs, best_steps, coarse_stride, refine_radius, on_level=level_progress()
+            )
+            candidates, coarse, coarse_best = run.refined, run.coarse, tuple(run.coarse_best)
+        else:
+            starts = search_step_sets(search_mode, trajectory.steps, pairs, custom_steps)
+            candidates = generate_candidates(host, trajectory, starts, on_level=level_progress())
+        images = decode(vae, model, candidates.latents)
+        grid, layouts = pair_grids(candidates, images)
+        bundle = CandidateBundle(
+            edit=edit,
+            candidates=candidates,
+            images=images,
+            steps=trajectory.steps,
+            mode=search_mode,
+            coarse=coarse,
+            coarse_best=coarse_best,
+            grid_layout=tuple(layouts),
+        )
+        preview = ui.PreviewImage(grid, cls=cls).as_dict()
+        return io.NodeOutput(
+            bundle, grid, ui={**preview, "oir_grid": layouts, "oir_stats": [candidates.stats.to_dict()]}
+        )
+
+
+class OIRObjectReassembly(io.ComfyNode):
+    """Per-object denoise from its optimal step, mask merge, re-inversion and target denoise."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OIRObjectReassembly",
+            display_name="OIR Object Reassembly",
+            category=CATEGORY,
+            description=(
+                "OIR step 5: each pair is denoised from its chosen step with its guided prompt down to the "
+                "reassembly step R; the pair latents are merged by mask over the inverted background x_R, "
+                "re-inverted r steps with the original prompt and denoised with the target prompt. A chosen "
+                "step <= R starts from x_R itself (as if it were R). Overlapping masks: the later pair wins "
+                "(or error)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (LoRA and patches apply)."),
+                Trajectory.Input("trajectory", tooltip="From OIR DDIM Inversion."),
+                OIREditType.Input("oir_edit", tooltip="From the OIR Guided Prompt Builder."),
+                ChosenStepsType.Input("chosen_steps", tooltip="From the OIR Mask Metric Scorer."),
+                io.Conditioning.Input(
+                    "original", tooltip="Original prompt P_o (re-inversion; default negative)."
+                ),
+                io.Conditioning.Input("target", tooltip="Target prompt P_t for the final shared denoise."),
+                io.Float.Input(
+                    "cfg", default=7.5, min=0.0, max=100.0, step=0.1, tooltip="CFG scale (paper: 7.5)."
+                ),
+                io.Int.Input(
+                    "reassembly_step", default=10, min=0, max=999, tooltip="R: level where objects merge."
+                ),
+                io.Int.Input(
+                    "reinversion_steps",
+                    default=10,
+                    min=0,
+                    max=999,
+                    tooltip="r: re-inversion steps after merging.",
+                ),
+                io.Combo.Input(
+                    "overlap",
+                    options=["later_wins", "error"],
+                    default="later_wins",
+                    tooltip="Rule for overlapping masks.",
+                ),
+                io.Int.Input(
+                    "max_batch",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    tooltip="Rows per model call; 0 = largest that fits memory.",
+                ),
+                io.Conditioning.Input(
+                    "negative", optional=True, tooltip="Negative prompt; default: the original."
+                ),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The edited latent, for VAE Decode.")],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model: Any,
+        trajectory: InversionTrajectory,
+        oir_edit: OIREdit,
+        chosen_steps: ChosenSteps,
+        original: list,
+        target: list,
+        cfg: float,
+        reassembly_step: int,
+        reinversion_steps: int,
+        overlap: str,
+        max_batch: int,
+        negative: list | None = None,
+    ) -> io.NodeOutput:
+        check_trajectory_source(trajectory, model_facts(model))
+        edit = check_edit(oir_edit, trajectory)
+        check_conditioning(original, "original")
+        check_conditioning(target, "target")
+        if not isinstance(chosen_steps, ChosenSteps) or len(chosen_steps.steps) != len(edit.pairs):
+            raise OIRInputError(
+                "chosen_steps",
+                getattr(chosen_steps, "steps", chosen_steps),
+                f"not one chosen step for each of the {len(edit.pairs)} edit pairs",
+                "connect the Mask Metric Scorer that scored this edit's candidates",
+            )
+        host = ComfyHost(
+            model,
+            original,
+            negative,
+            guided_conditionings(edit, original),
+            target,
+            check_cfg(cfg),
+            max_batch=max_batch or None,
+        )
+        result = reassemble(
+            host,
+            trajectory,
+            list(chosen_steps.steps),
+            [pair.mask for pair in edit.pairs],
+            reassembly_step,
+            reinversion_steps,
+            overlap,  # type: ignore[arg-type]
+            on_level=level_progress(),
+        )
+        if not torch.isfinite(result.latent).all():
+            raise OIRInputError(
+                "model",
+                "NaN/inf latent",
+                "the reassembled latent is not finite",
+                "lower cfg or check the model/LoRA",
+            )
+        return io.NodeOutput({"samples": model_space_out(model, result.latent[None].clone())})

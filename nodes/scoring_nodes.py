@@ -1,0 +1,255 @@
+"""The search metric in ComfyUI: OIR Load CLIP Scorer and OIR Mask Metric Scorer."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..oir_core.clip_backends import load_clip
+from ..oir_core.clip_scorer import ATTENTION_MODES, FIDELITY_SPACES, ClipScorer
+from ..oir_core.edit import fit_image, stack_images
+from ..oir_core.errors import OIRInputError
+from ..oir_core.figures import score_plot
+from ..oir_core.metric import search_scores
+from ..oir_core.search import parse_step_overrides
+from .payloads import CandidateBundle, ChosenSteps
+from .sampling_nodes import pair_grids
+from .types import Candidates, ChosenStepsType, Scorer
+
+CATEGORY = "OIR/scoring"
+SCORER_FOLDER = "oir_clip"
+CHECKPOINT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def register_scorer_folder() -> None:
+    """Register ``models/oir_clip`` (and any ``oir_clip`` entry of extra_model_paths.yaml)."""
+    if SCORER_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[SCORER_FOLDER] = (
+            [os.path.join(folder_paths.models_dir, SCORER_FOLDER)],
+            set(CHECKPOINT_EXTENSIONS),
+        )
+
+
+def list_scorers() -> list[str]:
+    """transformers CLIP folders (with ``config.json``) and open_clip checkpoints, relative names."""
+    register_scorer_folder()
+    found: set[str] = set()
+    for root in folder_paths.get_folder_paths(SCORER_FOLDER):
+        if not os.path.isdir(root):
+            continue
+        for current, folders, files in os.walk(root, followlinks=True):
+            relative = os.path.relpath(current, root)
+            if "config.json" in files and relative != ".":
+                found.add(relative.replace(os.sep, "/"))
+                folders.clear()
+                continue
+            for name in files:
+                if name.endswith(CHECKPOINT_EXTENSIONS):
+                    found.add(os.path.normpath(os.path.join(relative, name)).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def resolve_scorer(name: str) -> str:
+    """Absolute path of a listed scorer name, refusing names outside the registered folders."""
+    register_scorer_folder()
+    for root in folder_paths.get_folder_paths(SCORER_FOLDER):
+        candidate = os.path.realpath(os.path.join(root, name))
+        if candidate.startswith(os.path.realpath(root) + os.sep) and os.path.exists(candidate):
+            return candidate
+    raise OIRInputError(
+        "clip_name",
+        name,
+        f"not found in models/{SCORER_FOLDER}",
+        f"put a transformers CLIP folder or an open_clip .safetensors checkpoint into models/{SCORER_FOLDER}",
+    )
+
+
+class OIRLoadCLIPScorer(io.ComfyNode):
+    """Loads the CLIP used for the editing score, from local files only (cached)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OIRLoadCLIPScorer",
+            display_name="OIR Load CLIP Scorer",
+            category=CATEGORY,
+            description=(
+                f"Loads a CLIP from models/{SCORER_FOLDER}: a transformers CLIP folder (config.json + "
+                "safetensors, e.g. clip-vit-base-patch16 as in the paper) or an open_clip .safetensors "
+                "checkpoint with a <name>.json sidecar naming its architecture. Never downloads; pickle "
+                "files load only as plain weights."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "clip_name", options=list_scorers(), tooltip=f"A model in models/{SCORER_FOLDER}."
+                ),
+                io.Combo.Input(
+                    "backend",
+                    options=["auto", "transformers", "open_clip"],
+                    default="auto",
+                    tooltip="Loader to use.",
+                ),
+                io.Combo.Input(
+                    "device", options=["auto", "cpu", "gpu"], default="auto", tooltip="Where the scorer runs."
+                ),
+                io.Combo.Input(
+                    "precision", options=["fp32", "fp16"], default="fp32", tooltip="Scorer weights dtype."
+                ),
+            ],
+            outputs=[
+                Scorer.Output(display_name="scorer", tooltip="The loaded CLIP, for the Mask Metric Scorer.")
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip_name: str, backend: str, device: str, precision: str) -> io.NodeOutput:
+        import comfy.model_management
+
+        path = resolve_scorer(clip_name)
+        target = {"auto": None, "cpu": "cpu", "gpu": comfy.model_management.get_torch_device()}[device]
+        if target is None:
+            target = comfy.model_management.get_torch_device()
+        dtype = torch.float16 if precision == "fp16" and torch.device(target).type != "cpu" else torch.float32
+        return io.NodeOutput(load_clip(path, backend=backend, device=target, dtype=dtype))  # type: ignore[arg-type]
+
+
+class OIRMaskMetricScorer(io.ComfyNode):
+    """Scores every candidate (CLIP inside the mask, MSE outside) and picks each pair's step."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OIRMaskMetricScorer",
+            display_name="OIR Mask Metric Scorer",
+            category=CATEGORY,
+            description=(
+                "OIR step 4: per pair, S_e = CLIP similarity of the target phrase and the candidate "
+                "restricted "
+                "to the mask; S_ne = -MSE to the source image outside the mask; both min-max normalised and "
+                "weighted; the best step wins (ties: smaller step). 'step_override' (e.g. 'auto, 23') "
+                "overrules the search per pair; click a step on the chart to set it."
+            ),
+            inputs=[
+                Candidates.Input("candidates", tooltip="From the OIR Parallel Step Search."),
+                Scorer.Input("scorer", tooltip="From OIR Load CLIP Scorer."),
+                io.Image.Input("image", tooltip="The source image (the one VAE-encoded for the inversion)."),
+                io.Float.Input(
+                    "editing_weight",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Weight of the editing score; fidelity gets 1 - this (paper: 0.5).",
+                ),
+                io.Combo.Input(
+                    "attention_mode",
+                    options=list(ATTENTION_MODES),
+                    default="official",
+                    tooltip="official = the paper's soft +1 attention bias; hard = CLIP sees only the mask.",
+                ),
+                io.Combo.Input(
+                    "fidelity_space",
+                    options=list(FIDELITY_SPACES),
+                    default="official",
+                    tooltip="official = MSE on CLIP-preprocessed 224px images; pixels = full-resolution MSE.",
+                ),
+                io.String.Input(
+                    "step_override",
+                    default="",
+                    tooltip="Per pair 'auto' or a step, comma-separated (e.g. 'auto, 23'); empty = all auto.",
+                ),
+            ],
+            outputs=[
+                ChosenStepsType.Output(
+                    display_name="chosen_steps", tooltip="Step per pair and the score tables."
+                ),
+                io.Image.Output(
+                    display_name="plot", tooltip="Score curves per pair (normalised) vs the step."
+                ),
+                io.Image.Output(display_name="grid", tooltip="Candidate grids with the chosen step framed."),
+                io.String.Output(
+                    display_name="report", tooltip="Chosen steps and full score tables as JSON."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        candidates: CandidateBundle,
+        scorer: Any,
+        image: torch.Tensor,
+        editing_weight: float,
+        attention_mode: str,
+        fidelity_space: str,
+        step_override: str = "",
+    ) -> io.NodeOutput:
+        if not isinstance(candidates, CandidateBundle):
+            raise OIRInputError(
+                "candidates",
+                type(candidates).__name__,
+                "not OIR candidates",
+                "connect the Parallel Step Search",
+            )
+        edit, found = candidates.edit, candidates.candidates
+        overrides = parse_step_overrides(step_override, len(edit.pairs), candidates.steps)
+        clip_scorer = ClipScorer(scorer, attention_mode, fidelity_space)  # type: ignore[arg-type]
+        original = fit_image(image, tuple(candidates.images.shape[1:3]))
+        weights = (float(editing_weight), 1.0 - float(editing_weight))
+        tables = []
+        for pair, edit_pair in enumerate(edit.pairs):
+            index = [i for i, p in enumerate(found.pair_ids) if p == pair]
+            tables.append(
+                search_scores(
+                    clip_scorer,
+                    [found.steps[i] for i in index],
+                    candidates.images[index],
+                    original,
+                    edit_pair.mask,
+                    edit.plan.score_texts[pair],
+                    weights=weights,
+                )
+            )
+        searched = tuple(table.chosen_step for table in tables)
+        chosen = tuple(o if o is not None else s for o, s in zip(overrides, searched))
+        result = ChosenSteps(
+            steps=chosen,
+            searched=searched,
+            tables=tuple(tables),
+            overridden=tuple(o is not None for o in overrides),
+        )
+        plots = stack_images(
+            [
+                score_plot(
+                    t.steps,
+                    t.editing_norm,
+                    t.fidelity_norm,
+                    t.combined,
+                    step,
+                    title=f"pair {k + 1}: {edit.pairs[k].text.source} -> {edit.pairs[k].text.target}",
+                )
+                for k, (t, step) in enumerate(zip(tables, chosen))
+            ]
+        )
+        grid, layouts = pair_grids(found, candidates.images, highlight=dict(enumerate(chosen)))
+        report = json.dumps({"prompts": edit.plan.to_dict(), **result.to_dict()}, indent=2)
+        chart = [
+            {
+                "pair": k,
+                "source": edit.pairs[k].text.source,
+                "target": edit.pairs[k].text.target,
+                "chosen": chosen[k],
+                "searched": searched[k],
+                "override": overrides[k],
+                "table": tables[k].to_dict(),
+                "grid": layouts[k],
+            }
+            for k in range(len(tables))
+        ]
+        preview = ui.PreviewImage(grid, cls=cls).as_dict()
+        return io.NodeOutput(result, plots, grid, report, ui={**preview, "oir_scores": chart})

@@ -1,0 +1,134 @@
+"""Integration tests against a real ComfyUI checkout (DESIGN.md §7).
+
+Run with ``COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/integration -q -rs``. Without a
+usable checkout the whole folder is skipped, with the reason shown by ``-rs``.
+
+When ComfyUI is available, this file puts it on ``sys.path`` in CPU mode, imports the pack the way
+ComfyUI imports a custom node folder, and provides tiny deterministic models as fixtures.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import comfy_env
+import pytest
+
+_REASON = comfy_env.unavailable_reason()
+_PATH = comfy_env.comfyui_path()
+if _REASON is None:
+    assert _PATH is not None
+    try:
+        comfy_env.setup_comfyui(_PATH)
+    except ModuleNotFoundError as exc:  # a requirement ComfyUI imports that find_spec did not cover
+        _REASON = f"ComfyUI at {_PATH} cannot be imported ({exc})"
+
+
+class _UnavailableModule(pytest.Module):
+    """Stands in for a test module when ComfyUI is unavailable: reports it skipped, with the reason.
+
+    (``pytest.skip(allow_module_level=True)`` in a conftest crashes pytest when that conftest is
+    loaded as an initial one, e.g. ``pytest tests/integration``; this works for every invocation.)
+    """
+
+    def collect(self) -> Any:
+        pytest.skip(f"integration tests skipped: {_REASON}")
+
+
+def pytest_pycollect_makemodule(module_path: Any, parent: Any) -> Any:
+    if _REASON is not None:
+        return _UnavailableModule.from_parent(parent, path=module_path)
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _REASON is not None:
+        return f"integration tests skipped: {_REASON}"
+    return f"ComfyUI for integration tests: {_PATH} (CPU mode); pack imported as {comfy_env.PACK_NAME}"
+
+
+def _tiny() -> ModuleType:
+    """``tiny_models``, imported only once ComfyUI is set up (it imports ``comfy``)."""
+    import tiny_models
+
+    return tiny_models
+
+
+@pytest.fixture(scope="session")
+def pack() -> ModuleType:
+    """The repository imported as a ComfyUI custom-node package (``pack.nodes.comfy_host``, ...)."""
+    module = comfy_env.load_pack()
+    comfy_env.import_pack_module("nodes.comfy_host")
+    return module
+
+
+@pytest.fixture(scope="session")
+def comfy_host(pack: ModuleType) -> ModuleType:
+    """The ``nodes.comfy_host`` module of the pack."""
+    return comfy_env.import_pack_module("nodes.comfy_host")
+
+
+@pytest.fixture(scope="session")
+def oir_host(pack: ModuleType) -> ModuleType:
+    """The engine's ``oir_core.host`` module, as imported inside the pack."""
+    return comfy_env.import_pack_module("oir_core.host")
+
+
+@pytest.fixture(scope="session")
+def tiny_unet() -> Any:
+    """An EPS tiny UNet ModelPatcher (shared: clone before patching)."""
+    return _tiny().build_tiny_unet("eps", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_v() -> Any:
+    """A v-prediction tiny UNet ModelPatcher."""
+    return _tiny().build_tiny_unet("v", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_flow() -> Any:
+    """A flow (``ModelType.FLOW``, CONST sampling) tiny UNet ModelPatcher."""
+    return _tiny().build_tiny_unet("flow", seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> Any:
+    """A tiny CLIP-L-architecture text encoder (hidden size 64)."""
+    return _tiny().build_tiny_clip(seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae() -> Any:
+    """A tiny AutoencoderKL VAE (8x, 4 latent channels)."""
+    return _tiny().build_tiny_vae(seed=4)
+
+
+@pytest.fixture(scope="session")
+def prompts(tiny_clip: Any) -> dict[str, list]:
+    """CONDITIONINGs from the tiny CLIP: original, two guided prompts, target and a negative."""
+    texts = {
+        "original": "a dog sitting next to a gift",
+        "guided_0": "a cat sitting next to a gift",
+        "guided_1": "a dog sitting next to a cake",
+        "target": "a cat sitting next to a cake",
+        "negative": "blurry, low quality",
+    }
+    return {k: _tiny().encode_prompt(tiny_clip, v) for k, v in texts.items()}
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_interrupt() -> Any:
+    """Never let an interrupt flag leak between tests."""
+    import comfy.model_management
+
+    comfy.model_management.interrupt_current_processing(False)
+    yield
+    comfy.model_management.interrupt_current_processing(False)
+
+
+@pytest.fixture
+def latent_shape() -> tuple[int, int, int]:
+    """The smallest latent the tiny UNet takes comfortably: ``(4, 8, 8)``."""
+    return (_tiny().LATENT_CHANNELS, 8, 8)

@@ -1,0 +1,236 @@
+"""Every OIR node executed in a real ComfyUI with tiny in-memory models (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+import tiny_clip
+
+STEPS = 5  # divides 1000, so ComfyUI's ddim_uniform gives exactly STEPS levels
+IMAGE = 64  # pixels; the tiny VAE is 8x, so latents are 8x8
+
+
+@pytest.fixture(scope="module")
+def nodes(pack: ModuleType) -> dict[str, Any]:
+    module = sys.modules[f"{pack.__name__}.nodes"]
+    return {cls.define_schema().node_id: cls for cls in module.NODES}
+
+
+@pytest.fixture(scope="module")
+def scorer_folder(tmp_path_factory: pytest.TempPathFactory, pack: ModuleType) -> str:
+    """A tiny transformers CLIP inside a registered oir_clip folder; returns its listed name."""
+    import folder_paths
+
+    root = tmp_path_factory.mktemp("oir_clip")
+    tiny_clip.make_transformers_clip(root / "tiny-clip", image_size=32, patch_size=8)
+    scoring = sys.modules[f"{pack.__name__}.nodes.scoring_nodes"]
+    scoring.register_scorer_folder()
+    paths, extensions = folder_paths.folder_names_and_paths[scoring.SCORER_FOLDER]
+    folder_paths.folder_names_and_paths[scoring.SCORER_FOLDER] = ([*paths, str(root)], extensions)
+    return "tiny-clip"
+
+
+def _masks() -> tuple[torch.Tensor, torch.Tensor]:
+    left = torch.zeros(1, IMAGE, IMAGE)
+    left[:, 8:40, 4:28] = 1.0
+    right = torch.zeros(1, IMAGE, IMAGE)
+    right[:, 24:56, 36:60] = 1.0
+    return left, right
+
+
+def _image() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(11)
+    return torch.rand(1, IMAGE, IMAGE, 3, generator=generator)
+
+
+def _run(node: Any, **inputs: Any) -> tuple:
+    output = node.execute(**inputs)
+    return tuple(output.args), output.ui
+
+
+def run_graph(
+    nodes: dict[str, Any],
+    model: Any,
+    clip: Any,
+    vae: Any,
+    scorer_name: str,
+    search_mode: str = "exhaustive",
+    max_batch: int = 0,
+    override: str = "",
+    conditioning_hook: Any = None,
+) -> dict[str, Any]:
+    """The two-object OIR graph, node by node, exactly as the example workflow wires it."""
+    left, right = _masks()
+    (pairs,), _ = _run(nodes["OIREditPair"], mask=left, source="dog", target="cat", occurrence=0)
+    (pairs,), _ = _run(
+        nodes["OIREditPair"], mask=right, source="gift", target="cake", occurrence=0, edit_pairs=pairs
+    )
+    (original, target, edit, prompts), _ = _run(
+        nodes["OIRGuidedPromptBuilder"],
+        clip=clip,
+        original_prompt="a dog sitting next to a gift",
+        edit_pairs=pairs,
+    )
+    if conditioning_hook is not None:
+        original, target = conditioning_hook(original), conditioning_hook(target)
+    image = _image()
+    latent = {"samples": vae.encode(image)}
+    (trajectory, inverted), _ = _run(
+        nodes["OIRDDIMInversion"],
+        model=model,
+        latent=latent,
+        original=original,
+        steps=STEPS,
+        scheduler="ddim_uniform",
+        convention="auto",
+    )
+    (scorer,), _ = _run(
+        nodes["OIRLoadCLIPScorer"], clip_name=scorer_name, backend="auto", device="cpu", precision="fp32"
+    )
+    (candidates, grid), search_ui = _run(
+        nodes["OIRParallelStepSearch"],
+        model=model,
+        trajectory=trajectory,
+        oir_edit=edit,
+        original=original,
+        vae=vae,
+        cfg=5.0,
+        search_mode=search_mode,
+        custom_steps="1-5",
+        coarse_stride=2,
+        refine_radius=1,
+        max_batch=max_batch,
+        scorer=scorer,
+        image=image,
+    )
+    (chosen, plot, chosen_grid, report), score_ui = _run(
+        nodes["OIRMaskMetricScorer"],
+        candidates=candidates,
+        scorer=scorer,
+        image=image,
+        editing_weight=0.5,
+        attention_mode="official",
+        fidelity_space="official",
+        step_override=override,
+    )
+    (edited,), _ = _run(
+        nodes["OIRObjectReassembly"],
+        model=model,
+        trajectory=trajectory,
+        oir_edit=edit,
+        chosen_steps=chosen,
+        original=original,
+        target=target,
+        cfg=5.0,
+        reassembly_step=2,
+        reinversion_steps=2,
+        overlap="later_wins",
+        max_batch=max_batch,
+    )
+    return {
+        "prompts": json.loads(prompts),
+        "trajectory": trajectory,
+        "inverted": inverted,
+        "candidates": candidates,
+        "grid": grid,
+        "search_ui": search_ui,
+        "chosen": chosen,
+        "plot": plot,
+        "chosen_grid": chosen_grid,
+        "report": json.loads(report),
+        "score_ui": score_ui,
+        "edited": edited,
+        "image": vae.decode(edited["samples"]),
+        "original": original,
+        "target": target,
+    }
+
+
+def test_two_object_graph_runs_every_node(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder) -> None:
+    out = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder)
+    assert out["prompts"]["guided"] == ["a cat sitting next to a gift", "a dog sitting next to a cake"]
+    assert out["prompts"]["target"] == "a cat sitting next to a cake"
+    assert out["trajectory"].latents.shape == (STEPS + 1, 4, 8, 8)
+    assert out["inverted"]["samples"].shape == (1, 4, 8, 8)
+    candidates = out["candidates"]
+    assert candidates.candidates.stats.rows == 2 * STEPS * (STEPS + 1) // 2
+    assert candidates.candidates.stats.levels == STEPS
+    assert candidates.images.shape == (2 * STEPS, IMAGE, IMAGE, 3)
+    assert out["grid"].shape[0] == 2 and out["plot"].shape[0] == 2
+    chosen = out["chosen"]
+    assert len(chosen.steps) == 2 and all(1 <= s <= STEPS for s in chosen.steps)
+    assert chosen.steps == chosen.searched
+    for table, step in zip(chosen.tables, chosen.steps):
+        assert table.steps == list(range(1, STEPS + 1))
+        assert (
+            table.chosen_step == step == table.steps[max(range(STEPS), key=lambda i: (table.combined[i], -i))]
+        )
+    assert out["report"]["steps"] == list(chosen.steps)
+    chart = out["score_ui"]["oir_scores"]
+    assert [c["chosen"] for c in chart] == list(chosen.steps)
+    assert out["score_ui"]["images"] and out["search_ui"]["images"]
+    assert out["edited"]["samples"].shape == (1, 4, 8, 8)
+    assert out["image"].shape == (1, IMAGE, IMAGE, 3)
+    assert torch.isfinite(out["image"]).all()
+
+
+def test_graph_is_deterministic_and_inputs_unchanged(
+    nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder
+) -> None:
+    first = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder)
+    original_copy = copy.deepcopy(first["original"])
+    trajectory_copy = first["trajectory"].latents.clone()
+    second = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder)
+    assert torch.equal(first["edited"]["samples"], second["edited"]["samples"])
+    assert torch.equal(first["candidates"].images, second["candidates"].images)
+    assert torch.equal(trajectory_copy, first["trajectory"].latents)
+    assert torch.equal(original_copy[0][0], first["original"][0][0])
+
+
+def test_chunked_search_equals_unchunked(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder) -> None:
+    full = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, max_batch=0)
+    chunked = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, max_batch=3)
+    # Batched convolutions round differently per batch size: equal to float32 accuracy, not bitwise.
+    torch.testing.assert_close(
+        chunked["candidates"].candidates.latents, full["candidates"].candidates.latents, atol=2e-4, rtol=1e-3
+    )
+    assert chunked["candidates"].candidates.stats.peak_rows <= 3
+    assert chunked["candidates"].candidates.stats.calls > full["candidates"].candidates.stats.calls
+    torch.testing.assert_close(chunked["edited"]["samples"], full["edited"]["samples"], atol=2e-4, rtol=1e-3)
+
+
+def test_override_replaces_the_searched_step(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder) -> None:
+    out = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, override="auto, 5")
+    assert out["chosen"].steps[1] == 5 and out["chosen"].overridden == (False, True)
+    assert out["chosen"].steps[0] == out["chosen"].searched[0]
+
+
+def test_coarse_to_fine_search_runs_in_comfy(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder) -> None:
+    out = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, search_mode="coarse_to_fine")
+    bundle = out["candidates"]
+    assert bundle.coarse is not None and bundle.coarse.steps == [2, 4, 2, 4]
+    for pair, best in enumerate(bundle.coarse_best):
+        assert bundle.candidates.for_pair(pair)[0] == [
+            s for s in (best - 1, best, best + 1) if 1 <= s <= STEPS
+        ]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_unet_v", "tiny_unet_flow"])
+def test_v_prediction_and_flow_models_run_end_to_end(
+    request, nodes, tiny_clip, tiny_vae, scorer_folder, fixture
+) -> None:
+    model = request.getfixturevalue(fixture)
+    out = run_graph(nodes, model, tiny_clip, tiny_vae, scorer_folder)
+    expected = "euler" if fixture == "tiny_unet_flow" else "official"
+    assert out["trajectory"].convention == expected
+    assert torch.isfinite(out["edited"]["samples"]).all()
+    assert torch.isfinite(out["candidates"].images).all()

@@ -1,0 +1,184 @@
+"""Tiny in-memory ComfyUI models with deterministic random weights (DESIGN.md §7, COMFYUI_NOTES §5).
+
+Plain functions, so both the pytest fixtures and a test-only custom node (for headless-server
+tests) can build the same models. Importing this module imports ``comfy``: ComfyUI must already be
+importable and, outside a ComfyUI process, put in CPU mode first (``comfy_env.setup_comfyui``).
+
+ComfyUI builds layers with ``comfy.ops.disable_weight_init``, so parameters start as
+``torch.empty`` garbage; every builder here initialises all of them from its ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models
+import torch
+from comfy.ldm.models.autoencoder import AutoencoderKL
+from comfy.model_base import ModelType
+from comfy.supported_models_base import ClipTarget
+
+TINY_UNET_CONFIG: dict[str, Any] = {
+    # ComfyUI's SD15 detection dict (comfy/model_detection.py), shrunk: 2 levels, 32 channels.
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "dtype": torch.float32,
+    "in_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 64,
+    "num_heads": 8,
+    "transformer_depth_output": [1, 1, 1, 1],
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+"""UNet config: spatial sizes must be divisible by 2 (one downsample)."""
+
+TINY_CLIP_CONFIG: dict[str, int] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+}
+"""Overrides of ComfyUI's bundled CLIP-L text config: gives ``[1, 77, 64]`` conditionings."""
+
+TINY_VAE_DDCONFIG: dict[str, Any] = {
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 32,
+    "ch_mult": [1, 1, 1, 1],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
+"""AutoencoderKL config: 8x downscale (three downsamples), 4 latent channels, GroupNorm(32)."""
+
+LATENT_CHANNELS = 4
+CONTEXT_DIM = 64
+MIDDLE_CHANNELS = TINY_UNET_CONFIG["model_channels"] * TINY_UNET_CONFIG["channel_mult"][-1]
+"""Channels of the UNet's middle block (what a ControlNet's ``"middle"`` residual must match)."""
+
+MODEL_TYPES: dict[str, ModelType] = {
+    "eps": ModelType.EPS,
+    "v": ModelType.V_PREDICTION,
+    "flow": ModelType.FLOW,
+}
+
+
+def init_weights_(module: torch.nn.Module, seed: int, gain: float = 1.0, bias_std: float = 0.02) -> None:
+    """Deterministically initialise every parameter of ``module`` in place.
+
+    Matrices / kernels (ndim >= 2): ``N(0, (gain / sqrt(fan_in))^2)``, which keeps activations
+    O(1) so outputs depend visibly on inputs and prompts yet stay finite. 1-D ``*.weight``
+    (norm scales): 1. Other 1-D / 0-D parameters (biases, logit scale): ``N(0, bias_std^2)``.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 2:
+                fan_in = math.prod(param.shape[1:])
+                values = torch.randn(param.shape, generator=generator) * (gain / math.sqrt(fan_in))
+            elif name.endswith("weight"):
+                values = torch.ones(param.shape)
+            else:
+                values = torch.randn(param.shape, generator=generator) * bias_std
+            param.copy_(values.to(dtype=param.dtype))
+
+
+def build_tiny_unet(
+    model_type: ModelType | str = ModelType.EPS, seed: int = 0
+) -> comfy.model_patcher.ModelPatcher:
+    """An SD1.5-architecture UNet (~1M parameters) as a ComfyUI MODEL (``ModelPatcher``).
+
+    Args:
+        model_type: ``ModelType.EPS`` / ``V_PREDICTION`` / ``FLOW`` or ``"eps"`` / ``"v"`` / ``"flow"``.
+        seed: weight seed.
+
+    Latents are ``[B, 4, h, w]`` with even ``h, w``; conditionings ``[B, T, 64]``.
+    """
+    if isinstance(model_type, str):
+        model_type = MODEL_TYPES[model_type]
+    model_config = comfy.supported_models.SD15(dict(TINY_UNET_CONFIG))
+    model_config.set_inference_dtype(torch.float32, None)
+    offload = comfy.model_management.unet_offload_device()
+    model = comfy.model_base.BaseModel(model_config, model_type=model_type, device=offload)
+    init_weights_(model.diffusion_model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=comfy.model_management.get_torch_device(), offload_device=offload
+    )
+
+
+def build_tiny_clip(seed: int = 0) -> comfy.sd.CLIP:
+    """A CLIP-L-architecture text encoder with hidden size 64 and ComfyUI's bundled SD1 tokenizer.
+
+    ``clip.encode_from_tokens_scheduled(clip.tokenize(text))`` gives a CONDITIONING with a
+    ``[1, 77, 64]`` tensor, matching the tiny UNet's ``context_dim``.
+    """
+    clip = comfy.sd.CLIP(
+        target=ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
+        model_options={"dtype": torch.float32, "clip_l_model_config": dict(TINY_CLIP_CONFIG)},
+    )
+    init_weights_(clip.cond_stage_model, seed)
+    return clip
+
+
+def build_tiny_vae(seed: int = 0) -> comfy.sd.VAE:
+    """A small AutoencoderKL (``ch`` 32) as a ComfyUI VAE: 8x downscale, 4 latent channels.
+
+    ``vae.encode(image[B, H, W, 3])`` -> ``[B, 4, H/8, W/8]``; ``vae.decode`` the reverse.
+    """
+    params = {"ddconfig": dict(TINY_VAE_DDCONFIG), "embed_dim": TINY_VAE_DDCONFIG["z_channels"]}
+    template = AutoencoderKL(**params)
+    init_weights_(template, seed)
+    state_dict = {k: v.detach().clone() for k, v in template.state_dict().items()}
+    return comfy.sd.VAE(sd=state_dict, config={"params": params}, dtype=torch.float32)
+
+
+def encode_prompt(clip: comfy.sd.CLIP, text: str) -> list[list[Any]]:
+    """CONDITIONING for ``text``, exactly as ComfyUI's CLIPTextEncode node builds it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def random_conditioning(
+    seed: int, tokens: int = 77, dim: int = CONTEXT_DIM, scale: float = 1.0
+) -> list[list[Any]]:
+    """A CONDITIONING ``[[cond [1, tokens, dim], {"pooled_output": [1, dim]}]]`` from a seed (no CLIP)."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    cond = torch.randn((1, tokens, dim), generator=generator) * scale
+    pooled = torch.randn((1, dim), generator=generator) * scale
+    return [[cond, {"pooled_output": pooled}]]
+
+
+__all__ = [
+    "CONTEXT_DIM",
+    "LATENT_CHANNELS",
+    "MIDDLE_CHANNELS",
+    "MODEL_TYPES",
+    "TINY_CLIP_CONFIG",
+    "TINY_UNET_CONFIG",
+    "TINY_VAE_DDCONFIG",
+    "build_tiny_clip",
+    "build_tiny_unet",
+    "build_tiny_vae",
+    "encode_prompt",
+    "init_weights_",
+    "random_conditioning",
+]
