@@ -234,3 +234,67 @@ def test_v_prediction_and_flow_models_run_end_to_end(
     assert out["trajectory"].convention == expected
     assert torch.isfinite(out["edited"]["samples"]).all()
     assert torch.isfinite(out["candidates"].images).all()
+
+
+def _stage_walks(records: list[torch.Tensor]) -> set[tuple[float, ...]]:
+    return {tuple(round(float(s), 5) for s in walk) for walk in records}
+
+
+def test_lora_and_controlnet_act_in_inversion_search_and_reassembly(
+    nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder
+) -> None:
+    import comfy.controlnet
+    import node_helpers
+
+    attention_walks: list[torch.Tensor] = []
+    control_walks: list[torch.Tensor] = []
+    control_branches: dict[tuple[float, ...], set[int]] = {}
+
+    class ControlSpy(comfy.controlnet.ControlBase):
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):  # type: ignore[no-untyped-def]
+            walk = transformer_options["sample_sigmas"].detach().cpu().clone()
+            control_walks.append(walk)
+            branches = control_branches.setdefault(tuple(round(float(s), 5) for s in walk), set())
+            branches.update(transformer_options.get("cond_or_uncond", []))
+            return None
+
+        def copy(self) -> ControlSpy:
+            twin = ControlSpy()
+            self.copy_to(twin)
+            return twin
+
+    def attn1_spy(q, k, v, extra_options):  # type: ignore[no-untyped-def]
+        attention_walks.append(extra_options["sample_sigmas"].detach().cpu().clone())
+        return q, k, v
+
+    key = "diffusion_model.out.2.weight"
+    delta = (
+        torch.randn(tiny_unet.model.state_dict()[key].shape, generator=torch.Generator().manual_seed(5)) * 0.2
+    )
+    lora = tiny_unet.clone()
+    lora.add_patches({key: ("diff", (delta,))}, 1.0)
+    lora.set_model_attn1_patch(attn1_spy)
+    spy = ControlSpy()
+
+    def with_control(conditioning: list) -> list:
+        return node_helpers.conditioning_set_values(
+            conditioning, {"control": spy, "control_apply_to_uncond": True}
+        )
+
+    plain = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder)
+    patched = run_graph(nodes, lora, tiny_clip, tiny_vae, scorer_folder, conditioning_hook=with_control)
+    trajectory = patched["trajectory"]
+    levels = trajectory.level_sigmas
+    inversion = tuple(round(float(s), 5) for s in levels[1:])  # level 0 is replaced by the start sigma
+    search = tuple(round(float(s), 5) for s in trajectory.sigmas)
+    final = tuple(round(float(s), 5) for s in levels[: 2 + 2 + 1].flip(0))  # R + r = 4 levels down to 0
+    for walks in (attention_walks, control_walks):
+        seen = _stage_walks(walks)
+        assert any(walk[1:] == inversion for walk in seen), "inversion"
+        assert search in seen, "search"
+        assert final in seen, "reassembly (target stage)"
+    # The guided prompts (positive branch, 0) inherit the ControlNet from the original conditioning.
+    assert 0 in control_branches[search] and 1 in control_branches[search]
+    # The LoRA changed the result; the user's conditioning still carries the spy, unchanged.
+    assert (patched["edited"]["samples"] - plain["edited"]["samples"]).abs().max() > 1e-4
+    assert patched["original"][0][1]["control"] is spy
