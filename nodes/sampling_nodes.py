@@ -35,7 +35,10 @@ def model_facts(model: Any) -> dict[str, Any]:
     """What a trajectory must agree on with the model that uses it."""
     sampling = model.get_model_object("model_sampling")
     return {
-        "model_sampling": type(sampling).__name__,
+        # ComfyUI composes model_sampling classes on the fly ("ModelSampling" for every model type):
+        # the bases name the parameterisation and the noise schedule.
+        "model_sampling": "+".join(base.__name__ for base in type(sampling).__bases__)
+        or type(sampling).__name__,
         "latent_channels": int(model.get_model_object("latent_format").latent_channels),
         "sigma_max": float(sampling.sigma_max),
         "sigma_min": float(sampling.sigma_min),
