@@ -24,26 +24,58 @@ ASPECT_TOLERANCE = 0.02
 painted on the same image but saved at another resolution are fine, a mask of another image is not."""
 
 
+def as_mask_batch(mask: Tensor, input_name: str = "mask") -> Tensor:
+    """Bring a ComfyUI MASK (``[H,W]`` or ``[B,H,W]``, 0..1, any size) to ``[B,H,W]`` float32.
+
+    Raises:
+        OIRInputError: wrong rank, empty spatial size or non-finite values.
+    """
+    if not isinstance(mask, Tensor) or mask.ndim not in (2, 3) or 0 in mask.shape:
+        raise OIRInputError(
+            input_name,
+            getattr(mask, "shape", mask),
+            "must be a mask [H,W] or [B,H,W]",
+            "connect a MASK (values 0..1)",
+        )
+    m = mask.float()
+    if m.ndim == 2:
+        m = m.unsqueeze(0)
+    if not torch.isfinite(m).all():
+        raise OIRInputError(
+            input_name, tuple(mask.shape), "contains NaN or inf", "use a mask with values 0..1"
+        )
+    return m
+
+
+def resize_mask_nearest(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of ``mask: [B,h,w]`` to ``[B,*size]``, values kept (no threshold).
+
+    ``nearest-exact`` samples each output pixel at its *centre*, so the mask stays centred on the
+    object at any scale factor (plain ``nearest`` shifts it up-left by up to one source pixel).
+    """
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask.unsqueeze(1), size=size, mode="nearest-exact").squeeze(1)
+
+
 def as_single_mask(mask: Tensor, name: str = "mask") -> Tensor:
-    """``[H, W]`` float mask from a ``[H,W]``, ``[1,H,W]`` or ``[1,1,H,W]`` tensor.
+    """``[H, W]`` float mask in 0..1 from a ``[H,W]``, ``[1,H,W]`` or ``[1,1,H,W]`` tensor.
 
     Raises:
         OIRInputError: for a batch of several masks, a wrong rank, or NaN/inf values.
     """
     mask = torch.as_tensor(mask)
-    while mask.ndim > 2 and mask.shape[0] == 1:
+    while mask.ndim > 3 and mask.shape[0] == 1:
         mask = mask[0]
-    if mask.ndim != 2:
+    batch = as_mask_batch(mask, name)
+    if batch.shape[0] != 1:
         raise OIRInputError(
             name,
-            f"tensor of shape {tuple(mask.shape)}",
+            f"batch of {batch.shape[0]} masks",
             "expected one mask [H,W] (a MASK batch of one)",
             "give one mask per edit pair; split batches with a mask-from-batch node",
         )
-    mask = mask.float()
-    if not torch.isfinite(mask).all():
-        raise OIRInputError(name, "mask with NaN/inf", "mask values must be finite", "regenerate the mask")
-    return mask.clamp(0.0, 1.0)
+    return batch[0].clamp(0.0, 1.0)
 
 
 def check_mask_aspect(mask: Tensor, image_hw: tuple[int, int], name: str = "mask") -> None:
@@ -67,7 +99,7 @@ def resize_mask(mask: Tensor, size: tuple[int, int], threshold: float | None = 0
 
     Returns ``[h, w]`` float; binary ``mask > threshold`` unless ``threshold`` is ``None``.
     """
-    resized = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+    resized = resize_mask_nearest(mask[None].float(), size)[0]
     if threshold is None:
         return resized
     return (resized > threshold).float()

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import OIRInputError
+from .masks import as_mask_batch, resize_mask_nearest
 
 __all__ = [
     "DEFAULT_COLORS",
@@ -92,40 +92,6 @@ def check_candidates(candidates: Tensor, original: Tensor) -> None:
             f"size differs from the candidates' {tuple(candidates.shape[1:])}",
             "decode candidates at the original image's size (crop the image to a multiple of 8 first)",
         )
-
-
-def as_mask_batch(mask: Tensor, input_name: str = "mask") -> Tensor:
-    """Bring a ComfyUI MASK (``[H,W]`` or ``[B,H,W]``, 0..1, any size) to ``[B,H,W]`` float32.
-
-    Raises:
-        OIRInputError: wrong rank, empty spatial size or non-finite values.
-    """
-    if not isinstance(mask, Tensor) or mask.ndim not in (2, 3) or 0 in mask.shape:
-        raise OIRInputError(
-            input_name,
-            getattr(mask, "shape", mask),
-            "must be a mask [H,W] or [B,H,W]",
-            "connect a MASK (values 0..1)",
-        )
-    m = mask.float()
-    if m.ndim == 2:
-        m = m.unsqueeze(0)
-    if not torch.isfinite(m).all():
-        raise OIRInputError(
-            input_name, tuple(mask.shape), "contains NaN or inf", "use a mask with values 0..1"
-        )
-    return m
-
-
-def resize_mask_nearest(mask: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of ``mask: [B,h,w]`` to ``[B,*size]``, values kept (no threshold).
-
-    ``nearest-exact`` samples each output pixel at its *centre*, so the mask stays centred on the
-    object at any scale factor (plain ``nearest`` shifts it up-left by up to one source pixel).
-    """
-    if tuple(mask.shape[-2:]) == tuple(size):
-        return mask
-    return F.interpolate(mask.unsqueeze(1), size=size, mode="nearest-exact").squeeze(1)
 
 
 def masked_mse(a: Tensor, b: Tensor, keep: Tensor, reduction: Literal["all", "kept"] = "kept") -> Tensor:
