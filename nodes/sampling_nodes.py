@@ -18,9 +18,8 @@ from ..oir_core.edit import check_cfg, check_masks_match, fit_image, stack_image
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import candidate_grid, grid_geometry
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, invert
-from ..oir_core.metric import search_scores
 from ..oir_core.reassembly import reassemble
-from ..oir_core.search import SEARCH_MODES, coarse_to_fine_candidates, search_step_sets
+from ..oir_core.search import SEARCH_MODES, coarse_to_fine_candidates, score_candidate_pairs, search_step_sets
 from .comfy_host import ComfyHost, clean_sigma, get_sigmas, is_flow_model, model_space_in, model_space_out
 from .conditioning import check_conditioning, inherit_conditioning
 from .payloads import CandidateBundle, ChosenSteps, OIREdit
@@ -93,7 +92,7 @@ def pair_grids(candidates: CandidateSet, images: torch.Tensor, highlight: dict[i
     """One labelled grid per pair (padded to a common size) and their layouts."""
     grids, layouts = [], []
     for pair in range(candidates.pair_count):
-        index = [i for i, p in enumerate(candidates.pair_ids) if p == pair]
+        index = candidates.indices(pair)
         steps = [candidates.steps[i] for i in index]
         marked = [steps.index(highlight[pair])] if highlight and highlight.get(pair) in steps else []
         pair_images = images[index]
@@ -294,20 +293,15 @@ class OIRParallelStepSearch(io.ComfyNode):
 
             def best_steps(round_one: CandidateSet) -> list[int]:
                 images = decode(vae, model, round_one.latents)
-                original_image = fit_image(image, tuple(images.shape[1:3]))
-                best = []
-                for pair, edit_pair in enumerate(edit.pairs):
-                    index = [i for i, p in enumerate(round_one.pair_ids) if p == pair]
-                    table = search_scores(
-                        clip_scorer,
-                        [round_one.steps[i] for i in index],
-                        images[index],
-                        original_image,
-                        edit_pair.mask,
-                        edit.plan.score_texts[pair],
-                    )
-                    best.append(table.chosen_step)
-                return best
+                tables = score_candidate_pairs(
+                    clip_scorer,
+                    round_one,
+                    images,
+                    fit_image(image, tuple(images.shape[1:3])),
+                    [pair.mask for pair in edit.pairs],
+                    edit.plan.score_texts,
+                )
+                return [table.chosen_step for table in tables]
 
             run = coarse_to_fine_candidates(
                 host, trajectory, pairs, best_steps, coarse_stride, refine_radius, on_level=level_progress()

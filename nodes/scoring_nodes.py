@@ -15,8 +15,7 @@ from ..oir_core.clip_scorer import ATTENTION_MODES, FIDELITY_SPACES, ClipScorer
 from ..oir_core.edit import fit_image, stack_images
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import score_plot
-from ..oir_core.metric import search_scores
-from ..oir_core.search import parse_step_overrides
+from ..oir_core.search import parse_step_overrides, score_candidate_pairs
 from .payloads import CandidateBundle, ChosenSteps
 from .sampling_nodes import pair_grids
 from .types import Candidates, ChosenStepsType, Scorer
@@ -201,20 +200,15 @@ class OIRMaskMetricScorer(io.ComfyNode):
         clip_scorer = ClipScorer(scorer, attention_mode, fidelity_space)  # type: ignore[arg-type]
         original = fit_image(image, tuple(candidates.images.shape[1:3]))
         weights = (float(editing_weight), 1.0 - float(editing_weight))
-        tables = []
-        for pair, edit_pair in enumerate(edit.pairs):
-            index = [i for i, p in enumerate(found.pair_ids) if p == pair]
-            tables.append(
-                search_scores(
-                    clip_scorer,
-                    [found.steps[i] for i in index],
-                    candidates.images[index],
-                    original,
-                    edit_pair.mask,
-                    edit.plan.score_texts[pair],
-                    weights=weights,
-                )
-            )
+        tables = score_candidate_pairs(
+            clip_scorer,
+            found,
+            candidates.images,
+            original,
+            [pair.mask for pair in edit.pairs],
+            edit.plan.score_texts,
+            weights=weights,
+        )
         searched = tuple(table.chosen_step for table in tables)
         chosen = tuple(o if o is not None else s for o, s in zip(overrides, searched))
         result = ChosenSteps(

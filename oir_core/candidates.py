@@ -44,13 +44,15 @@ class CandidateSet:
     def pair_count(self) -> int:
         return max(self.pair_ids, default=-1) + 1
 
+    def indices(self, pair: int) -> list[int]:
+        """Positions of one pair's candidates in this set, ordered by step."""
+        return sorted((i for i, p in enumerate(self.pair_ids) if p == pair), key=lambda i: self.steps[i])
+
     def for_pair(self, pair: int) -> tuple[list[int], Tensor]:
         """``(steps, [n, *latent_shape] latents)`` of one pair, ordered by step."""
-        rows = sorted(
-            (step, index) for index, (p, step) in enumerate(zip(self.pair_ids, self.steps)) if p == pair
-        )
-        index = torch.tensor([i for _, i in rows], dtype=torch.long, device=self.latents.device)
-        return [s for s, _ in rows], self.latents.index_select(0, index)
+        index = self.indices(pair)
+        rows = torch.tensor(index, dtype=torch.long, device=self.latents.device)
+        return [self.steps[i] for i in index], self.latents.index_select(0, rows)
 
 
 def exhaustive_steps(steps: int) -> list[int]:

@@ -15,10 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from torch import Tensor
+
 from .candidates import CandidateSet, exhaustive_steps, generate_candidates
 from .errors import OIRInputError
 from .host import Host
 from .inversion import InversionTrajectory
+from .metric import DEFAULT_WEIGHTS, CandidateScorer, ScoreTable, search_scores
 from .sampling import LevelCallback
 
 SearchMode = Literal["exhaustive", "coarse_to_fine", "custom"]
@@ -139,6 +142,33 @@ def coarse_to_fine_candidates(
         host, trajectory, refine_sets, stride=1, max_batch=max_batch, on_level=refine_progress
     )
     return CoarseToFineRun(coarse=coarse, coarse_best=best, refined=refined)
+
+
+def score_candidate_pairs(
+    scorer: CandidateScorer,
+    candidates: CandidateSet,
+    images: Tensor,
+    original: Tensor,
+    masks: Sequence[Tensor],
+    score_texts: Sequence[str],
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+) -> list[ScoreTable]:
+    """The search metric's full table for every pair (OIR step 4, DESIGN.md §4.4).
+
+    Args:
+        candidates: the candidate set (pair-major order is not required).
+        images: ``[N, H, W, 3]`` the decoded candidates, in ``candidates`` order.
+        original: ``[H, W, 3]`` the source image at the candidates' size.
+        masks: ``K`` masks (any resolution); score_texts: ``K`` target phrases.
+    """
+    if images.shape[0] != len(candidates.steps):
+        raise ValueError(f"{images.shape[0]} images for {len(candidates.steps)} candidates")
+    tables = []
+    for pair, (mask, text) in enumerate(zip(masks, score_texts)):
+        index = candidates.indices(pair)
+        steps = [candidates.steps[i] for i in index]
+        tables.append(search_scores(scorer, steps, images[index], original, mask, text, weights=weights))
+    return tables
 
 
 def search_step_sets(mode: str, steps: int, pair_count: int, custom: str = "") -> list[list[int]]:

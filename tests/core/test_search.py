@@ -115,3 +115,26 @@ def test_ranking_contract_is_checked() -> None:
     host, _, trajectory = _analytic(20, 1)
     with pytest.raises(ValueError, match="best_steps returned"):
         coarse_to_fine_candidates(host, trajectory, 1, lambda c: [7], stride=5, radius=1)
+
+
+def test_score_candidate_pairs_scores_each_pair_against_its_own_mask_and_text() -> None:
+    from oir_core.candidates import CandidateSet
+    from oir_core.metric import ColorTargetScorer, search_scores
+    from oir_core.search import score_candidate_pairs
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 16, 16, 3, generator=generator)
+    original = torch.rand(16, 16, 3, generator=generator)
+    left, right = torch.zeros(16, 16), torch.zeros(16, 16)
+    left[:, :8], right[:, 8:] = 1.0, 1.0
+    # Interleaved and unsorted on purpose: pair 1 at positions 0 and 3, pair 0 at 1, 2, 4.
+    candidates = CandidateSet(pair_ids=[1, 0, 0, 1, 0], steps=[4, 3, 1, 2, 2], latents=torch.zeros(5, 1))
+    scorer = ColorTargetScorer()
+    tables = score_candidate_pairs(scorer, candidates, images, original, [left, right], ["red", "blue"])
+    assert [t.steps for t in tables] == [[1, 2, 3], [2, 4]]
+    expected = search_scores(scorer, [1, 2, 3], images[[2, 4, 1]], original, left, "red")
+    assert tables[0].combined == expected.combined and tables[0].chosen_step == expected.chosen_step
+    expected = search_scores(scorer, [2, 4], images[[3, 0]], original, right, "blue")
+    assert tables[1].combined == expected.combined
+    with pytest.raises(ValueError, match="4 images for 5 candidates"):
+        score_candidate_pairs(scorer, candidates, images[:4], original, [left, right], ["red", "blue"])
