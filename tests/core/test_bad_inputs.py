@@ -54,7 +54,7 @@ def _box(top: int, left: int, size: int = 32, image: int = 64) -> torch.Tensor:
 
 def _pickle_with_code(path: Path) -> Path:
     with path.open("wb") as handle:
-        pickle.dump({"weight": torch.zeros(2), "hook": print}, handle)
+        pickle.dump({"weight": torch.zeros(2), "hook": print}, handle, protocol=2)
     return path
 
 
