@@ -240,6 +240,7 @@ class OIRMaskMetricScorer(io.ComfyNode):
                 "chosen": chosen[k],
                 "searched": searched[k],
                 "override": overrides[k],
+                "total_steps": candidates.steps,
                 "table": tables[k].to_dict(),
                 "grid": layouts[k],
             }

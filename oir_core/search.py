@@ -199,7 +199,7 @@ def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | N
         if entry in ("", "auto"):
             overrides.append(None)
             continue
-        if not entry.isdigit() or not 1 <= int(entry) <= steps:
+        if not entry.isdecimal() or not 1 <= int(entry) <= steps:
             raise OIRInputError(
                 "step_override",
                 entry,

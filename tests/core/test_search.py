@@ -45,6 +45,8 @@ def test_overrides_round_trip_and_errors() -> None:
     assert parse_step_overrides("auto, 23", 2, 50) == [None, 23]
     assert parse_step_overrides("7", 3, 50) == [7, None, None]
     assert parse_step_overrides(format_step_overrides([None, 23, 4]), 3, 50) == [None, 23, 4]
+    with pytest.raises(OIRInputError, match="pair 1"):
+        parse_step_overrides("²", 1, 50)
     with pytest.raises(OIRInputError, match="2 entries for 1"):
         parse_step_overrides("1, 2", 1, 50)
     with pytest.raises(OIRInputError, match="pair 2"):
