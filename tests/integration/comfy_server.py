@@ -1,0 +1,221 @@
+"""A headless ComfyUI server with the OIR pack and tiny test models, for integration tests.
+
+Reusable by any test (server, CLI, headless-browser frontend tests)::
+
+    server = start_test_server(tmp_path)            # python main.py --cpu --listen 127.0.0.1 --port N ...
+    server.client.system_stats(); server.object_info()
+    server.stop()
+
+or, shared by every test module of a session, ``shared_test_server(tmp_path_factory, request)``.
+
+What it sets up (DESIGN.md §7, COMFYUI_NOTES §5):
+
+- ComfyUI from ``$COMFYUI_PATH`` on CPU, on a free loopback port, with ``--disable-api-nodes``,
+  temporary input/output/temp/user folders and an in-memory database (the checkout stays clean);
+- the repository linked into a temporary ``custom_nodes`` folder (through
+  :class:`oir_core.headless.ComfyServer`, the launcher ``oir-edit`` uses), plus this folder's
+  ``custom_nodes`` with the test node pack ``oir_test_models`` (tiny checkpoint loader);
+- a temporary models folder registered by an extra-model-paths YAML: ``oir_clip/tiny-clip`` (a
+  tiny transformers CLIP scorer), ``loras/tiny-lora.safetensors`` and
+  ``controlnet/tiny-controlnet.safetensors`` (real tiny files for ComfyUI's own loaders);
+- the frontend: the installed comfyui-frontend-package unless ``front_end_root`` is given (the
+  frontend tests need the real one).
+
+Every wait is bounded; the server is terminated (then killed) on :meth:`TestServer.stop`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import comfy_env
+import pytest
+
+from oir_core.headless import OIR_NODE_IDS, ComfyClient, ComfyServer
+
+HERE = Path(__file__).resolve().parent
+TEST_NODES_DIR = HERE / "custom_nodes"
+"""Folder of test-only node packs (registered as an extra custom-nodes folder)."""
+
+TEST_LOADER = "OIRTestTinyCheckpointLoader"
+TINY_CHECKPOINT = "tiny-sd15"
+TINY_SCORER = "tiny-clip"
+TINY_LORA = "tiny-lora.safetensors"
+TINY_CONTROLNET = "tiny-controlnet.safetensors"
+IMAGE_SIZE = 64
+"""Test images are 64x64: 8x8 latents with the tiny VAE."""
+
+STARTUP_TIMEOUT = 180.0
+RUN_TIMEOUT = 300.0
+
+
+def _tiny_clip() -> ModuleType:
+    """``tests/core/tiny_clip.py`` (the tiny CLIP scorer writers)."""
+    return _import_path("oir_tests_tiny_clip", HERE.parent / "core" / "tiny_clip.py")
+
+
+def tiny_files_module() -> ModuleType:
+    """``custom_nodes/oir_test_models/tiny_files.py`` (imports comfy: ComfyUI must be set up)."""
+    package = TEST_NODES_DIR / "oir_test_models"
+    if "oir_test_models" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "oir_test_models", package / "__init__.py", submodule_search_locations=[str(package)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["oir_test_models"] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module("oir_test_models.tiny_files")
+
+
+def _import_path(name: str, path: Path) -> ModuleType:
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def prepare_models(root: Path, controlnet: bool = True) -> Path:
+    """Write the tiny scorer / LoRA / ControlNet under ``root/models``; returns the YAML registering them.
+
+    The YAML also registers :data:`TEST_NODES_DIR` as a custom-nodes folder.
+    """
+    models = root / "models"
+    _tiny_clip().make_transformers_clip(models / "oir_clip" / TINY_SCORER, image_size=32, patch_size=8)
+    files = tiny_files_module()
+    files.write_tiny_lora(models / "loras" / TINY_LORA)
+    if controlnet:
+        files.write_tiny_controlnet(models / "controlnet" / TINY_CONTROLNET)
+    yaml_path = root / "test_model_paths.yaml"
+    yaml_path.write_text(
+        "oir_integration_tests:\n"
+        f"  base_path: {json.dumps(str(models))}\n"
+        "  oir_clip: oir_clip\n"
+        "  loras: loras\n"
+        "  controlnet: controlnet\n"
+        f"  custom_nodes: {json.dumps(str(TEST_NODES_DIR))}\n",
+        encoding="utf-8",
+    )
+    return yaml_path
+
+
+def write_test_images(folder: Path) -> dict[str, Path]:
+    """A 64x64 source image, "dog" and "gift" masks (white on black) and a control hint."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    pixels = (rng.random((IMAGE_SIZE, IMAGE_SIZE, 3)) * 255).astype("uint8")
+    paths = {"image": folder / "dog_gift.png", "hint": folder / "hint.png"}
+    Image.fromarray(pixels).save(paths["image"])
+    Image.fromarray(255 - pixels).save(paths["hint"])
+    for name, (top, bottom, left, right) in {"dog": (8, 40, 4, 28), "gift": (24, 56, 36, 60)}.items():
+        mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype="uint8")
+        mask[top:bottom, left:right] = 255
+        paths[name] = folder / f"{name}_mask.png"
+        Image.fromarray(mask, mode="L").save(paths[name])
+    return paths
+
+
+class TestServer:
+    """A running test server: the launcher, a client, and checks on what ComfyUI loaded."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, server: ComfyServer, root: Path) -> None:
+        self.server = server
+        self.root = root
+        self.client = ComfyClient(server.url, timeout=60.0)
+        self._object_info: dict[str, Any] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def object_info(self) -> dict[str, Any]:
+        """``GET /object_info`` (every node; cached)."""
+        if self._object_info is None:
+            self._object_info = self.client.get_json("/object_info")
+        return self._object_info
+
+    def import_problems(self) -> list[str]:
+        """Log lines where ComfyUI failed to import the pack or the test node pack."""
+        return self.server.import_problems(["oir_test_models"])
+
+    def check_loaded(self) -> None:
+        """Fail (AssertionError) unless all 7 OIR nodes and the test loader loaded without import errors."""
+        info = self.object_info()
+        missing = [node for node in (*OIR_NODE_IDS, TEST_LOADER) if node not in info]
+        problems = self.import_problems()
+        assert not missing and not problems, f"missing nodes {missing}; import problems {problems}"
+
+    def upload(self, path: Path) -> str:
+        """Upload an image into the input folder; returns the LoadImage value."""
+        return self.client.upload_image(path, path.name, subfolder="oir-tests")
+
+    def run(self, workflow: dict[str, Any], timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
+        """Queue an API-format workflow, wait (polling ``/history``), return its history entry."""
+        prompt_id = self.client.queue(workflow, client_id="oir-integration-tests")
+        return self.client.wait(prompt_id, None, timeout, poll_every=0.5)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_test_server(
+    root: Path, *, front_end_root: Path | None = None, comfyui: Path | None = None, controlnet: bool = True
+) -> TestServer:
+    """Start ComfyUI with the pack, the test node pack and the tiny model files under ``root``.
+
+    Args:
+        root: an empty temporary folder for the model files and the YAML.
+        front_end_root: a frontend build to serve; ``None`` = the installed comfyui-frontend-package.
+        comfyui: the ComfyUI checkout (default ``$COMFYUI_PATH``).
+        controlnet: also write the tiny ControlNet file.
+    """
+    path = comfyui or comfy_env.comfyui_path()
+    if path is None:
+        raise RuntimeError("COMFYUI_PATH is not set")
+    yaml_path = prepare_models(root, controlnet=controlnet)
+    server = ComfyServer(
+        path,
+        python=sys.executable,
+        cpu=True,
+        front_end_root=front_end_root,
+        extra_model_paths=[yaml_path],
+        startup_timeout=STARTUP_TIMEOUT,
+    )
+    server.start()
+    return TestServer(server, root)
+
+
+_SHARED: dict[str, TestServer] = {}
+
+
+def shared_test_server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> TestServer:
+    """One server for the whole pytest session (stopped when the session ends).
+
+    Test modules call this from their own fixtures; the module-level cache makes every caller
+    share one process (a server start costs ~15 s on 2 CPU cores).
+    """
+    if "server" not in _SHARED:
+        server = start_test_server(tmp_path_factory.mktemp("comfy_server"))
+
+        def stop() -> None:
+            _SHARED.pop("server", None)
+            server.stop()
+
+        request.config.add_cleanup(stop)
+        _SHARED["server"] = server
+    return _SHARED["server"]

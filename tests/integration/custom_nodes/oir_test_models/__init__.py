@@ -1,0 +1,78 @@
+"""Test-only ComfyUI node pack: loaders of the tiny models of ``tests/integration/tiny_models.py``.
+
+Loaded by the headless-server tests (``tests/integration/comfy_server.py`` registers this folder's
+parent as a custom-nodes folder). Real checkpoints are far too slow on CPU and tiny ones are not
+auto-detected by CheckpointLoaderSimple (COMFYUI_NOTES §5), so ``OIRTestTinyCheckpointLoader``
+stands in for it: same ``ckpt_name`` input, same MODEL/CLIP/VAE outputs. LoRA and ControlNet need
+no stand-in: ``tiny_files.py`` writes real tiny files that ComfyUI's own LoraLoader and
+ControlNetLoader load.
+
+V1 nodes keep this pack independent of the V3 API version under test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _load_sibling(module_name: str, path: Path) -> ModuleType:
+    """Import a helper module of the test suite by path (the tests folder is not a package)."""
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_models() -> ModuleType:
+    """``tests/integration/tiny_models.py`` (imports comfy, so only inside ComfyUI)."""
+    return _load_sibling("oir_test_tiny_models", _HERE.parents[1] / "tiny_models.py")
+
+
+CHECKPOINTS: dict[str, tuple[str, int]] = {
+    "tiny-sd15": ("eps", 0),
+    "tiny-sd15-v": ("v", 1),
+    "tiny-sd15-flow": ("flow", 2),
+}
+"""Checkpoint name -> (model type, UNet weight seed); seeds match the pytest fixtures."""
+
+CLIP_SEED, VAE_SEED = 3, 4
+
+
+class OIRTestTinyCheckpointLoader:
+    """Tiny SD1.5-architecture MODEL, CLIP and VAE with deterministic random weights."""
+
+    _cache: ClassVar[dict[str, tuple[Any, Any, Any]]] = {}
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"ckpt_name": (list(CHECKPOINTS), {"tooltip": "Which tiny model."})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "OIR/testing"
+    DESCRIPTION = "Test only: tiny models standing in for CheckpointLoaderSimple."
+
+    def load(self, ckpt_name: str) -> tuple[Any, Any, Any]:
+        if ckpt_name not in self._cache:
+            builders = tiny_models()
+            model_type, seed = CHECKPOINTS[ckpt_name]
+            self._cache[ckpt_name] = (
+                builders.build_tiny_unet(model_type, seed=seed),
+                builders.build_tiny_clip(seed=CLIP_SEED),
+                builders.build_tiny_vae(seed=VAE_SEED),
+            )
+        return self._cache[ckpt_name]
+
+
+NODE_CLASS_MAPPINGS = {"OIRTestTinyCheckpointLoader": OIRTestTinyCheckpointLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"OIRTestTinyCheckpointLoader": "OIR Test: Tiny Checkpoint Loader"}

@@ -1,0 +1,565 @@
+"""The search chart in a real browser: headless Chromium against a real ComfyUI server.
+
+The pack's frontend (``web/``) is exercised the way a user meets it: ComfyUI serves the installed
+frontend and the pack's extension, the example workflow is loaded into the page, pointed at the
+tiny test models and queued through the frontend (so its own graph-to-prompt conversion runs),
+then the test checks that
+
+- before the run the scorer shows its placeholder and nothing in the page threw;
+- after the run the scorer draws one chart per pair with one point per candidate step and the
+  search node shows its strip with the chosen steps framed;
+- clicking a step writes the real ``step_override`` widget (saved in the workflow JSON), clicking
+  it again goes back to auto, and a queued override is what the scorer uses on the next run.
+
+Screenshots go to ``test-artifacts/browser/`` (gitignored). Chromium is driven over the DevTools
+protocol with aiohttp's websocket client (a ComfyUI requirement, so nothing extra to install).
+Skipped, with the reason, without ComfyUI (``COMFYUI_PATH``, see conftest.py) or Chromium
+(``OIR_CHROMIUM`` or ``chromium`` on PATH; Debian: ``apt-get install chromium``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from comfy_server import (
+    TEST_LOADER,
+    TINY_CHECKPOINT,
+    TINY_SCORER,
+    TestServer,
+    shared_test_server,
+    write_test_images,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+WORKFLOW = REPO / "example_workflows" / "oir_two_object_edit.json"
+STEPS = 5
+BROWSER_START_TIMEOUT = 60.0
+PAGE_TIMEOUT = 120.0
+RUN_TIMEOUT = 300.0
+VIEWPORT = (1600, 1000)
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+    # The page may only talk to the test server: every other host fails to resolve.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
+]
+
+
+def chromium_path() -> str | None:
+    """``$OIR_CHROMIUM`` or a Chromium/Chrome on PATH."""
+    explicit = os.environ.get("OIR_CHROMIUM", "").strip()
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+_CHROMIUM = chromium_path()
+pytestmark = pytest.mark.skipif(
+    _CHROMIUM is None,
+    reason="browser test skipped: no Chromium (set OIR_CHROMIUM or install it: apt-get install chromium)",
+)
+
+
+# -------------------------------------------------------------------------------------------------
+# A minimal DevTools-protocol client
+# -------------------------------------------------------------------------------------------------
+
+
+class BrowserError(AssertionError):
+    """Something in the page failed (an exception, a failed evaluation, a timeout)."""
+
+
+class Page:
+    """One page target over CDP: evaluate JS, send input, take screenshots, collect console errors."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self._next_id = 0
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self.console: list[dict[str, Any]] = []
+        self.exceptions: list[str] = []
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        import aiohttp
+
+        async for message in self.ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(message.data)
+            if "id" in data:
+                future = self._pending.pop(data["id"], None)
+                if future and not future.done():
+                    future.set_result(data)
+            elif data.get("method") == "Runtime.consoleAPICalled":
+                params = data["params"]
+                text = " ".join(str(arg.get("value", arg.get("description", ""))) for arg in params["args"])
+                self.console.append({"type": params["type"], "text": text})
+            elif data.get("method") == "Runtime.exceptionThrown":
+                details = data["params"]["exceptionDetails"]
+                self.exceptions.append(
+                    f"{details.get('text', '')} {details.get('exception', {}).get('description', '')} "
+                    f"at {details.get('url', '')}:{details.get('lineNumber', '')}"
+                )
+
+    async def send(self, method: str, timeout: float = 60.0, **params: Any) -> dict[str, Any]:
+        self._next_id += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[self._next_id] = future
+        await self.ws.send_str(json.dumps({"id": self._next_id, "method": method, "params": params}))
+        answer = await asyncio.wait_for(future, timeout)
+        if "error" in answer:
+            raise BrowserError(f"{method}: {answer['error']}")
+        return answer["result"]
+
+    async def js(self, expression: str, timeout: float = 60.0) -> Any:
+        """Evaluate ``expression`` (awaiting a promise) and return its JSON value."""
+        result = await self.send(
+            "Runtime.evaluate",
+            timeout=timeout,
+            expression=expression,
+            awaitPromise=True,
+            returnByValue=True,
+        )
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            raise BrowserError(
+                f"page error: {details.get('exception', {}).get('description') or details.get('text')}"
+            )
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float, what: str) -> Any:
+        """Poll ``expression`` until it is truthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = await self.js(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.25)
+        raise BrowserError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    async def click(self, x: float, y: float) -> None:
+        """A real mouse click at viewport coordinates (pointer events and all)."""
+        await self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    async def hover(self, x: float, y: float) -> None:
+        await self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+
+    async def screenshot(self, path: Path) -> Path:
+        shot = await self.send("Page.captureScreenshot", format="png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader
+        await self.ws.close()
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[int]:
+    """Start headless Chromium with a fresh profile; yields its DevTools port."""
+    assert _CHROMIUM is not None
+    profile = tempfile.mkdtemp(prefix="oir-chromium-")
+    process = subprocess.Popen(
+        [_CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = None
+        deadline = time.monotonic() + BROWSER_START_TIMEOUT
+        assert process.stderr is not None
+        log: list[str] = []
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line and process.poll() is not None:
+                break
+            log.append(line)
+            match = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+            if match:
+                port = int(match.group(1))
+        if port is None:
+            raise BrowserError("Chromium did not start:\n" + "".join(log[-20:]))
+        # Keep draining stderr so Chromium never blocks on a full pipe.
+        threading.Thread(target=process.stderr.read, daemon=True).start()
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def open_page(port: int, session: Any) -> Page:
+    """The browser's first page, with console, runtime and page events on."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
+        targets = json.loads(answer.read())
+    target = next(t for t in targets if t.get("type") == "page")
+    ws = await session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
+    page = Page(ws)
+    for domain in ("Runtime.enable", "Page.enable"):
+        await page.send(domain)
+    await page.send(
+        "Emulation.setDeviceMetricsOverride",
+        width=VIEWPORT[0],
+        height=VIEWPORT[1],
+        deviceScaleFactor=1,
+        mobile=False,
+    )
+    return page
+
+
+# -------------------------------------------------------------------------------------------------
+# The workflow, pointed at the tiny models
+# -------------------------------------------------------------------------------------------------
+
+
+def tiny_ui_workflow(uploads: dict[str, str]) -> dict[str, Any]:
+    """The example workflow (UI format) with the test loader and the uploaded test images.
+
+    Only what must change before the frontend loads it is changed here (the checkpoint loader's
+    node type, the image names); the other widgets are set by name in the page.
+    """
+    workflow = json.loads(WORKFLOW.read_text(encoding="utf-8"))
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        if node["type"] == "CheckpointLoaderSimple":
+            node["type"] = TEST_LOADER
+            node["widgets_values"] = [TINY_CHECKPOINT]
+        elif node["type"] == "LoadImage":
+            node["widgets_values"][0] = uploads["image"]
+        elif node["type"] == "LoadImageMask":
+            # link = [id, origin, origin_slot, target, target_slot, type]: the pair this mask feeds
+            pair = next(nodes[link[3]] for link in workflow["links"] if link[1] == node["id"])
+            node["widgets_values"][0] = uploads[pair["widgets_values"][0]]
+    return workflow
+
+
+PAGE_SETUP = """
+(async () => {
+  const app = window.comfyAPI.app.app;
+  await app.loadGraphData(%(workflow)s, true, true, null,
+    {showMissingNodesDialog: false, showMissingModelsDialog: false});
+  const values = %(values)s;
+  for (const node of app.graph.nodes) {
+    for (const [name, value] of Object.entries(values[node.type] ?? {})) {
+      const widget = node.widgets?.find((w) => w.name === name);
+      if (!widget) {
+        const names = JSON.stringify(node.widgets?.map((w) => w.name));
+        throw new Error(`${node.type} has no widget ${name} (widgets: ${names})`);
+      }
+      widget.value = value;
+    }
+  }
+  const api = window.comfyAPI.api.api;
+  window.__oirRuns = [];
+  api.addEventListener("execution_success", (e) => window.__oirRuns.push({ok: true, id: e.detail.prompt_id}));
+  api.addEventListener("execution_error", (e) => window.__oirRuns.push({ok: false, detail: e.detail}));
+  return true;
+})()
+"""
+
+WIDGET_VALUES = {
+    "OIRLoadCLIPScorer": {"clip_name": TINY_SCORER, "device": "cpu"},
+    "OIRDDIMInversion": {"steps": STEPS},
+    "OIRParallelStepSearch": {"custom_steps": f"1-{STEPS}", "coarse_stride": 2},
+    "OIRObjectReassembly": {"reassembly_step": 2, "reinversion_steps": 2},
+    "SaveImage": {"filename_prefix": "oir-tests/browser"},
+}
+
+HELPERS = """
+window.__oir = {
+  app: window.comfyAPI.app.app,
+  node(type) { return this.app.graph.nodes.find((n) => n.type === type); },
+  override() {
+    return this.node("OIRMaskMetricScorer").widgets.find((w) => w.name === "step_override").value;
+  },
+  /** Scale 1, the given node near the top left of the viewport. */
+  focus(type, margin = 40) {
+    const node = this.node(type);
+    const ds = this.app.canvas.ds;
+    ds.scale = 1;
+    ds.offset[0] = -node.pos[0] + margin;
+    ds.offset[1] = -node.pos[1] + margin + 30;
+    this.app.canvas.setDirty(true, true);
+    this.app.canvas.draw(true, true);
+    return true;
+  },
+  rect(selector, index = 0) {
+    const el = document.querySelectorAll(selector)[index];
+    if (!el) return null;
+    const r = el.getBoundingClientRect();
+    return {x: r.x + r.width / 2, y: r.y + r.height / 2, width: r.width, height: r.height};
+  },
+  async queue() {
+    const before = window.__oirRuns.length;
+    await this.app.queuePrompt(0, 1);
+    return before;
+  },
+};
+true
+"""
+
+
+SYNTHETIC_50_STEPS = """
+(() => {
+  const steps = Array.from({length: 50}, (_, i) => i + 1);
+  const bump = (c, w) => steps.map((s) => Math.exp(-((s - c) ** 2) / (2 * w * w)));
+  const editing = steps.map((s) => 1 - Math.exp(-s / 12));
+  const fidelity = steps.map((s) => Math.exp(-s / 20));
+  const combined = steps.map((s, i) => 0.5 * editing[i] + 0.5 * fidelity[i] + 0.1 * bump(31, 3)[i]);
+  const node = window.__oir.node("OIRMaskMetricScorer");
+  node.widgets.find((w) => w.name === "step_override").value = "";
+  node.onExecuted({
+    images: [{filename: "oir-missing-grid.png", subfolder: "", type: "temp"}],
+    oir_scores: [{pair: 0, source: "dog", target: "cat", chosen: 31, searched: 31, override: null,
+      table: {steps, editing: editing, fidelity: fidelity, editing_norm: editing, fidelity_norm: fidelity,
+              combined, chosen_index: 30, chosen_step: 31, weights: [0.5, 0.5],
+              editing_constant: false, fidelity_constant: false},
+      grid: {pair: 0, steps, count: 50, columns: 8, rows: 7, thumb_width: 128, thumb_height: 128, bar: 16}}],
+  });
+  const panel = node.oirChart.element.querySelectorAll(".oir-panel");
+  return {points: panel[0].querySelectorAll("circle.oir-point").length,
+          ticks: panel[0].querySelectorAll("text.oir-axis").length - 3, panels: panel.length};
+})()
+"""
+
+
+async def queue_and_wait(page: Page) -> dict[str, Any]:
+    before = await page.js("window.__oir.queue()")
+    run = await page.wait_for(
+        f"window.__oirRuns.length > {before} && window.__oirRuns[{before}]", RUN_TIMEOUT, "the run to finish"
+    )
+    assert run["ok"], f"the workflow failed: {json.dumps(run.get('detail'))[:2000]}"
+    return run
+
+
+async def settle(page: Page) -> None:
+    """Two animation frames: DOM widgets are positioned on the canvas's draw."""
+    await page.js("new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+
+
+# -------------------------------------------------------------------------------------------------
+# The test
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> TestServer:
+    return shared_test_server(tmp_path_factory, request)
+
+
+@pytest.fixture(scope="module")
+def uploads(server: TestServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    paths = write_test_images(tmp_path_factory.mktemp("browser_images"))
+    return {role: server.upload(path) for role, path in paths.items()}
+
+
+def _dismiss_first_run(server: TestServer) -> None:
+    """A fresh user folder would greet the page with the templates dialog: mark it seen."""
+    body = json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False})
+    request = urllib.request.Request(
+        f"{server.url}/settings", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30):
+        pass
+
+
+def test_chart_draws_and_steers_the_search(server: TestServer, uploads: dict[str, str]) -> None:
+    if not WORKFLOW.exists():
+        pytest.skip(f"{WORKFLOW.name} is not in example_workflows yet")
+    _dismiss_first_run(server)
+    workflow = tiny_ui_workflow(uploads)
+    asyncio.run(_scenario(server, workflow))
+
+
+async def _scenario(server: TestServer, workflow: dict[str, Any]) -> None:
+    import aiohttp
+
+    with chromium() as port:
+        async with aiohttp.ClientSession() as session:
+            page = await open_page(port, session)
+            try:
+                await _steps(page, server, workflow)
+            finally:
+                with contextlib.suppress(Exception):
+                    await page.screenshot(ARTIFACTS / "last.png")
+                await page.close()
+
+
+async def _steps(page: Page, server: TestServer, workflow: dict[str, Any]) -> None:
+    await page.send("Page.navigate", url=server.url)
+    await page.wait_for(
+        # The extension's setup hook runs after node registration; the first graph then loads.
+        "!!(document.getElementById('oir-search-ui-style') && window.comfyAPI.app.app.graph?.nodes.length)",
+        PAGE_TIMEOUT,
+        "the ComfyUI frontend with the OIR extension",
+    )
+    await page.js(PAGE_SETUP % {"workflow": json.dumps(workflow), "values": json.dumps(WIDGET_VALUES)})
+    await page.js(HELPERS)
+
+    # Before any run: a placeholder, no chart, and the override widget untouched.
+    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
+    await settle(page)
+    placeholder = await page.js("window.__oir.node('OIRMaskMetricScorer').oirChart.element.textContent")
+    assert placeholder == "Queue the graph to see the search"
+    await page.screenshot(ARTIFACTS / "before_run.png")
+
+    # First run.
+    await queue_and_wait(page)
+    charts = await page.js(
+        "window.__oir.node('OIRMaskMetricScorer').oirChart.charts"
+        ".map((c) => ({pair: c.pair, steps: c.steps, chosen: c.chosen, override: c.override}))"
+    )
+    assert [c["pair"] for c in charts] == [0, 1]
+    assert all(c["steps"] == list(range(1, STEPS + 1)) and c["override"] is None for c in charts)
+    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
+    await settle(page)
+    panels = await page.js(
+        "[...document.querySelectorAll('.oir-chart .oir-panel')].map((p) => ({"
+        " pair: p.dataset.pair, points: p.querySelectorAll('circle.oir-point').length,"
+        " lines: p.querySelectorAll('polyline.oir-line').length,"
+        " chosen: p.querySelector('line.oir-chosen')?.dataset.step,"
+        " thumb: (() => { const c = p.querySelector('canvas.oir-thumb');"
+        "   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "   let lit = 0; for (let i = 3; i < d.length; i += 4) lit += d[i] > 0; return lit; })() }))"
+    )
+    assert [p["pair"] for p in panels] == ["0", "1"]
+    for panel, chart in zip(panels, charts):
+        assert panel["points"] == STEPS, panel  # one point per candidate step
+        assert panel["lines"] >= 3, panel  # editing, fidelity, combined
+        assert panel["chosen"] == str(chart["chosen"])
+        assert panel["thumb"] > 0, "the chosen candidate's thumbnail was not drawn"
+
+    # The search node's strip: one row per pair, the scorer's choice framed.
+    strip = await page.js(
+        "[...document.querySelectorAll('.oir-strip .oir-strip-row')].map((r) => ({"
+        " cells: r.querySelectorAll('.oir-cell').length,"
+        " chosen: r.querySelector('.oir-cell-chosen')?.dataset.step }))"
+    )
+    assert strip == [{"cells": STEPS, "chosen": str(c["chosen"])} for c in charts]
+
+    # Hover a step that is not the chosen one: its thumbnail and readout show.
+    pair0 = charts[0]
+    target = next(s for s in (3, 2, 4, 1, 5) if s != pair0["chosen"])
+    point = await page.js(
+        f'window.__oir.rect(\'.oir-panel[data-pair="0"] circle.oir-point[data-step="{target}"]\')'
+    )
+    assert point, "no point to hover"
+    await page.hover(point["x"], point["y"])
+    caption = await page.js("document.querySelector('.oir-panel[data-pair=\"0\"] .oir-caption').textContent")
+    assert caption == f"t={target}"
+    await page.screenshot(ARTIFACTS / "scorer_chart_hover.png")
+
+    # Click it: the real widget holds the override; the chart shows the pending step.
+    await page.click(point["x"], point["y"])
+    assert await page.js("window.__oir.override()") == f"{target}, auto"
+    assert await page.js(
+        f'!!document.querySelector(\'.oir-panel[data-pair="0"] line.oir-next[data-step="{target}"]\')'
+    )
+    saved = await page.js(
+        "window.__oir.app.graph.serialize().nodes"
+        ".find((n) => n.type === 'OIRMaskMetricScorer').widgets_values"
+    )
+    assert saved == [0.5, "official", "official", f"{target}, auto"]  # the chart itself is never serialised
+
+    # Clicking the overridden step again goes back to auto.
+    point = await page.js(
+        f'window.__oir.rect(\'.oir-panel[data-pair="0"] circle.oir-point[data-step="{target}"]\')'
+    )
+    await page.click(point["x"], point["y"])
+    assert await page.js("window.__oir.override()") == ""
+
+    # Second pair via its own chart, then the reset button of that pair.
+    other = next(s for s in (2, 4, 3, 1, 5) if s != charts[1]["chosen"])
+    point = await page.js(
+        f'window.__oir.rect(\'.oir-panel[data-pair="1"] circle.oir-point[data-step="{other}"]\')'
+    )
+    await page.click(point["x"], point["y"])
+    assert await page.js("window.__oir.override()") == f"auto, {other}"
+    reset = await page.js("window.__oir.rect('.oir-panel[data-pair=\"1\"] .oir-reset')")
+    assert reset and reset["width"] > 0
+    await page.click(reset["x"], reset["y"])
+    assert await page.js("window.__oir.override()") == ""
+
+    # A queued override is honoured: set pair 1's step by clicking, run again.
+    point = await page.js(
+        f'window.__oir.rect(\'.oir-panel[data-pair="0"] circle.oir-point[data-step="{target}"]\')'
+    )
+    await page.click(point["x"], point["y"])
+    await queue_and_wait(page)
+    rerun = await page.js(
+        "window.__oir.node('OIRMaskMetricScorer').oirChart.charts"
+        ".map((c) => ({chosen: c.chosen, searched: c.searched, override: c.override}))"
+    )
+    assert rerun[0] == {"chosen": target, "searched": pair0["chosen"], "override": target}
+    assert rerun[1]["override"] is None
+    strip_chosen = await page.js("document.querySelector('.oir-strip-row .oir-cell-chosen')?.dataset.step")
+    assert strip_chosen == str(target)
+
+    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
+    await settle(page)
+    await page.hover(1000, 900)  # empty canvas: no hover state, no tooltip
+    await page.screenshot(ARTIFACTS / "scorer_chart_override.png")
+    await page.js("window.__oir.focus('OIRParallelStepSearch')")
+    await settle(page)
+    await page.screenshot(ARTIFACTS / "search_strip.png")
+
+    # The paper's 50 steps (synthetic scores; its grid image does not exist): 50 points, sensible
+    # ticks, and a missing image only leaves the thumbnail empty.
+    drawn = await page.js(SYNTHETIC_50_STEPS)
+    assert drawn == {"points": 50, "ticks": drawn["ticks"], "panels": 1} and 4 <= drawn["ticks"] <= 12, drawn
+    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
+    await settle(page)
+    point = await page.js("window.__oir.rect('.oir-panel circle.oir-point[data-step=\"31\"]')")
+    await page.hover(point["x"], point["y"])
+    assert await page.js("document.querySelector('.oir-panel .oir-caption').textContent") == "t=31"
+    await page.screenshot(ARTIFACTS / "scorer_chart_50_steps.png")
+
+    # Only what concerns the pack: the frontend itself may log unrelated startup errors.
+    problems = [e for e in page.exceptions if "oir" in e.lower()] + [
+        c["text"] for c in page.console if c["type"] in ("error", "assert") and "oir" in c["text"].lower()
+    ]
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,235 @@
+"""Headless ComfyUI server run (DESIGN.md §7): the example workflows queued over HTTP.
+
+One server (``comfy_server.shared_test_server``) serves the whole session: the pack linked into
+a temporary custom_nodes folder, the test node pack with the tiny checkpoint loader, and real
+tiny scorer / LoRA / ControlNet files. Each API twin of ``example_workflows`` is rewritten to the
+tiny models (loader, file names, 5 steps, R = r = 2), queued with ``POST /prompt`` and followed
+with ``GET /history/<id>``; its images are fetched with ``GET /view``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from comfy_server import (
+    IMAGE_SIZE,
+    TEST_LOADER,
+    TINY_CHECKPOINT,
+    TINY_CONTROLNET,
+    TINY_LORA,
+    TINY_SCORER,
+    TestServer,
+    shared_test_server,
+    write_test_images,
+)
+from PIL import Image
+
+from oir_core.headless import OIR_NODE_IDS, PACK_FOLDER, HeadlessError
+
+STEPS = 5
+HERE = Path(__file__).resolve().parent
+WORKFLOWS = ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit")
+
+
+def _workflow_tests() -> ModuleType:
+    """``tests/core/test_workflows.py`` (its node-schema snapshot), imported by path."""
+    name = "oir_tests_core_workflows"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE.parent / "core" / "test_workflows.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> TestServer:
+    return shared_test_server(tmp_path_factory, request)
+
+
+@pytest.fixture(scope="module")
+def uploads(server: TestServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The test images, uploaded; LoadImage values by role (image, hint, dog, gift)."""
+    paths = write_test_images(tmp_path_factory.mktemp("images"))
+    return {role: server.upload(path) for role, path in paths.items()}
+
+
+def api_twin(name: str) -> dict[str, Any]:
+    return json.loads(
+        (HERE.parents[1] / "oir_core" / "workflows" / f"{name}.api.json").read_text(encoding="utf-8")
+    )
+
+
+def tiny_workflow(workflow: dict[str, Any], uploads: dict[str, str], prefix: str) -> dict[str, Any]:
+    """An API twin pointed at the tiny models and the uploaded test images (a copy)."""
+    graph = copy.deepcopy(workflow)
+    consumers: dict[str, list[str]] = {}
+    for node in graph.values():
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                consumers.setdefault(str(value[0]), []).append(node["class_type"])
+    for node_id, node in graph.items():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            node["class_type"], inputs["ckpt_name"] = TEST_LOADER, TINY_CHECKPOINT
+        elif kind == "LoadImage":
+            hint = consumers.get(node_id) == ["ControlNetApplyAdvanced"]
+            inputs["image"] = uploads["hint" if hint else "image"]
+        elif kind == "LoadImageMask":
+            pair = next(n for n in graph.values() if n["inputs"].get("mask") == [node_id, 0])
+            inputs["image"] = uploads[pair["inputs"]["source"]]
+        elif kind == "OIRLoadCLIPScorer":
+            inputs.update(clip_name=TINY_SCORER, device="cpu")
+        elif kind == "OIRDDIMInversion":
+            inputs["steps"] = STEPS
+        elif kind == "OIRParallelStepSearch":
+            inputs.update(custom_steps=f"1-{STEPS}", coarse_stride=2)
+        elif kind == "OIRObjectReassembly":
+            inputs.update(reassembly_step=2, reinversion_steps=2)
+        elif kind == "LoraLoader":
+            inputs["lora_name"] = TINY_LORA
+        elif kind == "ControlNetLoader":
+            inputs["control_net_name"] = TINY_CONTROLNET
+        elif kind == "SaveImage":
+            inputs["filename_prefix"] = prefix
+    return graph
+
+
+def assert_succeeded(entry: dict[str, Any]) -> None:
+    status = entry["status"]
+    errors = [data for kind, data in status["messages"] if kind == "execution_error"]
+    assert not errors, errors
+    assert status["status_str"] == "success" and status["completed"] is True
+
+
+def fetch_image(server: TestServer, ref: dict[str, str]) -> Image.Image:
+    image = Image.open(io.BytesIO(server.client.view(ref)))
+    image.load()
+    return image
+
+
+_RESULTS: dict[str, dict[str, Any]] = {}
+
+
+def run_example(server: TestServer, uploads: dict[str, str], name: str) -> dict[str, Any]:
+    """Queue one rewritten example (once per session) and return its history entry."""
+    if name not in _RESULTS:
+        graph = tiny_workflow(api_twin(name), uploads, f"oir-tests/{name}")
+        _RESULTS[name] = {"graph": graph, "entry": server.run(graph)}
+    return _RESULTS[name]
+
+
+def test_pack_loads_with_all_nodes_and_no_import_failure(server: TestServer, pack: ModuleType) -> None:
+    registered = {cls.define_schema().node_id for cls in sys.modules[f"{pack.__name__}.nodes"].NODES}
+    assert registered == set(OIR_NODE_IDS)  # the list oir-edit checks servers against is complete
+    server.check_loaded()
+    info = server.object_info()
+    for node in OIR_NODE_IDS:
+        assert info[node]["category"].startswith("OIR/")
+        assert PACK_FOLDER in info[node]["python_module"]
+    log = server.server.log_text()
+    assert f"{PACK_FOLDER}" in log and not server.import_problems()
+
+
+def test_node_schema_snapshot_matches_the_live_server(server: TestServer) -> None:
+    """The snapshot the offline workflow tests use is what ComfyUI really serves."""
+    schemas, info = _workflow_tests().NODE_SCHEMAS, server.object_info()
+    widget_types = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+    for node_type, schema in schemas.items():
+        live = info[node_type]
+        order = live["input_order"].get("required", []) + live["input_order"].get("optional", [])
+        specs = {**live["input"].get("required", {}), **live["input"].get("optional", {})}
+        optional = set(live["input_order"].get("optional", []))
+
+        def is_widget(spec: list[Any]) -> bool:
+            return isinstance(spec[0], list) or spec[0] in widget_types
+
+        sockets = [(name, specs[name][0], name in optional) for name in order if not is_widget(specs[name])]
+        widgets = [name for name in order if is_widget(specs[name])]
+        upload = [
+            "upload"
+            for name in order
+            if isinstance(specs[name], list)
+            and len(specs[name]) > 1
+            and (specs[name][1] or {}).get("image_upload")
+        ]
+        assert sockets == schema["sockets"], node_type
+        assert widgets + upload == schema["widgets"], node_type
+        assert list(live["output"]) == schema["outputs"], node_type
+
+
+def test_example_workflows_are_served_as_templates(server: TestServer) -> None:
+    listing = server.client.get_json("/workflow_templates")
+    assert sorted(listing[PACK_FOLDER]) == sorted(WORKFLOWS)
+    served = server.client.get_json(f"/api/workflow_templates/{PACK_FOLDER}/oir_two_object_edit.json")
+    assert served == json.loads(
+        (HERE.parents[1] / "example_workflows" / "oir_two_object_edit.json").read_text()
+    )
+
+
+def test_the_real_frontend_is_served_by_default(server: TestServer) -> None:
+    """Headless-browser tests need the installed comfyui-frontend-package, not an empty root."""
+    page = server.client.request("GET", "/").decode("utf-8", "replace")
+    assert "<html" in page.lower() and "<script" in page.lower()
+
+
+def test_two_object_workflow_over_http(server: TestServer, uploads: dict[str, str]) -> None:
+    """DESIGN.md §7's headless run: POST /prompt, poll /history/<id>, fetch the image with /view."""
+    result = run_example(server, uploads, "oir_two_object_edit")
+    graph, entry = result["graph"], result["entry"]
+    assert_succeeded(entry)
+    outputs = entry["outputs"]
+    save = next(i for i, n in graph.items() if n["class_type"] == "SaveImage")
+    (saved,) = outputs[save]["images"]
+    assert saved["type"] == "output" and saved["filename"].startswith("oir_two_object_edit")
+    image = fetch_image(server, saved)
+    assert image.size == (IMAGE_SIZE, IMAGE_SIZE) and image.mode == "RGB"
+    metric = next(i for i, n in graph.items() if n["class_type"] == "OIRMaskMetricScorer")
+    scores = outputs[metric]["oir_scores"]
+    assert [(s["source"], s["target"]) for s in scores] == [("dog", "cat"), ("gift", "cake")]
+    for pair in scores:
+        assert 1 <= pair["chosen"] <= STEPS and pair["table"]["steps"] == list(range(1, STEPS + 1))
+    previews = [i for i, n in graph.items() if n["class_type"] == "PreviewImage"]
+    for preview in previews:
+        refs = outputs[preview]["images"]
+        assert len(refs) == 2 and all(r["type"] == "temp" for r in refs)  # one grid / plot per pair
+        assert fetch_image(server, refs[0]).size[0] > IMAGE_SIZE
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_every_example_workflow_queues_and_completes(
+    server: TestServer, uploads: dict[str, str], name: str
+) -> None:
+    result = run_example(server, uploads, name)
+    assert_succeeded(result["entry"])
+    save = next(i for i, n in result["graph"].items() if n["class_type"] == "SaveImage")
+    (saved,) = result["entry"]["outputs"][save]["images"]
+    assert fetch_image(server, saved).size == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_lora_and_controlnet_change_the_edit(server: TestServer, uploads: dict[str, str]) -> None:
+    """The real LoraLoader/ControlNet nodes act on the OIR nodes: same inputs otherwise, another image."""
+    images = {}
+    for name in ("oir_two_object_edit", "oir_lora_controlnet_edit"):
+        result = run_example(server, uploads, name)
+        assert_succeeded(result["entry"])
+        save = next(i for i, n in result["graph"].items() if n["class_type"] == "SaveImage")
+        images[name] = fetch_image(server, result["entry"]["outputs"][save]["images"][0]).tobytes()
+    assert images["oir_two_object_edit"] != images["oir_lora_controlnet_edit"]
+
+
+def test_bad_workflow_is_refused_with_the_node_named(server: TestServer, uploads: dict[str, str]) -> None:
+    graph = tiny_workflow(api_twin("oir_two_object_edit"), uploads, "oir-tests/refused")
+    inversion = next(i for i, n in graph.items() if n["class_type"] == "OIRDDIMInversion")
+    graph[inversion]["inputs"]["steps"] = 1  # below the node's minimum of 2
+    with pytest.raises(HeadlessError, match=rf"node {inversion} \(OIR DDIM Inversion\).*steps"):
+        server.client.queue(graph, "oir-integration-tests")
