@@ -14,7 +14,7 @@ from comfy_api.latest import io, ui
 
 from ..oir_core.candidates import CandidateSet, generate_candidates
 from ..oir_core.clip_scorer import ClipScorer
-from ..oir_core.edit import check_cfg, check_masks_match, fit_image, stack_images
+from ..oir_core.edit import check_cfg, check_choice, check_masks_match, fit_image, stack_images
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import candidate_grid, grid_geometry
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, invert
@@ -148,6 +148,8 @@ class OIRDDIMInversion(io.ComfyNode):
     def execute(
         cls, model: Any, latent: dict, original: list, steps: int, scheduler: str, convention: str
     ) -> io.NodeOutput:
+        check_choice(scheduler, comfy.samplers.SCHEDULER_NAMES, "scheduler")
+        check_choice(convention, CONVENTIONS, "convention")
         samples = single_latent(latent)
         check_conditioning(original, "original")
         if steps < 2:

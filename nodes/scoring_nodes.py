@@ -12,7 +12,7 @@ from comfy_api.latest import io, ui
 
 from ..oir_core.clip_backends import load_clip
 from ..oir_core.clip_scorer import ATTENTION_MODES, FIDELITY_SPACES, ClipScorer
-from ..oir_core.edit import fit_image, stack_images
+from ..oir_core.edit import check_choice, fit_image, stack_images
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import score_plot
 from ..oir_core.search import parse_step_overrides, score_candidate_pairs
@@ -109,6 +109,8 @@ class OIRLoadCLIPScorer(io.ComfyNode):
     def execute(cls, clip_name: str, backend: str, device: str, precision: str) -> io.NodeOutput:
         import comfy.model_management
 
+        check_choice(device, ("auto", "cpu", "gpu"), "device")
+        check_choice(precision, ("fp32", "fp16"), "precision")
         path = resolve_scorer(clip_name)
         target = {"auto": None, "cpu": "cpu", "gpu": comfy.model_management.get_torch_device()}[device]
         if target is None:

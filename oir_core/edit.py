@@ -115,3 +115,10 @@ def check_cfg(cfg: float) -> float:
     if not cfg > 0:
         raise OIRInputError("cfg", cfg, "must be positive", "use the paper's 7.5, or 1.0 for no guidance")
     return float(cfg)
+
+
+def check_choice(value: str, options: Sequence[str], input_name: str) -> str:
+    """Refuse a value outside a combo's options (ComfyUI does not check them for API clients)."""
+    if value not in options:
+        raise OIRInputError(input_name, value, "is not one of the options", f"use one of {list(options)}")
+    return value

@@ -20,7 +20,7 @@ from engine_fixtures import SD_CLEAN_SIGMA, clean_latent, prompt_means
 from oir_core import FunctionHost, OIRInputError, generate_candidates, invert, reassemble
 from oir_core.analytic import GaussianModel, ddim_uniform_schedule
 from oir_core.clip_backends import load_state_dict_file
-from oir_core.edit import check_cfg, check_masks_match, fit_image, make_edit_pair
+from oir_core.edit import check_cfg, check_choice, check_masks_match, fit_image, make_edit_pair
 from oir_core.inversion import check_trajectory_source
 from oir_core.metric import score_table
 from oir_core.prompts import EditPairText, build_prompts
@@ -162,6 +162,12 @@ ERRORS: list[tuple[str, Callable[[], object], str, str]] = [
         "not finite",
     ),
     ("cfg = 0", lambda: check_cfg(0.0), "cfg", "must be positive"),
+    (
+        "combo value outside its options (API clients)",
+        lambda: check_choice("karras2", ("normal", "karras"), "scheduler"),
+        "scheduler",
+        "not one of the options",
+    ),
     ("cfg < 0", lambda: check_cfg(-2.0), "cfg", "must be positive"),
     (
         "no steps to search",

@@ -200,3 +200,15 @@ def test_not_a_conditioning_is_refused(nodes, errors, tiny_unet, tiny_vae) -> No
             scheduler="ddim_uniform",
             convention="auto",
         )
+
+
+def test_combo_values_outside_their_options_are_refused(nodes, errors, edit, tiny_unet, tiny_vae) -> None:
+    latent = {"samples": tiny_vae.encode(torch.rand(1, IMAGE, IMAGE, 3))}
+    with pytest.raises(errors, match="scheduler"):
+        nodes["OIRDDIMInversion"].execute(
+            model=tiny_unet, latent=latent, original=edit[0], steps=5, scheduler="nope", convention="auto"
+        )
+    with pytest.raises(errors, match="convention"):
+        nodes["OIRDDIMInversion"].execute(
+            model=tiny_unet, latent=latent, original=edit[0], steps=5, scheduler="normal", convention="nope"
+        )
