@@ -14,9 +14,9 @@ from comfy_api.latest import io, ui
 
 from ..oir_core.candidates import CandidateSet, generate_candidates
 from ..oir_core.clip_scorer import ClipScorer
-from ..oir_core.edit import check_cfg, check_choice, check_masks_match, fit_image, stack_images
+from ..oir_core.edit import check_cfg, check_choice, check_masks_match, fit_image
 from ..oir_core.errors import OIRInputError
-from ..oir_core.figures import candidate_grid, grid_geometry
+from ..oir_core.figures import pair_candidate_grids
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, invert
 from ..oir_core.reassembly import reassemble
 from ..oir_core.search import SEARCH_MODES, coarse_to_fine_candidates, score_candidate_pairs, search_step_sets
@@ -86,19 +86,6 @@ def decode(vae: Any, model: Any, latents: torch.Tensor) -> torch.Tensor:
     if images.ndim == 5:  # video VAEs give [N, frames, H, W, 3]; OIR scores the first frame
         images = images[:, 0]
     return images.float().clamp(0, 1).cpu()
-
-
-def pair_grids(candidates: CandidateSet, images: torch.Tensor, highlight: dict[int, int] | None = None):  # type: ignore[no-untyped-def]
-    """One labelled grid per pair (padded to a common size) and their layouts."""
-    grids, layouts = [], []
-    for pair in range(candidates.pair_count):
-        index = candidates.indices(pair)
-        steps = [candidates.steps[i] for i in index]
-        marked = [steps.index(highlight[pair])] if highlight and highlight.get(pair) in steps else []
-        pair_images = images[index]
-        grids.append(candidate_grid(pair_images, [f"t={s}" for s in steps], highlight=marked))
-        layouts.append({"pair": pair, "steps": steps, **grid_geometry(len(index), *pair_images.shape[1:3])})
-    return stack_images(grids), layouts
 
 
 class OIRDDIMInversion(io.ComfyNode):
@@ -200,9 +187,8 @@ class OIRParallelStepSearch(io.ComfyNode):
                 OIREditType.Input("oir_edit", tooltip="From the OIR Guided Prompt Builder."),
                 io.Conditioning.Input(
                     "original",
-                    tooltip="Original prompt P_o: the default negative, and the template whose ControlNet/"
-                    "hooks "
-                    "the guided prompts inherit.",
+                    tooltip="Original prompt P_o: the default negative, and the template whose "
+                    "ControlNet/hooks the guided prompts inherit.",
                 ),
                 io.Vae.Input("vae", tooltip="Decodes the candidates for scoring and preview."),
                 io.Float.Input(
@@ -313,7 +299,7 @@ class OIRParallelStepSearch(io.ComfyNode):
             starts = search_step_sets(search_mode, trajectory.steps, pairs, custom_steps)
             candidates = generate_candidates(host, trajectory, starts, on_level=level_progress())
         images = decode(vae, model, candidates.latents)
-        grid, layouts = pair_grids(candidates, images)
+        grid, layouts = pair_candidate_grids(candidates, images)
         bundle = CandidateBundle(
             edit=edit,
             candidates=candidates,

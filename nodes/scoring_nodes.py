@@ -12,12 +12,11 @@ from comfy_api.latest import io, ui
 
 from ..oir_core.clip_backends import load_clip
 from ..oir_core.clip_scorer import ATTENTION_MODES, FIDELITY_SPACES, ClipScorer
-from ..oir_core.edit import check_choice, fit_image, stack_images
+from ..oir_core.edit import check_choice, fit_image
 from ..oir_core.errors import OIRInputError
-from ..oir_core.figures import score_plot
+from ..oir_core.figures import pair_candidate_grids, score_plot, stack_images
 from ..oir_core.search import parse_step_overrides, score_candidate_pairs
 from .payloads import CandidateBundle, ChosenSteps
-from .sampling_nodes import pair_grids
 from .types import Candidates, ChosenStepsType, Scorer
 
 CATEGORY = "OIR/scoring"
@@ -130,10 +129,9 @@ class OIRMaskMetricScorer(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "OIR step 4: per pair, S_e = CLIP similarity of the target phrase and the candidate "
-                "restricted "
-                "to the mask; S_ne = -MSE to the source image outside the mask; both min-max normalised and "
-                "weighted; the best step wins (ties: smaller step). 'step_override' (e.g. 'auto, 23') "
-                "overrules the search per pair; click a step on the chart to set it."
+                "restricted to the mask; S_ne = -MSE to the source image outside the mask; both min-max "
+                "normalised and weighted; the best step wins (ties: smaller step). 'step_override' "
+                "(e.g. 'auto, 23') overrules the search per pair; click a step on the chart to set it."
             ),
             inputs=[
                 Candidates.Input("candidates", tooltip="From the OIR Parallel Step Search."),
@@ -232,7 +230,7 @@ class OIRMaskMetricScorer(io.ComfyNode):
                 for k, (t, step) in enumerate(zip(tables, chosen))
             ]
         )
-        grid, layouts = pair_grids(found, candidates.images, highlight=dict(enumerate(chosen)))
+        grid, layouts = pair_candidate_grids(found, candidates.images, highlight=dict(enumerate(chosen)))
         report = json.dumps({"prompts": edit.plan.to_dict(), **result.to_dict()}, indent=2)
         chart = [
             {

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -98,16 +97,6 @@ def check_masks_match(pairs: Sequence[EditPair], size_hw: tuple[int, int]) -> No
     """Refuse masks painted on another image (aspect ratio differs from ``size_hw``)."""
     for index, pair in enumerate(pairs, start=1):
         check_mask_aspect(pair.mask, size_hw, f"mask of edit pair {index}")
-
-
-def stack_images(images: Sequence[Tensor]) -> Tensor:
-    """Pad ``[1, h_i, w_i, 3]`` images to a common size and stack into ``[N, H, W, 3]``."""
-    height = max(int(i.shape[1]) for i in images)
-    width = max(int(i.shape[2]) for i in images)
-    out = torch.zeros(len(images), height, width, 3)
-    for index, image in enumerate(images):
-        out[index, : image.shape[1], : image.shape[2]] = image[0]
-    return out
 
 
 def check_cfg(cfg: float) -> float:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from .candidates import CandidateSet
 
 HIGHLIGHT = (255, 196, 0)
 EDITING_COLOR = (66, 135, 245)
@@ -155,3 +158,38 @@ def score_plot(
         draw.line((x, 12, x + 14, 12), fill=color, width=3)
         draw.text((x + 18, 6), name, fill=INK, font=font)
     return _to_tensor(canvas)
+
+
+def stack_images(images: Sequence[Tensor]) -> Tensor:
+    """Pad ``[1, h_i, w_i, 3]`` images to a common size and stack into ``[N, H, W, 3]``."""
+    height = max(int(i.shape[1]) for i in images)
+    width = max(int(i.shape[2]) for i in images)
+    out = torch.zeros(len(images), height, width, 3)
+    for index, image in enumerate(images):
+        out[index, : image.shape[1], : image.shape[2]] = image[0]
+    return out
+
+
+def pair_candidate_grids(
+    candidates: CandidateSet, images: Tensor, highlight: dict[int, int] | None = None
+) -> tuple[Tensor, list[dict[str, Any]]]:
+    """One labelled grid per pair, padded to a common size, and each grid's layout for the frontend.
+
+    Args:
+        candidates: the candidate set; images: ``[N, H, W, 3]`` its decoded candidates, same order.
+        highlight: pair -> step to frame (the chosen step), when scores exist.
+
+    Returns:
+        ``([K, H', W', 3] grids, K layouts)``; a layout is :func:`grid_geometry` plus ``pair`` and
+        the ``steps`` in grid order.
+    """
+    grids, layouts = [], []
+    for pair in range(candidates.pair_count):
+        index = candidates.indices(pair)
+        steps = [candidates.steps[i] for i in index]
+        chosen = (highlight or {}).get(pair)
+        marked = [steps.index(chosen)] if chosen in steps else []
+        pair_images = images[index]
+        grids.append(candidate_grid(pair_images, [f"t={s}" for s in steps], highlight=marked))
+        layouts.append({"pair": pair, "steps": steps, **grid_geometry(len(index), *pair_images.shape[1:3])})
+    return stack_images(grids), layouts
