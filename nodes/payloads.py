@@ -50,6 +50,8 @@ class CandidateBundle:
         mode: the search mode used.
         coarse: the coarse round of a coarse-to-fine search, or ``None``.
         coarse_best: the best coarse step per pair, or empty.
+        eligible: per candidate, whether it may be chosen (coarse-to-fine keeps its approximate
+            coarse candidates to anchor the score ranges); ``None``: all.
         grid_layout: per pair, the grid geometry of the preview image (for the frontend).
     """
 
@@ -60,6 +62,7 @@ class CandidateBundle:
     mode: str
     coarse: CandidateSet | None = None
     coarse_best: tuple[int, ...] = ()
+    eligible: tuple[bool, ...] | None = None
     grid_layout: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
 

@@ -278,9 +278,11 @@ class OIRParallelStepSearch(io.ComfyNode):
                     "connect 'scorer' and 'image'",
                 )
             clip_scorer = ClipScorer(scorer)
+            coarse_images: list[torch.Tensor] = []
 
             def best_steps(round_one: CandidateSet) -> list[int]:
                 images = decode(vae, model, round_one.latents)
+                coarse_images.append(images)
                 tables = score_candidate_pairs(
                     clip_scorer,
                     round_one,
@@ -294,12 +296,19 @@ class OIRParallelStepSearch(io.ComfyNode):
             run = coarse_to_fine_candidates(
                 host, trajectory, pairs, best_steps, coarse_stride, refine_radius, on_level=level_progress()
             )
-            candidates, coarse, coarse_best = run.refined, run.coarse, tuple(run.coarse_best)
+            candidates, coarse, coarse_best, eligible = (
+                run.pool,
+                run.coarse,
+                tuple(run.coarse_best),
+                run.eligible,
+            )
+            images = torch.cat([decode(vae, model, run.refined.latents), coarse_images[0][run.kept_coarse]])
         else:
             starts = search_step_sets(search_mode, trajectory.steps, pairs, custom_steps)
             candidates = generate_candidates(host, trajectory, starts, on_level=level_progress())
-        images = decode(vae, model, candidates.latents)
-        grid, layouts = pair_candidate_grids(candidates, images)
+            images = decode(vae, model, candidates.latents)
+            eligible = None
+        grid, layouts = pair_candidate_grids(candidates, images, eligible=eligible)
         bundle = CandidateBundle(
             edit=edit,
             candidates=candidates,
@@ -308,6 +317,7 @@ class OIRParallelStepSearch(io.ComfyNode):
             mode=search_mode,
             coarse=coarse,
             coarse_best=coarse_best,
+            eligible=None if eligible is None else tuple(eligible),
             grid_layout=tuple(layouts),
         )
         preview = ui.PreviewImage(grid, cls=cls).as_dict()

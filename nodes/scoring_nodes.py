@@ -208,6 +208,7 @@ class OIRMaskMetricScorer(io.ComfyNode):
             [pair.mask for pair in edit.pairs],
             edit.plan.score_texts,
             weights=weights,
+            eligible=candidates.eligible,
         )
         searched = tuple(table.chosen_step for table in tables)
         chosen = tuple(o if o is not None else s for o, s in zip(overrides, searched))
@@ -230,7 +231,9 @@ class OIRMaskMetricScorer(io.ComfyNode):
                 for k, (t, step) in enumerate(zip(tables, chosen))
             ]
         )
-        grid, layouts = pair_candidate_grids(found, candidates.images, highlight=dict(enumerate(chosen)))
+        grid, layouts = pair_candidate_grids(
+            found, candidates.images, highlight=dict(enumerate(chosen)), eligible=candidates.eligible
+        )
         report = json.dumps({"prompts": edit.plan.to_dict(), **result.to_dict()}, indent=2)
         chart = [
             {

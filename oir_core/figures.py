@@ -171,13 +171,17 @@ def stack_images(images: Sequence[Tensor]) -> Tensor:
 
 
 def pair_candidate_grids(
-    candidates: CandidateSet, images: Tensor, highlight: dict[int, int] | None = None
+    candidates: CandidateSet,
+    images: Tensor,
+    highlight: dict[int, int] | None = None,
+    eligible: Sequence[bool] | None = None,
 ) -> tuple[Tensor, list[dict[str, Any]]]:
     """One labelled grid per pair, padded to a common size, and each grid's layout for the frontend.
 
     Args:
         candidates: the candidate set; images: ``[N, H, W, 3]`` its decoded candidates, same order.
         highlight: pair -> step to frame (the chosen step), when scores exist.
+        eligible: per candidate; the others (coarse approximations) are labelled ``t=N~``.
 
     Returns:
         ``([K, H', W', 3] grids, K layouts)``; a layout is :func:`grid_geometry` plus ``pair`` and
@@ -190,6 +194,9 @@ def pair_candidate_grids(
         chosen = (highlight or {}).get(pair)
         marked = [steps.index(chosen)] if chosen in steps else []
         pair_images = images[index]
-        grids.append(candidate_grid(pair_images, [f"t={s}" for s in steps], highlight=marked))
+        labels = [
+            f"t={candidates.steps[i]}" + ("" if eligible is None or eligible[i] else "~") for i in index
+        ]
+        grids.append(candidate_grid(pair_images, labels, highlight=marked))
         layouts.append({"pair": pair, "steps": steps, **grid_geometry(len(index), *pair_images.shape[1:3])})
     return stack_images(grids), layouts

@@ -77,10 +77,8 @@ def _analytic(steps: int, pairs: int):  # type: ignore[no-untyped-def]
 def test_coarse_to_fine_refines_around_the_ranked_best_and_counts_rows() -> None:
     steps, pairs = 50, 2
     host, recorder, trajectory = _analytic(steps, pairs)
-    seen_coarse = []
 
     def rank(candidates):  # type: ignore[no-untyped-def]
-        seen_coarse.append(candidates)
         assert candidates.stride == 5
         return [50, 15]
 
@@ -89,19 +87,57 @@ def test_coarse_to_fine_refines_around_the_ranked_best_and_counts_rows() -> None
         host, trajectory, pairs, rank, stride=5, radius=2, on_level=lambda d, t: progress.append((d, t))
     )
     assert run.coarse_best == [50, 15]
-    assert run.coarse.steps == coarse_steps(50, 5) * 2
-    assert run.coarse.stats.rows == pairs * sum(range(1, 11))  # t / stride rows per coarse candidate
-    assert run.coarse.stats.levels == 10
+    assert run.coarse.steps == [1, *coarse_steps(50, 5)] * 2
+    # t <= stride: t full-resolution rows; deeper: (t - stride) / stride coarse rows + stride fine ones.
+    per_pair = 1 + 5 + sum((t - 5) // 5 + 5 for t in range(10, 51, 5))
+    assert run.coarse.stats.rows == pairs * per_pair == 2 * 96
+    assert run.coarse.stats.levels == (50 - 5) // 5 + 5
     assert run.refined.for_pair(0)[0] == [48, 49, 50]
     assert run.refined.for_pair(1)[0] == [13, 14, 15, 16, 17]
-    assert run.refined.stride == 1
     assert run.refined.stats.rows == (48 + 49 + 50) + (13 + 14 + 15 + 16 + 17)
     total_rows = run.coarse.stats.rows + run.refined.stats.rows
     assert total_rows <= 0.25 * pairs * steps * (steps + 1) // 2
-    assert sum(c["rows"] for c in recorder.calls) == total_rows
+    assert sum(c["rows"] for c in recorder.calls) == total_rows == run.pool.stats.rows
     done = [d for d, _ in progress]
     assert done == list(range(1, len(done) + 1))
-    assert progress[-1][0] == progress[-1][1] == 10 + 50
+    assert progress[-1][0] == progress[-1][1] == 14 + 50
+    # The pool: refined rows, then the coarse rows they lack; only exact candidates may win.
+    assert run.pool.for_pair(1)[0] == sorted({1, *range(5, 51, 5), 13, 14, 16, 17})
+    for row, (pair, step) in enumerate(zip(run.pool.pair_ids, run.pool.steps)):
+        refined = (pair, step) in set(zip(run.refined.pair_ids, run.refined.steps))
+        assert run.eligible[row] == (refined or step <= 5)
+
+
+def test_coarse_candidates_walk_the_stride_schedule_then_a_fine_tail() -> None:
+    from oir_core import generate_candidates
+    from oir_core.sampling import lockstep_denoise
+
+    host, _, trajectory = _analytic(20, 1)
+    run = coarse_to_fine_candidates(host, trajectory, 1, lambda c: [10], stride=5, radius=0)
+    exact = generate_candidates(host, trajectory, [[1, 5]])
+    torch.testing.assert_close(run.coarse.latents[:2], exact.latents)  # t <= stride: exact
+    ids = torch.tensor([0])
+    coarse_part = lockstep_denoise(
+        host.guided, trajectory.level_sigmas, trajectory.latents[[20]], [20], 5, ids, 5
+    )
+    expected = lockstep_denoise(host.guided, trajectory.level_sigmas, coarse_part, [5], 0, ids)
+    torch.testing.assert_close(run.coarse.latents[run.coarse.steps.index(20)], expected[0])
+
+
+def test_anchored_choice_normalises_over_every_candidate_but_picks_an_eligible_one() -> None:
+    from oir_core.metric import score_table
+
+    steps = [1, 5, 9, 10, 11]
+    editing = torch.tensor([0.0, 0.5, 0.80, 0.81, 0.82])
+    fidelity = torch.tensor([0.0, -0.2, -0.5, -0.51, -0.60])
+    anchored = score_table(steps, editing, fidelity, eligible=[True, False, True, True, True])
+    alone = score_table(steps[2:], editing[2:], fidelity[2:])
+    # Alone, the three refined candidates stretch 0.80..0.82 to 0..1 and step 9 wins on fidelity;
+    # anchored by the coarse ones, these differences are small and the ranking follows the totals.
+    assert anchored.chosen_step in (9, 10, 11) and anchored.steps == steps
+    assert anchored.combined[2:] != alone.combined
+    bad = score_table(steps, editing, fidelity, eligible=[False, True, False, False, False])
+    assert bad.chosen_step == 5
 
 
 def test_refined_candidates_equal_exhaustive_ones_at_the_same_steps() -> None:

@@ -217,11 +217,16 @@ def test_override_replaces_the_searched_step(nodes, tiny_unet, tiny_clip, tiny_v
 def test_coarse_to_fine_search_runs_in_comfy(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder) -> None:
     out = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, search_mode="coarse_to_fine")
     bundle = out["candidates"]
-    assert bundle.coarse is not None and bundle.coarse.steps == [2, 4, 2, 4]
+    assert bundle.coarse is not None and bundle.coarse.steps == [1, 2, 4, 1, 2, 4]
+    eligible = bundle.eligible
+    assert eligible is not None and len(eligible) == len(bundle.candidates.steps) == bundle.images.shape[0]
     for pair, best in enumerate(bundle.coarse_best):
-        assert bundle.candidates.for_pair(pair)[0] == [
-            s for s in (best - 1, best, best + 1) if 1 <= s <= STEPS
-        ]
+        window = {s for s in (best - 1, best, best + 1) if 1 <= s <= STEPS}
+        pool = bundle.candidates.indices(pair)
+        assert window <= {bundle.candidates.steps[i] for i in pool}
+        chosen = out["chosen"].steps[pair]
+        allowed = {bundle.candidates.steps[i] for i in pool if eligible[i]}
+        assert chosen in allowed and allowed == window | {1, 2}  # refined, and coarse steps <= stride
 
 
 @pytest.mark.parametrize("fixture", ["tiny_unet_v", "tiny_unet_flow"])
