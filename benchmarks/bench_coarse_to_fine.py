@@ -1,0 +1,295 @@
+"""Benchmark 3: coarse-to-fine vs exhaustive step search (targets: ≤ 25 % rows, ±1 agreement ≥ 90 %).
+
+Cases whose score curves mean something, with exact models (no weights, CPU, seconds):
+
+- **Model**: ``oir_core.analytic.GaussianModel`` (per-pixel Gaussian data, exact denoiser) on SD's
+  ``ddim_uniform`` schedule, ``T = 50``. The latent has 3 channels and is read as an RGB image
+  through the fixed map ``image = sigmoid(latent)``.
+- **Prompts**: the original prompt's mean ``mu_o`` is a smooth random colour field; the guided
+  prompt's mean changes the masked region towards a target colour, so far that a full-depth edit
+  overshoots it (the best depth is where the candidate's colour reaches the target), plus a small
+  leak outside the mask so fidelity falls with ``t``. The leak's strength also shapes how fast
+  fidelity saturates, which spreads the optimal steps over ``1..50``.
+- **Scorer**: ``oir_core.metric.ColorTargetScorer``: editing = −distance of the masked mean colour
+  to the target colour; fidelity = −MSE outside the mask; min-max normalised, 0.5/0.5, argmax.
+- **Cases**: random seeds, mask sizes and positions, target colours, cfg in {3, 5, 7.5, 10}, leak
+  strength and the model's data std (how fast an edit grows with ``t``).
+
+For each case the exhaustive search (every ``t = 1..50``, ``T(T+1)/2 = 1275`` rows) is compared with
+``oir_core.search.coarse_to_fine_candidates`` used as the nodes use it: the scorer ranks the coarse
+round, and the same scorer makes the final choice the way the Mask Metric Scorer does (over the
+run's ``pool`` with its ``eligible`` flags when the engine has them, else over the refined
+candidates). The "plain" scheme (stride sub-schedule to level 0, final choice normalised over the
+refined candidates alone), built here from engine parts, is measured alongside for comparison.
+A sweep over (stride, radius) gives the trade-off table.
+
+Run: ``python benchmarks/bench_coarse_to_fine.py`` (no ComfyUI needed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import benchlib
+import torch
+import torch.nn.functional as F
+from benchlib import Metric, Report, fmt_pct, triangular
+from torch import Tensor
+
+from oir_core.analytic import GaussianModel, ddim_uniform_schedule
+from oir_core.candidates import CandidateSet, exhaustive_steps, generate_candidates
+from oir_core.host import FunctionHost
+from oir_core.inversion import InversionTrajectory, invert
+from oir_core.metric import ColorTargetScorer, search_scores
+from oir_core.search import coarse_steps, coarse_to_fine_candidates, refine_steps
+
+SIDE = 16
+CFGS = (3.0, 5.0, 7.5, 10.0)
+SCORER = ColorTargetScorer()
+LEAK_RANGE = (1.0, 30.0)
+"""Range (log-uniform) of ``cfg ×`` the leak's scale outside the mask."""
+STD_RANGE = (0.3, 5.0)
+"""Range (log-uniform) of the Gaussian model's data std ``s``: sets how fast an edit grows with ``t``."""
+W_STAR_RANGE = (0.04, 1.0)
+"""Range of the fraction of the full-depth edit at which the masked colour reaches the target."""
+
+
+def to_image(latents: Tensor) -> Tensor:
+    """``[N, 3, h, w]`` latents → ``[N, h, w, 3]`` RGB in 0..1 (the fixed map ``sigmoid``)."""
+    return torch.sigmoid(latents.float()).permute(0, 2, 3, 1)
+
+
+def smooth_field(generator: torch.Generator, channels: int, scale: float) -> Tensor:
+    """``[channels, SIDE, SIDE]`` a smooth random field (4×4 noise, bilinear upsampled)."""
+    coarse = torch.randn((1, channels, 4, 4), generator=generator) * scale
+    return F.interpolate(coarse, size=(SIDE, SIDE), mode="bilinear", align_corners=False)[0]
+
+
+@dataclass
+class Case:
+    """One search problem: an image, one edit pair and its exact model."""
+
+    host: FunctionHost
+    trajectory: InversionTrajectory
+    original: Tensor  # [h, w, 3]
+    mask: Tensor  # [h, w]
+    color: str  # '#rrggbb'
+    cfg: float
+
+
+def make_case(seed: int, steps: int, device: str) -> Case:
+    """A random case (see the module docstring); deterministic in ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda: float(torch.rand((), generator=g))  # noqa: E731
+    cfg = CFGS[int(torch.randint(len(CFGS), (), generator=g))]
+    mu_o = smooth_field(g, 3, 1.2)
+    height, width = max(2, round(SIDE * (0.2 + 0.45 * u()))), max(2, round(SIDE * (0.2 + 0.45 * u())))
+    top, left = int(u() * (SIDE - height + 1)), int(u() * (SIDE - width + 1))
+    mask = torch.zeros(SIDE, SIDE)
+    mask[top : top + height, left : left + width] = 1.0
+    rgb = torch.rand(3, generator=g) * 0.9 + 0.05
+    color = "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgb)
+    target = torch.logit(torch.tensor([int(color[i : i + 2], 16) / 255.0 for i in (1, 3, 5)]))
+    # The full-depth edit overshoots: the target is reached at fraction w_star of the way.
+    w_star = W_STAR_RANGE[0] + (W_STAR_RANGE[1] - W_STAR_RANGE[0]) * u()
+    shift = (target.view(3, 1, 1) - mu_o) / (cfg * w_star)
+    leak = (
+        smooth_field(g, 3, 1.0)
+        * math.exp(math.log(LEAK_RANGE[0]) + u() * math.log(LEAK_RANGE[1] / LEAK_RANGE[0]))
+        / cfg
+    )
+    mu_g = mu_o + mask * shift + (1.0 - mask) * leak
+    std = math.exp(math.log(STD_RANGE[0]) + u() * math.log(STD_RANGE[1] / STD_RANGE[0]))
+    model = GaussianModel(torch.stack([mu_o, mu_g]).to(device), std=std)
+    host = FunctionHost(
+        original=model.denoiser(0),
+        guided=model.cfg_denoiser(negative=0, cfg=cfg, id_offset=1),
+        target=model.denoiser(0),
+    )
+    x0 = (mu_o + 0.5 * torch.randn(mu_o.shape, generator=g)).to(device)
+    trajectory = invert(
+        host, x0, ddim_uniform_schedule(steps), "official", clean_sigma=benchlib.sd_clean_sigma()
+    )
+    return Case(host, trajectory, to_image(x0[None])[0], mask.to(device), color, cfg)
+
+
+def best_step(case: Case, candidates: CandidateSet) -> int:
+    """The scorer's choice among ``candidates`` (normalised over this set, as the node does)."""
+    steps, latents = candidates.for_pair(0)
+    table = search_scores(SCORER, steps, to_image(latents), case.original, case.mask, case.color)
+    return table.chosen_step
+
+
+@dataclass
+class Outcome:
+    """One coarse-to-fine run: model rows used and the chosen step."""
+
+    rows: int
+    chosen: int
+
+
+def engine_rule(case: Case, stride: int, radius: int) -> Outcome:
+    """What the nodes do with the engine as it is: ``coarse_to_fine_candidates``, the scorer ranking
+    the coarse round (normalised over that round), and the Mask Metric Scorer's final choice: over
+    the run's ``pool`` with its ``eligible`` flags when the engine provides them (anchored
+    normalisation), else over the refined candidates alone."""
+    run = coarse_to_fine_candidates(
+        case.host, case.trajectory, 1, lambda c: [best_step(case, c)], stride=stride, radius=radius
+    )
+    rows = run.coarse.stats.rows + run.refined.stats.rows
+    pool = getattr(run, "pool", None)
+    if pool is None:
+        return Outcome(rows, best_step(case, run.refined))
+    steps, latents = pool.for_pair(0)
+    eligible = [run.eligible[i] for i in pool.indices(0)]
+    table = search_scores(
+        SCORER, steps, to_image(latents), case.original, case.mask, case.color, eligible=eligible
+    )
+    return Outcome(rows, table.chosen_step)
+
+
+def plain_rule(case: Case, stride: int, radius: int) -> Outcome:
+    """The plain scheme (the engine before its anchored coarse-to-fine change), built here from
+    engine parts: every ``stride``-th step on the stride sub-schedule, the scorer's best, the
+    full-schedule candidates within ``radius``, the final choice normalised over those alone."""
+    coarse = generate_candidates(
+        case.host, case.trajectory, [coarse_steps(case.trajectory.steps, stride)], stride=stride
+    )
+    best = best_step(case, coarse)
+    refined = generate_candidates(
+        case.host, case.trajectory, [refine_steps(best, radius, case.trajectory.steps)]
+    )
+    return Outcome(coarse.stats.rows + refined.stats.rows, best_step(case, refined))
+
+
+def histogram(values: Sequence[int], steps: int, bins: int = 10) -> str:
+    width = math.ceil(steps / bins)
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, (v - 1) // width)] += 1
+    return " ".join(f"{1 + i * width}-{min(steps, (i + 1) * width)}:{c}" for i, c in enumerate(counts))
+
+
+@dataclass
+class Summary:
+    """One rule at one (stride, radius) over all cases."""
+
+    rows: float  # mean rows as a fraction of the exhaustive search's
+    within: float  # fraction of cases within ±1 of the exhaustive choice
+    exact: float
+    regret_p95: float  # 95th percentile of S_exh(t_exh) - S_exh(t_chosen), combined score in 0..1
+
+
+def summarise(
+    outcomes: Sequence[Outcome], exhaustive: Sequence[int], curves: Sequence[list[float]], full: int
+) -> Summary:
+    regrets = sorted(curve[e - 1] - curve[o.chosen - 1] for o, e, curve in zip(outcomes, exhaustive, curves))
+    n = len(outcomes)
+    return Summary(
+        rows=sum(o.rows for o in outcomes) / (n * full),
+        within=sum(abs(o.chosen - e) <= 1 for o, e in zip(outcomes, exhaustive)) / n,
+        exact=sum(o.chosen == e for o, e in zip(outcomes, exhaustive)) / n,
+        regret_p95=regrets[max(0, math.ceil(0.95 * n) - 1)],
+    )
+
+
+def best_setting(table: dict[tuple[int, int], Summary]) -> tuple[str, bool]:
+    """The cheapest setting meeting both targets and the most accurate one within 25 % rows."""
+
+    def show(key: tuple[int, int]) -> str:
+        v = table[key]
+        return f"stride {key[0]}, radius {key[1]}: rows {fmt_pct(v.rows)}, ±1 {fmt_pct(v.within)}"
+
+    ok = [k for k, v in table.items() if v.rows <= 0.25 and v.within >= 0.9]
+    affordable = [k for k, v in table.items() if v.rows <= 0.25] or list(table)
+    accurate = max(affordable, key=lambda k: (table[k].within, -table[k].rows))
+    if not ok:
+        return f"none meets both; most accurate ≤ 25 % rows: {show(accurate)}", False
+    cheapest = min(ok, key=lambda k: (table[k].rows, -table[k].within))
+    return f"cheapest: {show(cheapest)}; most accurate: {show(accurate)}", True
+
+
+def main() -> None:
+    parser = benchlib.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50, help="T (paper: 50)")
+    parser.add_argument("--cases", type=int, default=200, help="number of random cases")
+    parser.add_argument("--stride", type=int, default=5, help="default coarse stride (the node's)")
+    parser.add_argument("--radius", type=int, default=2, help="default refine radius (the node's)")
+    parser.add_argument("--strides", default="3,4,5,6,8", help="sweep: strides")
+    parser.add_argument("--radii", default="1,2,3,4", help="sweep: radii")
+    args = parser.parse_args()
+    benchlib.apply_common(args)
+    report = Report("bench_coarse_to_fine", benchlib.machine_line(args.device))
+    print(report.machine)
+    start = time.perf_counter()
+    cases = [make_case(args.seed * 100_003 + i, args.steps, args.device) for i in range(args.cases)]
+    exhaustive, curves = [], []
+    for case in cases:
+        found = generate_candidates(case.host, case.trajectory, [exhaustive_steps(args.steps)])
+        steps, latents = found.for_pair(0)
+        table = search_scores(SCORER, steps, to_image(latents), case.original, case.mask, case.color)
+        exhaustive.append(table.chosen_step)
+        curves.append(table.combined)
+    full = triangular(args.steps)
+    print(
+        f"{args.cases} cases, T={args.steps}; exhaustive optimal steps: {histogram(exhaustive, args.steps)}"
+    )
+    settings = sorted(
+        {(int(s), int(r)) for s in args.strides.split(",") for r in args.radii.split(",")}
+        | {(args.stride, args.radius)}
+    )
+    tables: dict[str, dict[tuple[int, int], Summary]] = {"engine": {}, "plain": {}}
+    print(
+        "stride radius | engine: rows %  ±1 %  exact %  regret p95 | plain: rows %  ±1 %  exact %  regret p95"
+    )
+    for stride, radius in settings:
+        for name, rule in (("engine", engine_rule), ("plain", plain_rule)):
+            outcomes = [rule(case, stride, radius) for case in cases]
+            tables[name][(stride, radius)] = summarise(outcomes, exhaustive, curves, full)
+        a, b = tables["engine"][(stride, radius)], tables["plain"][(stride, radius)]
+        print(
+            f"{stride:6d} {radius:6d} | {100 * a.rows:15.1f} {100 * a.within:5.1f} {100 * a.exact:8.1f} "
+            f"{a.regret_p95:11.4f} | {100 * b.rows:16.1f} {100 * b.within:5.1f} {100 * b.exact:8.1f} "
+            f"{b.regret_p95:11.4f}"
+        )
+    print(f"({time.perf_counter() - start:.0f} s)")
+
+    key = (args.stride, args.radius)
+    engine, plain = tables["engine"][key], tables["plain"][key]
+    setting = f"stride {args.stride}, radius {args.radius}"
+    report.add(
+        Metric(
+            f"3. coarse-to-fine rows vs exhaustive ({setting}, T={args.steps})",
+            fmt_pct(engine.rows),
+            "≤ 25 %",
+            engine.rows <= 0.25,
+        ),
+        Metric(
+            f"3. chosen step within ±1 of exhaustive ({args.cases} analytic cases, {setting})",
+            f"{fmt_pct(engine.within)} (exact {fmt_pct(engine.exact)}; "
+            f"p95 score regret {engine.regret_p95:.3f})",
+            "≥ 90 %",
+            engine.within >= 0.9,
+            f"exhaustive optima over the cases: {histogram(exhaustive, args.steps, 5)}; regret = "
+            "exhaustive combined score (0..1) of its choice minus that of the coarse-to-fine choice.",
+        ),
+        Metric(
+            f"3. … plain scheme for comparison ({setting}): rows / within ±1",
+            f"{fmt_pct(plain.rows)} / {fmt_pct(plain.within)} (p95 regret {plain.regret_p95:.3f})",
+            "≤ 25 % / ≥ 90 %",
+            plain.rows <= 0.25 and plain.within >= 0.9,
+            "stride sub-schedule to level 0, no step-1 anchor, final choice normalised over the "
+            "refined candidates alone.",
+        ),
+    )
+    for name, label in (("engine", "engine"), ("plain", "plain scheme")):
+        text, met = best_setting(tables[name])
+        report.add(Metric(f"3. best (stride, radius), {label}", text, "≤ 25 % and ≥ 90 %", met))
+    report.emit(args.json_out)
+
+
+if __name__ == "__main__":
+    main()
