@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import benchlib
+import torch
 from benchlib import Metric
 
 SCRIPTS = (
@@ -44,6 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     wanted = {name.strip().removesuffix(".py") for name in args.only.split(",") if name.strip()}
     scripts = [s for s in SCRIPTS if not wanted or s.removesuffix(".py") in wanted]
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)  # so the machine line shows what the scripts use
     machine = benchlib.machine_line(args.device)
     print(machine, flush=True)
     metrics: list[Metric] = []
@@ -72,7 +75,7 @@ def main() -> None:
     total = time.perf_counter() - started
     run_command = " ".join(["python benchmarks/run_all.py", shlex.join(sys.argv[1:])]).strip()
     table = benchlib.markdown_table(metrics)
-    notes = [f"{i}. {m.name.split(':')[0]}: {m.detail}" for i, m in enumerate(metrics, start=1) if m.detail]
+    notes = [f"- {m.name}: {m.detail}" for m in metrics if m.detail]
     text = "\n".join(
         [
             "# OIR benchmark results",
