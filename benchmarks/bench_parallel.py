@@ -219,7 +219,7 @@ def comfy_part(
             f"1. guider chains / UNet forwards serial → lockstep, {label} (T={steps}, K={pairs})",
             f"{s['chains']} / {s['forwards']} → {p['chains']} / {p['forwards']}"
             f" (UNet rows {s['unet_rows']} = {p['unet_rows']})",
-            "K·T / K·T(T+1)/2 → 1 / T·(pairs per level); T=50, K=2: 100 / 2550 → 1 / 100",
+            "K·T / K·T(T+1)/2 → 1 / K·T (T=50, K=2: 100 / 2550 → 1 / 100)",
             p["chains"] == 1 and s["unet_rows"] == p["unet_rows"],
             "GuidedCFGGuider runs one sampling_function (one UNet forward, cond+uncond) per pair "
             "present at a level, so K pairs give K forwards per level, not 1.",
