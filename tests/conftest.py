@@ -1,7 +1,9 @@
-"""Suite-wide guards: the tests never reach the network or a model hub.
+"""Suite-wide guards: the tests never reach the network or a model hub, and CI never skips.
 
 Hub libraries are put in offline mode, and any socket connection to a non-loopback address fails
-the test that makes it (the integration tests' ComfyUI servers listen on 127.0.0.1).
+the test that makes it (the integration tests' ComfyUI servers listen on 127.0.0.1). With
+``OIR_FAIL_ON_SKIP=1`` (set by ``.ci/run``) a skipped test is reported as failed, with its reason:
+locally a missing ComfyUI or Chromium skips, in CI it must not.
 """
 
 from __future__ import annotations
@@ -55,3 +57,23 @@ def _no_network() -> Any:
     yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
+
+
+FAIL_ON_SKIP = os.environ.get("OIR_FAIL_ON_SKIP", "").strip() not in ("", "0")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if FAIL_ON_SKIP and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped where OIR_FAIL_ON_SKIP=1 forbids skips: {reason}"
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if FAIL_ON_SKIP and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped where OIR_FAIL_ON_SKIP=1 forbids skips: {reason}"

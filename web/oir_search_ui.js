@@ -661,6 +661,24 @@ const STYLE = `
 .oir-cell-chosen { outline: 2px solid ${COLORS.highlight}; outline-offset: -1px; z-index: 1; }
 `;
 
+/**
+ * The node a locator id names, in the root graph or in one of its subgraph definitions (what the
+ * frontend's own getNodeByLocatorId does; older frontends have no subgraphs and plain ids only).
+ * @param {string} locator
+ */
+function nodeByLocator(locator) {
+  const root = app.rootGraph ?? app.graph;
+  if (!root) return null;
+  const text = String(locator);
+  const split = text.lastIndexOf(":");
+  if (split < 0) return root.getNodeById?.(text) ?? null;
+  const uuid = text.slice(0, split);
+  const local = text.slice(split + 1);
+  const subgraphs = root.subgraphs;
+  const subgraph = subgraphs?.get?.(uuid) ?? [...(subgraphs?.values?.() ?? [])].find((g) => g.id === uuid);
+  return subgraph?.getNodeById?.(local) ?? null;
+}
+
 app.registerExtension({
   name: "OIR.SearchUI",
   setup() {
@@ -670,14 +688,15 @@ app.registerExtension({
     if (nodeData?.name === SCORER) decorateScorer(nodeType);
     else if (nodeData?.name === SEARCH) decorateSearch(nodeType);
   },
-  // Outputs restored from the queue history (no `executed` message then).
+  // Outputs restored from the queue history (no `executed` message then). The keys are node
+  // locator ids: "<node id>" at the top level, "<subgraph uuid>:<node id>" inside a subgraph.
   onNodeOutputsUpdated(nodeOutputs) {
     for (const [id, output] of Object.entries(nodeOutputs ?? {})) {
-      const node = app.graph?.getNodeById?.(id);
+      const node = nodeByLocator(id);
       if (node?.oirStrip) node.oirStrip.setGrids(searchGrids(output));
     }
     for (const [id, output] of Object.entries(nodeOutputs ?? {})) {
-      const node = app.graph?.getNodeById?.(id);
+      const node = nodeByLocator(id);
       if (node?.oirChart) showScores(node, output);
     }
   },

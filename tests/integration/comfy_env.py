@@ -7,11 +7,13 @@ and :func:`load_pack` imports this repository the way ComfyUI imports a custom n
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
 import os
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -65,15 +67,58 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def host_fingerprint(path: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under the host checkout (symlinks by their target).
+
+    Compared before and after the suite to prove the tests never write into the host: no
+    ``__pycache__``, preview images, user settings or database appear and no file changes.
+    """
+    prints: dict[str, str] = {}
+    for current, folders, files in os.walk(path):
+        folders.sort()
+        for name in sorted(files):
+            file = Path(current) / name
+            relative = file.relative_to(path).as_posix()
+            if file.is_symlink():
+                prints[relative] = "link:" + os.readlink(file)
+            else:
+                prints[relative] = hashlib.sha256(file.read_bytes()).hexdigest()
+        for name in folders:
+            prints.setdefault(Path(current, name).relative_to(path).as_posix() + "/", "dir")
+    return prints
+
+
+HOST_WORK_DIR = Path(tempfile.mkdtemp(prefix="oir-tests-comfyui-"))
+"""The input/output/temp/user folders the in-process ComfyUI uses instead of the checkout's own."""
+
+
+def redirect_host_folders(work: Path = HOST_WORK_DIR) -> None:
+    """Point ComfyUI's input, output, temp and user folders at ``work`` (never the checkout)."""
+    import folder_paths
+
+    for name, setter in (
+        ("input", folder_paths.set_input_directory),
+        ("output", folder_paths.set_output_directory),
+        ("temp", folder_paths.set_temp_directory),
+        ("user", folder_paths.set_user_directory),
+    ):
+        (work / name).mkdir(parents=True, exist_ok=True)
+        setter(str(work / name))
+
+
 def setup_comfyui(path: Path) -> None:
-    """Make ``import comfy`` work for ComfyUI at ``path``, on CPU.
+    """Make ``import comfy`` work for ComfyUI at ``path``, on CPU, without writing into it.
 
     Puts ``path`` first on ``sys.path`` (ahead of the repository root that ``python -m pytest``
     adds, so ComfyUI's ``nodes.py`` wins over the pack's ``nodes/`` folder) and sets
     ``comfy.cli_args.args.cpu = True`` before ``comfy.model_management`` is imported (it would
     otherwise query CUDA). Raises ``RuntimeError`` if ``comfy.model_management`` was already
-    imported without CPU mode.
+    imported without CPU mode. Bytecode caching is switched off (in this process and the servers
+    it starts) so importing the host leaves no ``__pycache__`` in it, and ComfyUI's input, output,
+    temp and user folders are moved to :data:`HOST_WORK_DIR`.
     """
+    sys.dont_write_bytecode = True
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     entry = str(path)
     sys.path[:] = [e for e in sys.path if e != entry]
     sys.path.insert(0, entry)
@@ -88,6 +133,7 @@ def setup_comfyui(path: Path) -> None:
 
     if already and not comfy.model_management.cpu_state == comfy.model_management.CPUState.CPU:
         raise RuntimeError("comfy.model_management was imported before CPU mode could be set")
+    redirect_host_folders()
 
 
 def load_pack(name: str = PACK_NAME, repo: Path = REPO_ROOT) -> ModuleType:

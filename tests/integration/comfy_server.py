@@ -201,6 +201,13 @@ def start_test_server(
 _SHARED: dict[str, TestServer] = {}
 
 
+def stop_shared_server() -> None:
+    """Stop the session's shared server now, if one runs (later callers would start a new one)."""
+    server = _SHARED.pop("server", None)
+    if server is not None:
+        server.stop()
+
+
 def shared_test_server(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> TestServer:
@@ -212,10 +219,6 @@ def shared_test_server(
     if "server" not in _SHARED:
         server = start_test_server(tmp_path_factory.mktemp("comfy_server"))
 
-        def stop() -> None:
-            _SHARED.pop("server", None)
-            server.stop()
-
-        request.config.add_cleanup(stop)
+        request.config.add_cleanup(stop_shared_server)
         _SHARED["server"] = server
     return _SHARED["server"]

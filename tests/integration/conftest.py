@@ -17,8 +17,11 @@ import pytest
 
 _REASON = comfy_env.unavailable_reason()
 _PATH = comfy_env.comfyui_path()
+_HOST_BEFORE: dict[str, str] = {}
 if _REASON is None:
     assert _PATH is not None
+    # Before anything imports the host: the suite must leave the checkout byte-for-byte unchanged.
+    _HOST_BEFORE = comfy_env.host_fingerprint(_PATH)
     try:
         comfy_env.setup_comfyui(_PATH)
     except ModuleNotFoundError as exc:  # a requirement ComfyUI imports that find_spec did not cover
@@ -42,6 +45,12 @@ def pytest_pycollect_makemodule(module_path: Any, parent: Any) -> Any:
     return None
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``runs_last`` (the host-untouched check) run after every other test."""
+    last = [item for item in items if item.get_closest_marker("runs_last")]
+    items[:] = [item for item in items if not item.get_closest_marker("runs_last")] + last
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if _REASON is not None:
         return f"integration tests skipped: {_REASON}"
@@ -53,6 +62,12 @@ def _tiny() -> ModuleType:
     import tiny_models
 
     return tiny_models
+
+
+@pytest.fixture(scope="session")
+def host_before() -> tuple[Any, dict[str, str]]:
+    """``(checkout path, fingerprint)`` of the host taken before the suite imported it."""
+    return _PATH, _HOST_BEFORE
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ with ``GET /history/<id>``; its images are fetched with ``GET /view``.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import json
 import sys
@@ -37,18 +36,6 @@ from oir_core.headless import OIR_NODE_IDS, PACK_FOLDER, HeadlessError
 STEPS = 5
 HERE = Path(__file__).resolve().parent
 WORKFLOWS = ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit")
-
-
-def _workflow_tests() -> ModuleType:
-    """``tests/core/test_workflows.py`` (its node-schema snapshot), imported by path."""
-    name = "oir_tests_core_workflows"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE.parent / "core" / "test_workflows.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -138,33 +125,6 @@ def test_pack_loads_with_all_nodes_and_no_import_failure(server: TestServer, pac
         assert PACK_FOLDER in info[node]["python_module"]
     log = server.server.log_text()
     assert f"{PACK_FOLDER}" in log and not server.import_problems()
-
-
-def test_node_schema_snapshot_matches_the_live_server(server: TestServer) -> None:
-    """The snapshot the offline workflow tests use is what ComfyUI really serves."""
-    schemas, info = _workflow_tests().NODE_SCHEMAS, server.object_info()
-    widget_types = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-    for node_type, schema in schemas.items():
-        live = info[node_type]
-        order = live["input_order"].get("required", []) + live["input_order"].get("optional", [])
-        specs = {**live["input"].get("required", {}), **live["input"].get("optional", {})}
-        optional = set(live["input_order"].get("optional", []))
-
-        def is_widget(spec: list[Any]) -> bool:
-            return isinstance(spec[0], list) or spec[0] in widget_types
-
-        sockets = [(name, specs[name][0], name in optional) for name in order if not is_widget(specs[name])]
-        widgets = [name for name in order if is_widget(specs[name])]
-        upload = [
-            "upload"
-            for name in order
-            if isinstance(specs[name], list)
-            and len(specs[name]) > 1
-            and (specs[name][1] or {}).get("image_upload")
-        ]
-        assert sockets == schema["sockets"], node_type
-        assert widgets + upload == schema["widgets"], node_type
-        assert list(live["output"]) == schema["outputs"], node_type
 
 
 def test_example_workflows_are_served_as_templates(server: TestServer) -> None:
