@@ -1,15 +1,19 @@
 """The search chart in a real browser: headless Chromium against a real ComfyUI server.
 
 The pack's frontend (``web/``) is exercised the way a user meets it: ComfyUI serves the installed
-frontend and the pack's extension, the example workflow is loaded into the page, pointed at the
-tiny test models and queued through the frontend (so its own graph-to-prompt conversion runs),
-then the test checks that
+frontend (1.27.10 with ComfyUI 0.3.64, 1.49.6 with 0.33.0) and the pack's extension; every example
+workflow is opened from the template browser (*Browse Templates → oir-edit*, no missing-node
+dialog), pointed at the tiny test models and queued through the frontend (so its own
+graph-to-prompt conversion runs). For every template the chart is drawn and a click on it sets
+``step_override``. The two-object template is then checked in depth:
 
 - before the run the scorer shows its placeholder and nothing in the page threw;
 - after the run the scorer draws one chart per pair with one point per candidate step and the
   search node shows its strip with the chosen steps framed;
 - clicking a step writes the real ``step_override`` widget (saved in the workflow JSON), clicking
-  it again goes back to auto, and a queued override is what the scorer uses on the next run.
+  it again goes back to auto, and a queued override is what the scorer uses on the next run;
+- with the scorer moved into a subgraph, a run still reaches its chart, and outputs the frontend
+  hands back by node locator id (``<subgraph uuid>:<node id>``) find the node inside the subgraph.
 
 Screenshots go to ``test-artifacts/browser/`` (gitignored). Chromium is driven over the DevTools
 protocol with aiohttp's websocket client (a ComfyUI requirement, so nothing extra to install).
@@ -39,15 +43,19 @@ import pytest
 from comfy_server import (
     TEST_LOADER,
     TINY_CHECKPOINT,
+    TINY_CONTROLNET,
+    TINY_LORA,
     TINY_SCORER,
     TestServer,
     shared_test_server,
     write_test_images,
 )
 
+from oir_core.headless import PACK_FOLDER
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-WORKFLOW = REPO / "example_workflows" / "oir_two_object_edit.json"
+WORKFLOWS = ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit")
 STEPS = 5
 BROWSER_START_TIMEOUT = 60.0
 PAGE_TIMEOUT = 120.0
@@ -256,49 +264,90 @@ async def open_page(port: int, session: Any) -> Page:
 # -------------------------------------------------------------------------------------------------
 
 
-def tiny_ui_workflow(uploads: dict[str, str]) -> dict[str, Any]:
-    """The example workflow (UI format) with the test loader and the uploaded test images.
-
-    Only what must change before the frontend loads it is changed here (the checkpoint loader's
-    node type, the image names); the other widgets are set by name in the page.
-    """
-    workflow = json.loads(WORKFLOW.read_text(encoding="utf-8"))
-    nodes = {node["id"]: node for node in workflow["nodes"]}
-    for node in workflow["nodes"]:
-        if node["type"] == "CheckpointLoaderSimple":
-            node["type"] = TEST_LOADER
-            node["widgets_values"] = [TINY_CHECKPOINT]
-        elif node["type"] == "LoadImage":
-            node["widgets_values"][0] = uploads["image"]
-        elif node["type"] == "LoadImageMask":
-            # link = [id, origin, origin_slot, target, target_slot, type]: the pair this mask feeds
-            pair = next(nodes[link[3]] for link in workflow["links"] if link[1] == node["id"])
-            node["widgets_values"][0] = uploads[pair["widgets_values"][0]]
-    return workflow
-
-
-PAGE_SETUP = """
-(async () => {
+OPEN_TEMPLATE = """
+(async (module, name) => {
   const app = window.comfyAPI.app.app;
-  await app.loadGraphData(%(workflow)s, true, true, null,
-    {showMissingNodesDialog: false, showMissingModelsDialog: false});
-  const values = %(values)s;
-  for (const node of app.graph.nodes) {
-    for (const [name, value] of Object.entries(values[node.type] ?? {})) {
-      const widget = node.widgets?.find((w) => w.name === name);
-      if (!widget) {
-        const names = JSON.stringify(node.widgets?.map((w) => w.name));
-        throw new Error(`${node.type} has no widget ${name} (widgets: ${names})`);
+  const dialog = () => document.querySelector('[role=dialog]');
+  const until = async (test, what, ms = 60000) => {
+    const end = Date.now() + ms;
+    for (;;) {
+      const value = test();
+      if (value) return value;
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  await app.extensionManager.command.execute("Comfy.BrowseTemplates");
+  // The pack's category in the dialog's side navigation: an element whose own text is the module.
+  const category = await until(() => [...(dialog()?.querySelectorAll("*") ?? [])]
+    .find((e) => e.children.length === 0 && e.textContent.trim() === module), `the ${module} category`);
+  category.scrollIntoView();
+  category.click();
+  const card = await until(() => dialog()?.querySelector(`[data-testid="template-workflow-${name}"]`),
+    `the ${name} card`);
+  const title = card.querySelector("h3") ?? card;
+  const label = title.textContent.trim();
+  title.click();
+  const loaded = () => !dialog() && app.graph.nodes.some((n) => n.type.startsWith("OIR"));
+  await until(loaded, "the template to load");
+  await new Promise((r) => setTimeout(r, 500));
+  const dialogs = [...document.querySelectorAll("[role=dialog]")].map((d) => d.textContent.slice(0, 300));
+  const unregistered = app.graph.nodes
+    .filter((n) => !["Note", "MarkdownNote"].includes(n.type) && n.constructor.nodeData?.name !== n.type)
+    .map((n) => n.type);
+  return {label, dialogs, unregistered, types: app.graph.nodes.map((n) => n.type)};
+})(%(module)s, %(name)s)
+"""
+
+POINT_AT_TINY_MODELS = """
+(async (values, uploads, loader, checkpoint) => {
+  const app = window.comfyAPI.app.app;
+  const graph = app.graph;
+  const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
+  const linkOf = (id) => graph.links.get?.(id) ?? graph.links[id];
+  const consumers = (node, slot) =>
+    (node.outputs[slot]?.links ?? []).map((id) => graph.getNodeById(linkOf(id).target_id));
+  // The checkpoint loader becomes the test loader, wired to the same inputs (tiny checkpoints are
+  // not auto-detected by CheckpointLoaderSimple).
+  for (const old of graph.nodes.filter((n) => n.type === "CheckpointLoaderSimple")) {
+    const fresh = LiteGraph.createNode(loader);
+    fresh.pos = [...old.pos];
+    graph.add(fresh);
+    fresh.widgets.find((w) => w.name === "ckpt_name").value = checkpoint;
+    old.outputs.forEach((output, slot) => {
+      for (const id of [...(output.links ?? [])]) {
+        const link = linkOf(id);
+        fresh.connect(slot, graph.getNodeById(link.target_id), link.target_slot);
       }
-      widget.value = value;
+    });
+    graph.remove(old);
+  }
+  const set = (node, name, value) => {
+    const widget = node.widgets?.find((w) => w.name === name);
+    const names = JSON.stringify(node.widgets?.map((w) => w.name));
+    if (!widget) throw new Error(`${node.type} has no widget ${name} (${names})`);
+    widget.value = value;
+  };
+  for (const node of graph.nodes) {
+    for (const [name, value] of Object.entries(values[node.type] ?? {})) set(node, name, value);
+    if (node.type === "LoadImage") {
+      const hint = consumers(node, 0).every((c) => c?.type === "ControlNetApplyAdvanced");
+      set(node, "image", uploads[hint ? "hint" : "image"]);
+    } else if (node.type === "LoadImageMask") {
+      const pair = consumers(node, 0).find((c) => c?.type === "OIREditPair");
+      set(node, "image", uploads[pair.widgets.find((w) => w.name === "source").value]);
     }
   }
   const api = window.comfyAPI.api.api;
   window.__oirRuns = [];
   api.addEventListener("execution_success", (e) => window.__oirRuns.push({ok: true, id: e.detail.prompt_id}));
   api.addEventListener("execution_error", (e) => window.__oirRuns.push({ok: false, detail: e.detail}));
-  return true;
-})()
+  api.addEventListener("executed", (e) => {
+    if (e.detail?.output?.oir_scores) window.__oirScorerOutput = e.detail.output;
+  });
+  graph.setDirtyCanvas?.(true, true);
+  return graph.nodes.map((n) => n.type);
+})(%(values)s, %(uploads)s, %(loader)s, %(checkpoint)s)
 """
 
 WIDGET_VALUES = {
@@ -307,6 +356,8 @@ WIDGET_VALUES = {
     "OIRParallelStepSearch": {"custom_steps": f"1-{STEPS}", "coarse_stride": 2},
     "OIRObjectReassembly": {"reassembly_step": 2, "reinversion_steps": 2},
     "SaveImage": {"filename_prefix": "oir-tests/browser"},
+    "LoraLoader": {"lora_name": TINY_LORA},
+    "ControlNetLoader": {"control_net_name": TINY_CONTROLNET},
 }
 
 HELPERS = """
@@ -367,6 +418,36 @@ SYNTHETIC_50_STEPS = """
 """
 
 
+SCORER_INTO_SUBGRAPH = """
+(() => {
+  const app = window.comfyAPI.app.app;
+  const graph = app.graph;
+  const scorer = graph.nodes.find((n) => n.type === "OIRMaskMetricScorer");
+  const result = graph.convertToSubgraph(new Set([scorer]));
+  const subgraph = result.subgraph;
+  const inner = subgraph.nodes.find((n) => n.type === "OIRMaskMetricScorer");
+  // Another weight, so the scorer runs again (a cached node sends no output).
+  inner.widgets.find((w) => w.name === "editing_weight").value = 0.55;
+  inner.widgets.find((w) => w.name === "step_override").value = "";
+  inner.oirChart.setCharts([]);
+  window.__oirSub = {subgraph, inner};
+  return {uuid: String(subgraph.id), inner: String(inner.id), inRoot: graph.nodes.includes(scorer)};
+})()
+"""
+
+OUTPUTS_BY_LOCATOR = """
+(() => {
+  const app = window.comfyAPI.app.app;
+  const {subgraph, inner} = window.__oirSub;
+  const extension = (app.extensions ?? []).find((e) => e.name === "OIR.SearchUI");
+  if (!extension) throw new Error("the OIR.SearchUI extension is not registered");
+  inner.oirChart.setCharts([]);
+  extension.onNodeOutputsUpdated({[`${subgraph.id}:${inner.id}`]: window.__oirScorerOutput});
+  return inner.oirChart.charts.length;
+})()
+"""
+
+
 async def queue_and_wait(page: Page) -> dict[str, Any]:
     before = await page.js("window.__oir.queue()")
     run = await page.wait_for(
@@ -408,28 +489,95 @@ def _dismiss_first_run(server: TestServer) -> None:
 
 
 def test_chart_draws_and_steers_the_search(server: TestServer, uploads: dict[str, str]) -> None:
-    if not WORKFLOW.exists():
-        pytest.skip(f"{WORKFLOW.name} is not in example_workflows yet")
     _dismiss_first_run(server)
-    workflow = tiny_ui_workflow(uploads)
-    asyncio.run(_scenario(server, workflow))
+    asyncio.run(_scenario(server, uploads))
 
 
-async def _scenario(server: TestServer, workflow: dict[str, Any]) -> None:
+async def _scenario(server: TestServer, uploads: dict[str, str]) -> None:
     import aiohttp
 
     with chromium() as port:
         async with aiohttp.ClientSession() as session:
             page = await open_page(port, session)
             try:
-                await _steps(page, server, workflow)
+                await _steps(page, server, uploads)
             finally:
                 with contextlib.suppress(Exception):
                     await page.screenshot(ARTIFACTS / "last.png")
                 await page.close()
 
 
-async def _steps(page: Page, server: TestServer, workflow: dict[str, Any]) -> None:
+async def open_template(page: Page, server: TestServer, name: str, uploads: dict[str, str]) -> None:
+    """Open ``name`` from the template browser as a user would, then point it at the tiny models."""
+    loaded = await page.js(
+        OPEN_TEMPLATE % {"module": json.dumps(PACK_FOLDER), "name": json.dumps(name)}, timeout=PAGE_TIMEOUT
+    )
+    assert loaded["label"], f"the {name} card has no title"
+    assert not loaded["dialogs"], f"a dialog opened with the template (missing nodes?): {loaded['dialogs']}"
+    assert loaded["unregistered"] == [], f"node types the frontend does not know: {loaded['unregistered']}"
+    assert set(loaded["types"]) - {"Note", "MarkdownNote"} <= set(server.object_info())
+    await page.js(
+        POINT_AT_TINY_MODELS
+        % {
+            "values": json.dumps(WIDGET_VALUES),
+            "uploads": json.dumps(uploads),
+            "loader": json.dumps(TEST_LOADER),
+            "checkpoint": json.dumps(TINY_CHECKPOINT),
+        }
+    )
+    await page.js(HELPERS)
+
+
+async def run_and_click(page: Page) -> list[dict[str, Any]]:
+    """Queue the open graph; every pair gets a chart, and a click on a step sets step_override."""
+    await queue_and_wait(page)
+    charts = await page.js(
+        "window.__oir.node('OIRMaskMetricScorer').oirChart.charts"
+        ".map((c) => ({pair: c.pair, steps: c.steps, chosen: c.chosen, override: c.override}))"
+    )
+    pairs = await page.js("window.__oir.app.graph.nodes.filter((n) => n.type === 'OIREditPair').length")
+    assert [c["pair"] for c in charts] == list(range(pairs))
+    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
+    await settle(page)
+    step = next(s for s in (3, 2, 4, 1, 5) if s != charts[0]["chosen"])
+    point = await page.js(
+        f'window.__oir.rect(\'.oir-panel[data-pair="0"] circle.oir-point[data-step="{step}"]\')'
+    )
+    assert point, "no point to click"
+    await page.click(point["x"], point["y"])
+    expected = ", ".join([str(step), *(["auto"] * (pairs - 1))])
+    assert await page.js("window.__oir.override()") == expected
+    await page.click(point["x"], point["y"])  # back to auto
+    assert await page.js("window.__oir.override()") == ""
+    return charts
+
+
+@pytest.mark.parametrize("name", [w for w in WORKFLOWS if w != "oir_two_object_edit"])
+def test_every_template_opens_runs_and_takes_a_click(
+    server: TestServer, uploads: dict[str, str], name: str
+) -> None:
+    _dismiss_first_run(server)
+
+    async def scenario() -> None:
+        import aiohttp
+
+        with chromium() as port:
+            async with aiohttp.ClientSession() as session:
+                page = await open_page(port, session)
+                try:
+                    await load_frontend(page, server)
+                    await open_template(page, server, name, uploads)
+                    await run_and_click(page)
+                    await page.screenshot(ARTIFACTS / f"{name}.png")
+                finally:
+                    with contextlib.suppress(Exception):
+                        await page.screenshot(ARTIFACTS / f"last_{name}.png")
+                    await page.close()
+
+    asyncio.run(scenario())
+
+
+async def load_frontend(page: Page, server: TestServer) -> None:
     await page.send("Page.navigate", url=server.url)
     await page.wait_for(
         # The extension's setup hook runs after node registration; the first graph then loads.
@@ -437,8 +585,11 @@ async def _steps(page: Page, server: TestServer, workflow: dict[str, Any]) -> No
         PAGE_TIMEOUT,
         "the ComfyUI frontend with the OIR extension",
     )
-    await page.js(PAGE_SETUP % {"workflow": json.dumps(workflow), "values": json.dumps(WIDGET_VALUES)})
-    await page.js(HELPERS)
+
+
+async def _steps(page: Page, server: TestServer, uploads: dict[str, str]) -> None:
+    await load_frontend(page, server)
+    await open_template(page, server, "oir_two_object_edit", uploads)
 
     # Before any run: a placeholder, no chart, and the override widget untouched.
     await page.js("window.__oir.focus('OIRMaskMetricScorer')")
@@ -557,6 +708,15 @@ async def _steps(page: Page, server: TestServer, workflow: dict[str, Any]) -> No
     await page.hover(point["x"], point["y"])
     assert await page.js("document.querySelector('.oir-panel .oir-caption').textContent") == "t=31"
     await page.screenshot(ARTIFACTS / "scorer_chart_50_steps.png")
+
+    # The scorer inside a subgraph: a run reaches its chart (the frontend dispatches the output to
+    # the inner node), and outputs handed back by locator id find the node inside the subgraph.
+    moved = await page.js(SCORER_INTO_SUBGRAPH)
+    assert moved["inRoot"] is False and moved["uuid"]
+    await queue_and_wait(page)
+    pairs_in_subgraph = await page.js("window.__oirSub.inner.oirChart.charts.length")
+    assert pairs_in_subgraph == 2, "the run did not reach the chart of the scorer inside the subgraph"
+    assert await page.js(OUTPUTS_BY_LOCATOR) == 2, "outputs by locator id did not reach the subgraph's scorer"
 
     # Only what concerns the pack: the frontend itself may log unrelated startup errors.
     problems = [e for e in page.exceptions if "oir" in e.lower()] + [
