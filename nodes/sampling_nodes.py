@@ -19,6 +19,7 @@ from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, invert
 from ..oir_core.reassembly import reassemble
+from ..oir_core.sampling import INVERSION_CONVENTIONS, OFFICIAL_FAMILY
 from ..oir_core.search import SEARCH_MODES, coarse_to_fine_candidates, score_candidate_pairs, search_step_sets
 from .comfy_host import ComfyHost, clean_sigma, get_sigmas, is_flow_model, model_space_in, model_space_out
 from .conditioning import check_conditioning, inherit_conditioning
@@ -27,7 +28,7 @@ from .progress import level_progress
 from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
 
 CATEGORY = "OIR/sampling"
-CONVENTIONS = ("auto", "official", "euler")
+CONVENTIONS = ("auto", *INVERSION_CONVENTIONS)
 
 
 def model_facts(model: Any) -> dict[str, Any]:
@@ -120,7 +121,10 @@ class OIRDDIMInversion(io.ComfyNode):
                     "convention",
                     options=list(CONVENTIONS),
                     default="auto",
-                    tooltip="auto = official for noise/v-prediction models, euler for flow models.",
+                    tooltip="auto = official for noise/v-prediction models, euler for flow models. "
+                    "official = the paper's code exactly (clean latent at the t=0 level, denoising ends "
+                    "there, step-1 candidate = the source); official_x0 = same inversion, denoising ends "
+                    "at sigma 0 (the model's clean estimate); euler = ComfyUI's FlipSigmas unsampling.",
                 ),
             ],
             outputs=[
@@ -144,7 +148,7 @@ class OIRDDIMInversion(io.ComfyNode):
         flow = is_flow_model(model)
         if convention == "auto":
             convention = "euler" if flow else "official"
-        if convention == "official" and flow:
+        if convention in OFFICIAL_FAMILY and flow:
             raise OIRInputError(
                 "convention",
                 convention,
@@ -157,7 +161,7 @@ class OIRDDIMInversion(io.ComfyNode):
             model_space_in(model, samples)[0].float(),
             get_sigmas(model, scheduler, steps),
             convention,  # type: ignore[arg-type]
-            clean_sigma=clean_sigma(model) if convention == "official" else None,
+            clean_sigma=clean_sigma(model) if convention in OFFICIAL_FAMILY else None,
             on_level=level_progress(),
             source={**model_facts(model), "scheduler": scheduler},
         )

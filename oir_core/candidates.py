@@ -92,6 +92,16 @@ def validate_start_steps(starts: Sequence[Sequence[int]], steps: int, stride: in
     return checked
 
 
+def source_is_step_one(trajectory: InversionTrajectory) -> bool:
+    """Whether the step-1 candidate is the source latent itself (the ``official`` convention).
+
+    The official candidate generation overwrites its first candidate with the clean inverted latent
+    (``edited_latents[0] = all_latents[0]``) and its selection returns ``index + 1``: "step 1" is the
+    unedited reconstruction, and no model call is spent on it.
+    """
+    return trajectory.convention == "official"
+
+
 def generate_candidates(
     host: Host,
     trajectory: InversionTrajectory,
@@ -110,22 +120,32 @@ def generate_candidates(
         on_level: progress callback after each level; may abort.
 
     Returns:
-        A :class:`CandidateSet` ordered pair-major, then by step. For an exhaustive search of ``K``
-        pairs, ``stats.rows == K * T * (T + 1) / 2`` and ``stats.levels == T``.
+        A :class:`CandidateSet` ordered pair-major, then by step, of clean latents
+        (:meth:`InversionTrajectory.to_clean`). For an exhaustive search of ``K`` pairs,
+        ``stats.rows == K * T * (T + 1) / 2`` and ``stats.levels == T`` (``official``: ``K`` rows
+        fewer, see :func:`source_is_step_one`).
     """
     checked = validate_start_steps(starts, trajectory.steps, stride)
     pair_ids = [pair for pair, pair_steps in enumerate(checked) for _ in pair_steps]
     steps = [step for pair_steps in checked for step in pair_steps]
     latents = trajectory.latents
-    index = torch.tensor(steps, dtype=torch.long, device=latents.device)
+    source_rows = [i for i, step in enumerate(steps) if step == 1 and source_is_step_one(trajectory)]
+    walked = [i for i in range(len(steps)) if i not in set(source_rows)]
+    walk_steps = [steps[i] for i in walked]
+    index = torch.tensor(walk_steps, dtype=torch.long, device=latents.device)
     initial = latents.index_select(0, index)
-    cond_ids = torch.tensor(pair_ids, dtype=torch.long, device=latents.device)
+    cond_ids = torch.tensor([pair_ids[i] for i in walked], dtype=torch.long, device=latents.device)
     level_sigmas = trajectory.level_sigmas.to(latents.device)
     stats = CallStats()
+    clean = torch.empty((len(steps), *trajectory.latent_shape), dtype=latents.dtype, device=latents.device)
+    if source_rows:
+        clean[source_rows] = trajectory.source_latent().to(latents.dtype)
+    if not walked:
+        return CandidateSet(pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, stride=stride)
     stage = Stage(
         role="guided",
-        sigmas=descending_walk(trajectory.level_sigmas, max(steps), 0, stride),
-        rows=lockstep_rows(steps, 0),
+        sigmas=descending_walk(level_sigmas.cpu(), max(walk_steps), 0, stride),
+        rows=lockstep_rows(walk_steps, 0),
         latent_shape=trajectory.latent_shape,
         label="search",
     )
@@ -135,7 +155,7 @@ def generate_candidates(
             denoiser,
             level_sigmas,
             initial,
-            steps,
+            walk_steps,
             end_level=0,
             cond_ids=cond_ids,
             stride=stride,
@@ -144,5 +164,5 @@ def generate_candidates(
             on_level=on_level,
         )
 
-    clean = host.run(stage, body)
+    clean[walked] = trajectory.to_clean(host.run(stage, body))
     return CandidateSet(pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, stride=stride)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from .errors import OIRInputError
 from .host import Host, Stage
 from .sampling import (
     INVERSION_CONVENTIONS,
+    OFFICIAL_FAMILY,
     CallStats,
     InversionConvention,
     LevelCallback,
@@ -25,10 +27,11 @@ class InversionTrajectory:
     """Every latent of a DDIM inversion, shared by all edit pairs of one image.
 
     Attributes:
-        latents: ``[T+1, *latent_shape]``; ``latents[k]`` sits at level ``k`` (``k = 0``: the clean
-            latent, ``k = T``: the fully inverted one), in the host's model space.
+        latents: ``[T+1, *latent_shape]``; ``latents[k]`` is the state at level ``k`` (``k = 0``: the
+            clean latent's state, ``z0 * sqrt(1 + sigma_min^2)`` in the official conventions, ``k = T``:
+            the fully inverted one), in the host's model space.
         sigmas: ``[T+1]`` the host's *descending* schedule ending at 0, as given to :func:`invert`.
-        convention: ``"official"`` or ``"euler"`` (see :func:`oir_core.sampling.inversion_step`).
+        convention: one of :data:`oir_core.sampling.INVERSION_CONVENTIONS`.
         clean_sigma: the level the clean latent was treated as sitting at for the first step, or
             ``None`` for a small positive start.
         stats: model use of the inversion.
@@ -49,9 +52,29 @@ class InversionTrajectory:
         return self.latents.shape[0] - 1
 
     @property
+    def landing_sigma(self) -> float:
+        """Where every denoising to level 0 ends: the t = 0 level for ``official``, else sigma 0."""
+        return float(self.clean_sigma or 0.0) if self.convention == "official" else 0.0
+
+    @property
     def level_sigmas(self) -> Tensor:
-        """``[T+1]`` ascending; ``level_sigmas[k]`` is the noise level of ``latents[k]``."""
-        return self.sigmas.flip(0)
+        """``[T+1]`` ascending noise levels of the walks; level 0 is :attr:`landing_sigma`."""
+        levels = self.sigmas.flip(0).clone()
+        levels[0] = self.landing_sigma
+        return levels
+
+    def to_clean(self, x: Tensor) -> Tensor:
+        """``[N, *latent_shape]`` states that landed at level 0 -> clean latents for the VAE.
+
+        ``official`` lands at the t = 0 level: dividing the state by ``sqrt(1 + sigma_min^2)`` gives
+        the DDPM sample ``sqrt(abar_0) x0_hat + sqrt(1 - abar_0) eps_hat`` the official code decodes.
+        Elsewhere the landing is sigma = 0, where the state is already ``x0_hat``.
+        """
+        return x / math.sqrt(1.0 + self.landing_sigma**2)
+
+    def source_latent(self) -> Tensor:
+        """``[*latent_shape]`` the clean source latent ``z0`` the inversion started from."""
+        return self.latents[0] / start_scale(self.convention, self.clean_sigma)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -60,6 +83,18 @@ class InversionTrajectory:
     def latent_at(self, level: int) -> Tensor:
         """``[*latent_shape]`` the inverted latent ``x_level``."""
         return self.latents[level]
+
+
+def start_scale(convention: str, clean_sigma: float | None) -> float:
+    """Level-0 state = clean latent x this: ``sqrt(1 + sigma_min^2)`` in the official conventions.
+
+    The official code feeds the VAE latent ``z0`` itself to its first model call at t = 0, i.e. it
+    treats ``z0`` as the DDPM-normalised sample ``x / sqrt(1 + sigma^2)`` at sigma_min (DDPM's
+    ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` is ``x / sqrt(1 + sigma^2)`` in sigma space).
+    """
+    if convention in OFFICIAL_FAMILY and clean_sigma:
+        return math.sqrt(1.0 + float(clean_sigma) ** 2)
+    return 1.0
 
 
 def validate_schedule(sigmas: Tensor, name: str = "sigmas") -> Tensor:
@@ -92,22 +127,23 @@ def invert(
 ) -> InversionTrajectory:
     """Invert a clean latent with the original prompt, CFG off, keeping all ``T+1`` latents.
 
-    OIR step 1 (paper §3.1; DESIGN.md §4.1): ``x_0 = latent``, ``x_{k+1} = step(x_k)`` on the
+    OIR step 1 (paper §3.1): ``x_0 = latent * start_scale``, ``x_{k+1} = step(x_k)`` on the
     ascending schedule, conditional branch only (the host's ``"original"`` role).
 
     Args:
-        latent: ``[*latent_shape]`` or ``[1, *latent_shape]`` clean latent in model space.
+        latent: ``[*latent_shape]`` or ``[1, *latent_shape]`` clean latent in model space (for SD,
+            the VAE latent times its scale factor: the official code's ``z0``).
         sigmas: ``[T+1]`` descending schedule ending at 0.
-        convention: ``"official"`` (default for noise-/v-prediction; needs ``clean_sigma``) or
-            ``"euler"`` (flow models).
-        clean_sigma: for ``official``, the discrete model's t = 0 level (``sigma_min``).
+        convention: ``"official"`` (default for noise-/v-prediction; needs ``clean_sigma``),
+            ``"official_x0"`` (same inversion, denoising ends at sigma 0) or ``"euler"`` (flow models).
+        clean_sigma: for the official conventions, the discrete model's t = 0 level (``sigma_min``).
     """
     sigmas = validate_schedule(sigmas)
     if convention not in INVERSION_CONVENTIONS:
         raise OIRInputError(
             "inversion_convention", convention, "unknown convention", f"use one of {INVERSION_CONVENTIONS}"
         )
-    if convention == "official" and not clean_sigma:
+    if convention in OFFICIAL_FAMILY and not clean_sigma:
         raise OIRInputError(
             "inversion_convention",
             convention,
@@ -122,7 +158,8 @@ def invert(
         )
     level_sigmas = sigmas.flip(0).to(latent.device)
     steps = sigmas.numel() - 1
-    start_sigma = clean_sigma if convention == "official" else None
+    start_sigma = clean_sigma if convention in OFFICIAL_FAMILY else None
+    latent = latent * start_scale(convention, start_sigma)
     stats = CallStats()
     stage = Stage(
         role="original",

@@ -40,7 +40,8 @@ class ReassemblyResult:
     """Everything the reassembly produced.
 
     Attributes:
-        latent: ``[*latent_shape]`` the final clean latent (model space).
+        latent: ``[*latent_shape]`` the final clean latent (model space, after
+            :meth:`InversionTrajectory.to_clean`: what the VAE decodes).
         merged: ``[*latent_shape]`` the reassembled latent ``z`` at level ``R`` (before re-inversion).
         pair_latents: ``[K, *latent_shape]`` each pair's ``z_k`` at level ``R``.
         effective_starts: per pair, the level it was actually denoised from (``max(t_k*, R)``).
@@ -151,7 +152,7 @@ def reassemble(
     if pair_levels > 0:
         stage = Stage(
             role="guided",
-            sigmas=descending_walk(trajectory.level_sigmas, max(starts), reassembly_step),
+            sigmas=descending_walk(level_sigmas.cpu(), max(starts), reassembly_step),
             rows=lockstep_rows(starts, reassembly_step),
             latent_shape=trajectory.latent_shape,
             label="reassembly: objects",
@@ -182,7 +183,7 @@ def reassemble(
         start_sigma = trajectory.clean_sigma
         stage = Stage(
             role="original",
-            sigmas=ascending_walk(trajectory.level_sigmas, reassembly_step, top, start_sigma),
+            sigmas=ascending_walk(level_sigmas.cpu(), reassembly_step, top, start_sigma),
             rows=1,
             latent_shape=trajectory.latent_shape,
             label="reassembly: re-inversion",
@@ -209,7 +210,7 @@ def reassemble(
     if top > 0:
         stage = Stage(
             role="target",
-            sigmas=descending_walk(trajectory.level_sigmas, top, 0),
+            sigmas=descending_walk(level_sigmas.cpu(), top, 0),
             rows=1,
             latent_shape=trajectory.latent_shape,
             label="reassembly: target",
@@ -228,7 +229,7 @@ def reassemble(
             ),
         )[0]
     return ReassemblyResult(
-        latent=final,
+        latent=trajectory.to_clean(final),
         merged=merged,
         pair_latents=pair_latents,
         effective_starts=starts,

@@ -20,8 +20,23 @@ from torch import Tensor
 from .errors import OIRInputError, OIRInterrupted
 from .host import Denoiser
 
-InversionConvention = Literal["official", "euler"]
-INVERSION_CONVENTIONS: tuple[str, ...] = ("official", "euler")
+InversionConvention = Literal["official", "official_x0", "euler"]
+INVERSION_CONVENTIONS: tuple[str, ...] = ("official", "official_x0", "euler")
+"""How the trajectory is made and where denoising ends (ARCHITECTURE.md, "Conventions"):
+
+- ``official``: the OIR code exactly. The VAE latent ``z0`` is the DDPM-normalised sample at the
+  t = 0 level (sigma_min), so the level-0 state is ``z0 * sqrt(1 + sigma_min^2)``; each inversion
+  step evaluates the model at the next timestep; every denoising ends at the t = 0 level
+  (``set_alpha_to_one=False``) and is mapped back, giving ``sqrt(abar_0) x0_hat + sqrt(1 - abar_0)
+  eps_hat``; the step-1 search candidate is the source latent itself.
+- ``official_x0``: the same inversion, but every denoising ends at sigma = 0 (the model's clean
+  estimate ``x0_hat``, without the ``sqrt(1 - abar_0) eps_hat ~ 0.03 eps_hat`` the official decode
+  keeps) and the step-1 candidate is really denoised from ``x_1``.
+- ``euler``: ComfyUI's FlipSigmas unsampling from sigma = 0 (the only choice for flow models).
+"""
+
+OFFICIAL_FAMILY: tuple[str, ...] = ("official", "official_x0")
+"""Conventions whose inversion steps evaluate the model at the next level (the OIR code's ``next_step``)."""
 
 LevelCallback = Callable[[int, int], "bool | None"]
 """``on_level(done, total)`` fires after every noise level a stage finishes. Raising aborts the
@@ -88,7 +103,7 @@ def inversion_step(
     if convention == "euler":
         x0_hat = denoiser(x, torch.tensor(sigma), cond_ids)
         return ode_step(x, x0_hat, sigma, sigma_next)
-    if convention == "official":
+    if convention in OFFICIAL_FAMILY:
         scale = math.sqrt(vp_alpha(sigma) / vp_alpha(sigma_next))
         x_in = x * scale
         x0_hat = denoiser(x_in, torch.tensor(sigma_next), cond_ids)
@@ -229,8 +244,8 @@ def invert_levels(
         x: ``[B, *latent_shape]`` latents at ``level_sigmas[from_level]``.
         level_sigmas: ``[T+1]`` ascending, ``level_sigmas[0] == 0`` (the clean level).
         clean_sigma: where the clean latent "sits" for the first step out of level 0: the discrete
-            model's t = 0 level for ``official`` (sigma ~ 0.029 for SD), otherwise ``None`` (a
-            small positive start, :func:`safe_start_sigma`).
+            model's t = 0 level for the official conventions (sigma ~ 0.029 for SD), otherwise
+            ``None`` (a small positive start, :func:`safe_start_sigma`).
 
     Returns:
         ``to_level - from_level + 1`` tensors ``[B, *latent_shape]``, levels ``from_level..to_level``.

@@ -28,7 +28,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .candidates import CandidateSet, exhaustive_steps, generate_candidates, validate_start_steps
+from .candidates import (
+    CandidateSet,
+    exhaustive_steps,
+    generate_candidates,
+    source_is_step_one,
+    validate_start_steps,
+)
 from .errors import OIRInputError
 from .host import Host, Stage
 from .inversion import InversionTrajectory
@@ -119,7 +125,7 @@ def generate_coarse_candidates(
     stats = CallStats()
     stage = Stage(
         role="guided",
-        sigmas=trajectory.level_sigmas[walk],
+        sigmas=level_sigmas.cpu()[walk],
         rows=lockstep_rows(starts, 0),
         latent_shape=trajectory.latent_shape,
         label="search: coarse round",
@@ -147,19 +153,26 @@ def generate_coarse_candidates(
                 stats=stats,
                 on_level=progress(0),
             )
-        return lockstep_denoise(
+        index = torch.tensor(walked, dtype=torch.long, device=device)
+        x[index] = lockstep_denoise(
             denoiser,
             level_sigmas,
-            x,
-            [min(start, stride) for start in starts],
+            x[index],
+            [min(starts[i], stride) for i in walked],
             end_level=0,
-            cond_ids=cond_ids,
+            cond_ids=cond_ids[index],
             max_batch=max_batch or host_max_batch,
             stats=stats,
             on_level=progress(far_levels),
         )
+        return x
 
-    clean = host.run(stage, body)
+    # The official convention's step-1 candidate is the source latent: no model rows for it.
+    source_rows = [i for i, start in enumerate(starts) if start == 1 and source_is_step_one(trajectory)]
+    walked = [i for i in range(len(starts)) if i not in set(source_rows)]
+    clean = trajectory.to_clean(host.run(stage, body))
+    if source_rows:
+        clean[source_rows] = trajectory.source_latent().to(clean.dtype)
     return CandidateSet(pair_ids=pair_ids, steps=starts, latents=clean, stats=stats, stride=stride)
 
 

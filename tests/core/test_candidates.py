@@ -31,7 +31,7 @@ def _net_host(max_batch: int | None = None) -> tuple[FunctionHost, TinyCondition
 
 def _trajectory(host: FunctionHost, steps: int):  # type: ignore[no-untyped-def]
     latent = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(3))
-    return invert(host, latent, ddim_uniform_schedule(steps), "official", clean_sigma=SD_CLEAN_SIGMA)
+    return invert(host, latent, ddim_uniform_schedule(steps), "official_x0", clean_sigma=SD_CLEAN_SIGMA)
 
 
 def test_lockstep_candidates_equal_serial_candidates() -> None:
@@ -71,7 +71,7 @@ def test_exhaustive_search_counts_are_exact(steps: int, pairs: int) -> None:
     recorder = CallRecorder(model.cfg_denoiser(negative=0, cfg=7.5, id_offset=1))
     host = FunctionHost(original=model.denoiser(0), guided=recorder, target=model.denoiser(0))
     trajectory = invert(
-        host, clean_latent(model), ddim_uniform_schedule(steps), "official", clean_sigma=SD_CLEAN_SIGMA
+        host, clean_latent(model), ddim_uniform_schedule(steps), "official_x0", clean_sigma=SD_CLEAN_SIGMA
     )
     result = generate_candidates(host, trajectory, [exhaustive_steps(steps)] * pairs)
     expected_rows = pairs * steps * (steps + 1) // 2
@@ -106,7 +106,7 @@ def _guided_path_error(steps: int) -> float:
         target=model.denoiser(0),
     )
     trajectory = invert(
-        host, clean_latent(model), ddim_uniform_schedule(steps), "official", clean_sigma=SD_CLEAN_SIGMA
+        host, clean_latent(model), ddim_uniform_schedule(steps), "official_x0", clean_sigma=SD_CLEAN_SIGMA
     )
     chosen = [steps // 5, steps * 3 // 5]
     result = generate_candidates(host, trajectory, [chosen, chosen])
@@ -206,7 +206,7 @@ def test_strided_sub_schedule_walks_every_stride_th_level() -> None:
     recorder = CallRecorder(model.cfg_denoiser(negative=0, cfg=1.5, id_offset=1))
     host = FunctionHost(original=model.denoiser(0), guided=recorder, target=model.denoiser(0))
     trajectory = invert(
-        host, clean_latent(model), ddim_uniform_schedule(12), "official", clean_sigma=SD_CLEAN_SIGMA
+        host, clean_latent(model), ddim_uniform_schedule(12), "official_x0", clean_sigma=SD_CLEAN_SIGMA
     )
     result = generate_candidates(host, trajectory, [[4, 8, 12]], stride=4)
     assert result.stats.rows == 1 + 2 + 3

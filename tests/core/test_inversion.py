@@ -18,10 +18,12 @@ def _host(model: GaussianModel) -> FunctionHost:
 
 
 def _relative_path_error(model: GaussianModel, trajectory, x0: torch.Tensor) -> float:
-    """Largest error of any inverted latent against the exact path, relative to the path's std."""
+    """Largest error of any inverted latent against the exact path through the level-0 state,
+    relative to the path's std (the official conventions start at sigma_min, euler at 0)."""
     worst = 0.0
+    start_sigma = float(trajectory.level_sigmas[0])
     for level, sigma in enumerate(trajectory.level_sigmas.tolist()):
-        exact = model.exact_path(x0, 0.0, sigma, model.means[0])
+        exact = model.exact_path(trajectory.latents[0], start_sigma, sigma, model.means[0])
         error = (trajectory.latents[level] - exact).abs().max().item() / float(model.std_path(sigma))
         worst = max(worst, error)
     return worst
@@ -31,10 +33,10 @@ def _round_trip_error(model: GaussianModel, steps: int, schedule, convention: st
     x0 = clean_latent(model)
     trajectory = invert(_host(model), x0, schedule(steps), convention, clean_sigma=SD_CLEAN_SIGMA)
     back = lockstep_denoise(model.denoiser(0), trajectory.level_sigmas, trajectory.latents[-1:], [steps], 0)
-    return (back[0] - x0).abs().max().item()
+    return (trajectory.to_clean(back)[0] - x0).abs().max().item()
 
 
-@pytest.mark.parametrize("convention", ["official", "euler"])
+@pytest.mark.parametrize("convention", ["official", "official_x0", "euler"])
 def test_vp_inversion_follows_exact_path_and_converges(convention: str) -> None:
     model = GaussianModel(prompt_means(1), std=0.5, parameterization="vp")
     x0 = clean_latent(model)
@@ -44,7 +46,10 @@ def test_vp_inversion_follows_exact_path_and_converges(convention: str) -> None:
             _host(model), x0, ddim_uniform_schedule(steps), convention, clean_sigma=SD_CLEAN_SIGMA
         )
         assert trajectory.latents.shape == (steps + 1, *x0.shape)
-        assert torch.equal(trajectory.latents[0], x0)
+        # The official code's z0 is the DDPM-normalised sample at the t = 0 level (sigma_min).
+        scale = (1 + SD_CLEAN_SIGMA**2) ** 0.5 if convention.startswith("official") else 1.0
+        torch.testing.assert_close(trajectory.latents[0], x0 * scale, rtol=0, atol=0)
+        torch.testing.assert_close(trajectory.source_latent(), x0, rtol=1e-7, atol=1e-7)
         errors.append(_relative_path_error(model, trajectory, x0))
     # First-order solver: the error shrinks steadily with the step count and ends small.
     assert all(later < earlier * 0.75 for earlier, later in itertools.pairwise(errors)), errors
@@ -82,7 +87,9 @@ def test_flow_round_trip_error_falls_with_steps() -> None:
 
 
 def test_official_step_feeds_next_level_and_rescaled_latent() -> None:
-    """The official step evaluates the model at the *next* level on x * sqrt(alpha(a)/alpha(b))."""
+    """The official step evaluates the model at the *next* level on x * sqrt(alpha(a)/alpha(b)), and
+    the very first call sees the clean latent z0 itself after the host's input scaling
+    (c_in = 1/sqrt(1 + sigma^2)), exactly as the official code feeds z0 to its first UNet call."""
     seen: list[tuple[float, torch.Tensor]] = []
 
     def spy(x: torch.Tensor, sigma: torch.Tensor, cond_ids: torch.Tensor | None) -> torch.Tensor:
@@ -94,12 +101,13 @@ def test_official_step_feeds_next_level_and_rescaled_latent() -> None:
     host = FunctionHost(original=spy, guided=spy, target=spy)
     trajectory = invert(host, latent, schedule, "official", clean_sigma=SD_CLEAN_SIGMA)
     levels = trajectory.level_sigmas.tolist()
-    assert [s for s, _ in seen] == pytest.approx(levels[1:])
-    a, b = SD_CLEAN_SIGMA, levels[1]
-    expected_scale = ((1 + b * b) / (1 + a * a)) ** 0.5
-    assert seen[0][1].flatten()[0].item() == pytest.approx(expected_scale, rel=1e-6)
-    # With D = 0 the network's eps is x'/b, so x_1 = x0 + (b - a) * x0 * scale / b.
-    expected_x1 = 1 + (b - a) * expected_scale / b
+    assert levels[0] == pytest.approx(SD_CLEAN_SIGMA)
+    assert [s for s, _ in seen] == pytest.approx(schedule.flip(0)[1:].tolist())
+    a, b = SD_CLEAN_SIGMA, float(schedule.flip(0)[1])
+    first_input = seen[0][1].flatten()[0].item()
+    assert first_input / (1 + b * b) ** 0.5 == pytest.approx(1.0, rel=1e-6)  # c_in * x' == z0
+    # With D = 0 the network's eps is x'/b, so x_1 = x_0 + (b - a) * x'/b with x_0 = z0 sqrt(1 + a^2).
+    expected_x1 = (1 + a * a) ** 0.5 + (b - a) * first_input / b
     assert trajectory.latents[1].flatten()[0].item() == pytest.approx(expected_x1, rel=1e-5)
 
 

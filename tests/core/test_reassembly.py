@@ -23,7 +23,7 @@ def _setup(steps: int = 20, guided=None):  # type: ignore[no-untyped-def]
         target=model.cfg_denoiser(negative=0, cfg=CFG, positive=PAIRS + 1),
     )
     trajectory = invert(
-        host, clean_latent(model), ddim_uniform_schedule(steps), "official", clean_sigma=SD_CLEAN_SIGMA
+        host, clean_latent(model), ddim_uniform_schedule(steps), "official_x0", clean_sigma=SD_CLEAN_SIGMA
     )
     return model, host, trajectory
 
@@ -43,7 +43,13 @@ def _finish(
     """Reference for stages 3-4 applied to a whole latent (the analytic model is per-pixel)."""
     top = reassembly + reinversion
     path = invert_levels(
-        host.original, z[None], trajectory.level_sigmas, reassembly, top, "official", trajectory.clean_sigma
+        host.original,
+        z[None],
+        trajectory.level_sigmas,
+        reassembly,
+        top,
+        "official_x0",
+        trajectory.clean_sigma,
     )
     return lockstep_denoise(host.target, trajectory.level_sigmas, path[-1], [top], 0)[0]
 

@@ -69,7 +69,7 @@ def _analytic(steps: int, pairs: int):  # type: ignore[no-untyped-def]
     recorder = CallRecorder(model.cfg_denoiser(negative=0, cfg=3.0, id_offset=1))
     host = FunctionHost(original=model.denoiser(0), guided=recorder, target=model.denoiser(0))
     trajectory = invert(
-        host, clean_latent(model), ddim_uniform_schedule(steps), "official", clean_sigma=SD_CLEAN_SIGMA
+        host, clean_latent(model), ddim_uniform_schedule(steps), "official_x0", clean_sigma=SD_CLEAN_SIGMA
     )
     return host, recorder, trajectory
 
