@@ -111,7 +111,7 @@ def make_case(seed: int, steps: int, device: str) -> Case:
     )
     x0 = (mu_o + 0.5 * torch.randn(mu_o.shape, generator=g)).to(device)
     trajectory = invert(
-        host, x0, ddim_uniform_schedule(steps), "official", clean_sigma=benchlib.sd_clean_sigma()
+        host, x0, ddim_uniform_schedule(steps), "official_x0", clean_sigma=benchlib.sd_clean_sigma()
     )
     return Case(host, trajectory, to_image(x0[None])[0], mask.to(device), color, cfg)
 

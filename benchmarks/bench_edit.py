@@ -184,7 +184,7 @@ def main() -> None:
                 host,
                 latent[0].float(),
                 comfy_host.get_sigmas(model, "ddim_uniform", args.steps),
-                "official",
+                "official_x0",
                 clean_sigma=comfy_host.clean_sigma(model),
             ),
         )

@@ -99,7 +99,7 @@ def main() -> None:
     host = comfy_host.ComfyHost(model, conds[0], None, conds[1:], None, cfg=args.cfg)
     sigmas = comfy_host.get_sigmas(model, "ddim_uniform", args.steps)
     clean = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    trajectory = invert(host, clean, sigmas, "official", clean_sigma=comfy_host.clean_sigma(model))
+    trajectory = invert(host, clean, sigmas, "official_x0", clean_sigma=comfy_host.clean_sigma(model))
     starts = [exhaustive_steps(args.steps)] * args.pairs
 
     # 1 + 2, interleaved so a load spike from another process hits every measurement alike: each

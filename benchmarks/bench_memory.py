@@ -77,7 +77,7 @@ def child(args: Any) -> None:
     latents = torch.randn((args.steps + 1, *shape), generator=generator) * sigmas.flip(0).view(
         -1, 1, 1, 1
     ).clamp(min=1.0)
-    trajectory = InversionTrajectory(latents, sigmas, "official", comfy_host.clean_sigma(model))
+    trajectory = InversionTrajectory(latents, sigmas, "official_x0", comfy_host.clean_sigma(model))
     generate_candidates(host, trajectory, [[1]] * args.pairs)  # warm-up: model load, one small call
     cuda = args.device == "cuda"
     if cuda:

@@ -1,4 +1,4 @@
-"""Benchmark 1: lockstep parallel vs serial candidate generation (DESIGN.md §4.3).
+"""Benchmark 1: lockstep parallel vs serial candidate generation (ARCHITECTURE.md §4.3).
 
 Both variants produce every candidate ``c_{k,t}`` (each pair ``k``, each step ``t = 1..T``) from
 the same inversion with the same model:
@@ -117,7 +117,7 @@ def analytic_part(report: Report, steps: int, pairs: int, cfg: float, repeats: i
     host = RunCounter(inner)
     clean = means[0] + model.std * torch.randn(shape, generator=generator).to(device)
     trajectory = invert(
-        inner, clean, ddim_uniform_schedule(steps), "official", clean_sigma=benchlib.sd_clean_sigma()
+        inner, clean, ddim_uniform_schedule(steps), "official_x0", clean_sigma=benchlib.sd_clean_sigma()
     )
 
     def measure(name: str, fn: Any) -> tuple[Tensor, dict[str, int]]:
@@ -183,7 +183,7 @@ def comfy_part(
     host = comfy_host.ComfyHost(model, conds[0], None, conds[1:], None, cfg=cfg)
     sigmas = comfy_host.get_sigmas(model, "ddim_uniform", steps)
     clean = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    trajectory = invert(host, clean, sigmas, "official", clean_sigma=comfy_host.clean_sigma(model))
+    trajectory = invert(host, clean, sigmas, "official_x0", clean_sigma=comfy_host.clean_sigma(model))
     runs = RunCounter(host)
 
     def measure(name: str, fn: Any) -> tuple[Tensor, dict[str, int]]:

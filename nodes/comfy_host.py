@@ -1,4 +1,4 @@
-"""The ComfyUI implementation of the engine's model protocol (DESIGN.md §3, §5).
+"""The ComfyUI implementation of the engine's model protocol (ARCHITECTURE.md §3, §5).
 
 :class:`ComfyHost` runs every engine stage through ComfyUI's own sampling machinery: a
 ``comfy.samplers.CFGGuider`` (or, for per-row guided prompts, the :class:`GuidedCFGGuider`
@@ -72,6 +72,18 @@ def is_flow_model(model: Any) -> bool:
     For these ``x = (1 - sigma) x0 + sigma eps`` and ``sigma_max`` is exactly 1.0.
     """
     return isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+
+
+def is_discrete_vp_model(model: Any) -> bool:
+    """True for a discrete DDPM-style schedule with ``sigma_data = 1`` (SD1.x, SD2.x, SDXL).
+
+    EDM-style sampling (``sigma_data = 0.5``: Playground v2.5) and continuous schedules
+    (``ModelSamplingContinuousEDM``/``V``: CosXL) are not: the official inversion's DDPM
+    normalisation ``x / sqrt(1 + sigma^2)`` and its t = 0 level do not apply to them.
+    """
+    sampling = model.get_model_object("model_sampling")
+    discrete = isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete)
+    return discrete and math.isclose(float(getattr(sampling, "sigma_data", 1.0)), 1.0)
 
 
 def clean_sigma(model: Any) -> float:
@@ -364,7 +376,7 @@ class StageSampler(comfy.samplers.Sampler):
 class ComfyHost:
     """The engine's :class:`~oir_core.host.Host` on a ComfyUI MODEL and CONDITIONINGs.
 
-    Roles (DESIGN.md §3):
+    Roles (ARCHITECTURE.md §3):
 
     - ``"original"``: ``CFGGuider(positive=original, negative=negative)`` at cfg 1 (ComfyUI then
       evaluates the conditional branch only).

@@ -13,18 +13,27 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..oir_core.candidates import CandidateSet, generate_candidates
-from ..oir_core.clip_scorer import ClipScorer
 from ..oir_core.edit import check_cfg, check_choice, check_masks_match, fit_image
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids
-from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, invert
+from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, choose_convention, invert
+from ..oir_core.masks import MASK_GEOMETRIES
 from ..oir_core.reassembly import reassemble
 from ..oir_core.sampling import INVERSION_CONVENTIONS, OFFICIAL_FAMILY
 from ..oir_core.search import SEARCH_MODES, coarse_to_fine_candidates, score_candidate_pairs, search_step_sets
-from .comfy_host import ComfyHost, clean_sigma, get_sigmas, is_flow_model, model_space_in, model_space_out
+from .comfy_host import (
+    ComfyHost,
+    clean_sigma,
+    get_sigmas,
+    is_discrete_vp_model,
+    is_flow_model,
+    model_space_in,
+    model_space_out,
+)
 from .conditioning import check_conditioning, inherit_conditioning
 from .payloads import CandidateBundle, ChosenSteps, OIREdit
 from .progress import level_progress
+from .scoring_nodes import check_metric
 from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
 
 CATEGORY = "OIR/sampling"
@@ -145,21 +154,19 @@ class OIRDDIMInversion(io.ComfyNode):
         check_conditioning(original, "original")
         if steps < 2:
             raise OIRInputError("steps", steps, "OIR needs at least 2 steps", "use the paper's 50")
-        flow = is_flow_model(model)
-        if convention == "auto":
-            convention = "euler" if flow else "official"
-        if convention in OFFICIAL_FAMILY and flow:
-            raise OIRInputError(
-                "convention",
-                convention,
-                "the official convention is defined for noise/v-prediction models",
-                "use 'euler' (or 'auto') with flow models",
-            )
+        sigmas = get_sigmas(model, scheduler, steps)
+        convention = choose_convention(
+            convention,
+            flow=is_flow_model(model),
+            discrete_vp=is_discrete_vp_model(model),
+            clean_sigma=clean_sigma(model),
+            sigmas=sigmas,
+        )
         host = ComfyHost(model, original, None, [], None, cfg=1.0)
         trajectory = invert(
             host,
             model_space_in(model, samples)[0].float(),
-            get_sigmas(model, scheduler, steps),
+            sigmas,
             convention,  # type: ignore[arg-type]
             clean_sigma=clean_sigma(model) if convention in OFFICIAL_FAMILY else None,
             on_level=level_progress(),
@@ -228,7 +235,11 @@ class OIRParallelStepSearch(io.ComfyNode):
                 io.Conditioning.Input(
                     "negative", optional=True, tooltip="Negative prompt; default: the original."
                 ),
-                Scorer.Input("scorer", optional=True, tooltip="coarse_to_fine only: the CLIP scorer."),
+                Scorer.Input(
+                    "scorer",
+                    optional=True,
+                    tooltip="coarse_to_fine only: the search metric (the one the Mask Metric Scorer gets).",
+                ),
                 io.Image.Input("image", optional=True, tooltip="coarse_to_fine only: the source image."),
             ],
             outputs=[
@@ -281,19 +292,20 @@ class OIRParallelStepSearch(io.ComfyNode):
                     "coarse_to_fine scores between rounds",
                     "connect 'scorer' and 'image'",
                 )
-            clip_scorer = ClipScorer(scorer)
+            metric = check_metric(scorer)
             coarse_images: list[torch.Tensor] = []
 
             def best_steps(round_one: CandidateSet) -> list[int]:
                 images = decode(vae, model, round_one.latents)
                 coarse_images.append(images)
                 tables = score_candidate_pairs(
-                    clip_scorer,
+                    metric.scorer,
                     round_one,
                     images,
                     fit_image(image, tuple(images.shape[1:3])),
                     [pair.mask for pair in edit.pairs],
                     edit.plan.score_texts,
+                    weights=metric.weights,
                 )
                 return [table.chosen_step for table in tables]
 
@@ -384,6 +396,14 @@ class OIRObjectReassembly(io.ComfyNode):
                 io.Conditioning.Input(
                     "negative", optional=True, tooltip="Negative prompt; default: the original."
                 ),
+                io.Combo.Input(
+                    "mask_geometry",
+                    options=list(MASK_GEOMETRIES),
+                    default="official",
+                    tooltip="How masks reach the latent grid. official = the paper's code (a mask value >= "
+                    "1/255 is inside; each latent cell takes the pixel at its top-left corner); centered = "
+                    "values > 0.5, each cell takes its centre pixel.",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The edited latent, for VAE Decode.")],
         )
@@ -403,7 +423,9 @@ class OIRObjectReassembly(io.ComfyNode):
         overlap: str,
         max_batch: int,
         negative: list | None = None,
+        mask_geometry: str = "official",
     ) -> io.NodeOutput:
+        check_choice(mask_geometry, MASK_GEOMETRIES, "mask_geometry")
         check_trajectory_source(trajectory, model_facts(model))
         edit = check_edit(oir_edit, trajectory)
         check_conditioning(original, "original")
@@ -433,6 +455,7 @@ class OIRObjectReassembly(io.ComfyNode):
             reinversion_steps,
             overlap,  # type: ignore[arg-type]
             on_level=level_progress(),
+            mask_geometry=mask_geometry,  # type: ignore[arg-type]
         )
         if not torch.isfinite(result.latent).all():
             raise OIRInputError(

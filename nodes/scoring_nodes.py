@@ -15,6 +15,8 @@ from ..oir_core.clip_scorer import ATTENTION_MODES, FIDELITY_SPACES, ClipScorer
 from ..oir_core.edit import check_choice, fit_image
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids, score_plot, stack_images
+from ..oir_core.masks import MASK_GEOMETRIES
+from ..oir_core.metric import SearchMetric
 from ..oir_core.search import parse_step_overrides, score_candidate_pairs
 from .payloads import CandidateBundle, ChosenSteps
 from .types import Candidates, ChosenStepsType, Scorer
@@ -67,6 +69,15 @@ def resolve_scorer(name: str) -> str:
     )
 
 
+def check_metric(scorer: Any) -> SearchMetric:
+    """The OIR_SCORER input: a search metric from OIR Load CLIP Scorer."""
+    if not isinstance(scorer, SearchMetric):
+        raise OIRInputError(
+            "scorer", type(scorer).__name__, "is not an OIR search metric", "connect OIR Load CLIP Scorer"
+        )
+    return scorer
+
+
 class OIRLoadCLIPScorer(io.ComfyNode):
     """Loads the CLIP used for the editing score, from local files only (cached)."""
 
@@ -77,10 +88,11 @@ class OIRLoadCLIPScorer(io.ComfyNode):
             display_name="OIR Load CLIP Scorer",
             category=CATEGORY,
             description=(
-                f"Loads a CLIP from models/{SCORER_FOLDER}: a transformers CLIP folder (config.json + "
-                "safetensors, e.g. clip-vit-base-patch16 as in the paper) or an open_clip .safetensors "
-                "checkpoint with a <name>.json sidecar naming its architecture. Never downloads; pickle "
-                "files load only as plain weights."
+                f"Loads a CLIP from models/{SCORER_FOLDER} (a transformers CLIP folder with config.json + "
+                "safetensors, e.g. clip-vit-base-patch16 as in the paper, or an open_clip .safetensors "
+                "checkpoint with a <name>.json sidecar naming its architecture) and sets the whole search "
+                "metric, so the coarse-to-fine round and the Mask Metric Scorer rank with the same one. "
+                "Never downloads; pickle files load only as plain weights."
             ),
             inputs=[
                 io.Combo.Input(
@@ -98,45 +110,6 @@ class OIRLoadCLIPScorer(io.ComfyNode):
                 io.Combo.Input(
                     "precision", options=["fp32", "fp16"], default="fp32", tooltip="Scorer weights dtype."
                 ),
-            ],
-            outputs=[
-                Scorer.Output(display_name="scorer", tooltip="The loaded CLIP, for the Mask Metric Scorer.")
-            ],
-        )
-
-    @classmethod
-    def execute(cls, clip_name: str, backend: str, device: str, precision: str) -> io.NodeOutput:
-        import comfy.model_management
-
-        check_choice(device, ("auto", "cpu", "gpu"), "device")
-        check_choice(precision, ("fp32", "fp16"), "precision")
-        path = resolve_scorer(clip_name)
-        target = {"auto": None, "cpu": "cpu", "gpu": comfy.model_management.get_torch_device()}[device]
-        if target is None:
-            target = comfy.model_management.get_torch_device()
-        dtype = torch.float16 if precision == "fp16" and torch.device(target).type != "cpu" else torch.float32
-        return io.NodeOutput(load_clip(path, backend=backend, device=target, dtype=dtype))  # type: ignore[arg-type]
-
-
-class OIRMaskMetricScorer(io.ComfyNode):
-    """Scores every candidate (CLIP inside the mask, MSE outside) and picks each pair's step."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="OIRMaskMetricScorer",
-            display_name="OIR Mask Metric Scorer",
-            category=CATEGORY,
-            description=(
-                "OIR step 4: per pair, S_e = CLIP similarity of the target phrase and the candidate "
-                "restricted to the mask; S_ne = -MSE to the source image outside the mask; both min-max "
-                "normalised and weighted; the best step wins (ties: smaller step). 'step_override' "
-                "(e.g. 'auto, 23') overrules the search per pair; click a step on the chart to set it."
-            ),
-            inputs=[
-                Candidates.Input("candidates", tooltip="From the OIR Parallel Step Search."),
-                Scorer.Input("scorer", tooltip="From OIR Load CLIP Scorer."),
-                io.Image.Input("image", tooltip="The source image (the one VAE-encoded for the inversion)."),
                 io.Float.Input(
                     "editing_weight",
                     default=0.5,
@@ -157,6 +130,76 @@ class OIRMaskMetricScorer(io.ComfyNode):
                     default="official",
                     tooltip="official = MSE on CLIP-preprocessed 224px images; pixels = full-resolution MSE.",
                 ),
+                io.Combo.Input(
+                    "mask_geometry",
+                    options=list(MASK_GEOMETRIES),
+                    default="official",
+                    tooltip="official = the paper's code: the mask resized straight to CLIP's patch grid and "
+                    "input size (top-left pixel of each patch), images resized as 8-bit with PIL; centered = "
+                    "the mask follows CLIP's resize and centre crop and is sampled at patch centres (stays "
+                    "on the object when its edges are off the 16-px grid or the image is not square).",
+                ),
+            ],
+            outputs=[
+                Scorer.Output(
+                    display_name="scorer",
+                    tooltip="The search metric (CLIP, modes, weights), for the Parallel Step Search and the "
+                    "Mask Metric Scorer.",
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        clip_name: str,
+        backend: str,
+        device: str,
+        precision: str,
+        editing_weight: float = 0.5,
+        attention_mode: str = "official",
+        fidelity_space: str = "official",
+        mask_geometry: str = "official",
+    ) -> io.NodeOutput:
+        import comfy.model_management
+
+        check_choice(device, ("auto", "cpu", "gpu"), "device")
+        check_choice(precision, ("fp32", "fp16"), "precision")
+        check_choice(attention_mode, ATTENTION_MODES, "attention_mode")
+        check_choice(fidelity_space, FIDELITY_SPACES, "fidelity_space")
+        check_choice(mask_geometry, MASK_GEOMETRIES, "mask_geometry")
+        weights = (float(editing_weight), 1.0 - float(editing_weight))
+        path = resolve_scorer(clip_name)
+        target = {"auto": None, "cpu": "cpu", "gpu": comfy.model_management.get_torch_device()}[device]
+        if target is None:
+            target = comfy.model_management.get_torch_device()
+        dtype = torch.float16 if precision == "fp16" and torch.device(target).type != "cpu" else torch.float32
+        model = load_clip(path, backend=backend, device=target, dtype=dtype)  # type: ignore[arg-type]
+        scorer = ClipScorer(model, attention_mode, fidelity_space, mask_geometry)  # type: ignore[arg-type]
+        return io.NodeOutput(SearchMetric(scorer, weights))
+
+
+class OIRMaskMetricScorer(io.ComfyNode):
+    """Scores every candidate (CLIP inside the mask, MSE outside) and picks each pair's step."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OIRMaskMetricScorer",
+            display_name="OIR Mask Metric Scorer",
+            category=CATEGORY,
+            description=(
+                "OIR step 4: per pair, S_e = CLIP similarity of the target phrase and the candidate "
+                "restricted to the mask; S_ne = -MSE to the source image outside the mask; both min-max "
+                "normalised and weighted; the best step wins (ties: smaller step). 'step_override' "
+                "(e.g. 'auto, 23') overrules the search per pair; click a step on the chart to set it."
+            ),
+            inputs=[
+                Candidates.Input("candidates", tooltip="From the OIR Parallel Step Search."),
+                Scorer.Input(
+                    "scorer", tooltip="From OIR Load CLIP Scorer: the CLIP, its modes and the weights."
+                ),
+                io.Image.Input("image", tooltip="The source image (the one VAE-encoded for the inversion)."),
                 io.String.Input(
                     "step_override",
                     default="",
@@ -181,11 +224,8 @@ class OIRMaskMetricScorer(io.ComfyNode):
     def execute(
         cls,
         candidates: CandidateBundle,
-        scorer: Any,
+        scorer: SearchMetric,
         image: torch.Tensor,
-        editing_weight: float,
-        attention_mode: str,
-        fidelity_space: str,
         step_override: str = "",
     ) -> io.NodeOutput:
         if not isinstance(candidates, CandidateBundle):
@@ -197,17 +237,16 @@ class OIRMaskMetricScorer(io.ComfyNode):
             )
         edit, found = candidates.edit, candidates.candidates
         overrides = parse_step_overrides(step_override, len(edit.pairs), candidates.steps)
-        clip_scorer = ClipScorer(scorer, attention_mode, fidelity_space)  # type: ignore[arg-type]
+        metric = check_metric(scorer)
         original = fit_image(image, tuple(candidates.images.shape[1:3]))
-        weights = (float(editing_weight), 1.0 - float(editing_weight))
         tables = score_candidate_pairs(
-            clip_scorer,
+            metric.scorer,
             found,
             candidates.images,
             original,
             [pair.mask for pair in edit.pairs],
             edit.plan.score_texts,
-            weights=weights,
+            weights=metric.weights,
             eligible=candidates.eligible,
         )
         searched = tuple(table.chosen_step for table in tables)

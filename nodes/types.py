@@ -20,4 +20,4 @@ ChosenStepsType = io.Custom("OIR_STEPS")
 """A :class:`nodes.payloads.ChosenSteps`."""
 
 Scorer = io.Custom("OIR_SCORER")
-"""A loaded CLIP (:class:`oir_core.clip_backends.ClipModel`) for the search metric."""
+"""The search metric (:class:`oir_core.metric.SearchMetric`): a loaded CLIP scorer and its weights."""

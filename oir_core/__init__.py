@@ -1,7 +1,7 @@
 """OIR engine: Object-aware Inversion and Reassembly (Yang et al., ICLR 2024), host-agnostic.
 
 Plain PyTorch; never imports ComfyUI. A host (ComfyUI's nodes, a test, a benchmark) provides
-denoisers through :class:`oir_core.host.Host`; see DESIGN.md §3-4 for the algorithm.
+denoisers through :class:`oir_core.host.Host`; see ARCHITECTURE.md §3-4 for the algorithm.
 """
 
 from .candidates import CandidateSet, exhaustive_steps, generate_candidates

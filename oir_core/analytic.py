@@ -1,4 +1,4 @@
-"""Analytic reference models with exact denoisers and exact ODE paths (DESIGN.md §7).
+"""Analytic reference models with exact denoisers and exact ODE paths (ARCHITECTURE.md §7).
 
 With per-pixel Gaussian data ``x0 ~ N(mu, s^2)`` the ideal denoiser and the probability-flow ODE
 path are known in closed form, so the engine can be checked exactly on CPU, and the benchmarks can

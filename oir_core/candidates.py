@@ -1,6 +1,6 @@
 """Parallel candidate generation for the optimal-inversion-step search (OIR steps 2-3).
 
-DESIGN.md §4.2-4.3: candidate ``c_{k,t}`` is the inverted latent ``x_t`` denoised to level 0 with
+ARCHITECTURE.md §4.2-4.3: candidate ``c_{k,t}`` is the inverted latent ``x_t`` denoised to level 0 with
 the guided prompt ``G_k`` of pair ``k`` (negative: the original prompt, CFG). Serially that costs
 ``T(T+1)/2`` model steps per pair; in lockstep all pairs and all active candidates at the same
 sigma share one model call, so an exhaustive search over ``T`` steps takes ``T`` calls (before

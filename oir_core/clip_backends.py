@@ -1,6 +1,6 @@
-"""CLIP from local files, two backends, with our masked-attention image encoder (DESIGN.md §6).
+"""CLIP from local files, two backends, with our masked-attention image encoder (ARCHITECTURE.md §6).
 
-OIR's editing score ``S_e`` (paper §"search metric"; DESIGN.md §4.4) embeds a candidate with CLIP's
+OIR's editing score ``S_e`` (paper §"search metric"; ARCHITECTURE.md §4.4) embeds a candidate with CLIP's
 ViT while restricting attention to the edited region. The libraries' own forwards cannot take a
 per-image additive bias on every layer in a version-stable way, so this module runs the vision tower
 itself, block by block, from the library's own modules and weights, and checks (in tests) that with

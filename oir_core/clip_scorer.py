@@ -1,14 +1,26 @@
-"""The CLIP search scorer: OIR's ``S_e`` and ``S_ne`` (paper §"search metric"; DESIGN.md §4.4).
+"""The CLIP search scorer: OIR's ``S_e`` and ``S_ne`` (paper §"search metric"; ARCHITECTURE.md §4.4).
 
 - ``S_e(t) = cos(text(target phrase), masked_image(c_t, M_k))``: CLIP's image embedding of the
   candidate with ViT attention restricted to the mask region (no ×100 logit scale).
 - ``S_ne(t) = -MSE(c_t, original)`` outside ``M_k``.
 
-Geometry. Images go through CLIP's preprocessing in torch, on the model's device: shortest side
-resized to ``resize_size`` (bicubic, antialiased, clamped to 0..1 as an 8-bit image would be), a
-centred ``S×S`` crop, per-channel normalization. The mask follows the *same* resize and crop
-(nearest, centre-sampled) so it stays aligned with the pixels CLIP sees, then is sampled at each
-patch centre of the ``(S/p)²`` grid and thresholded at 0.5. CLS always counts as inside.
+Mask geometry (how images and masks reach CLIP's ``S×S`` input and ``(S/p)²`` patch grid):
+
+- ``official`` (the OIR code): images become 8-bit the way the official decode writes them
+  (``(x·255).astype(uint8)``, see :func:`to_uint8`), go through CLIP's processor as
+  transformers' PIL ``CLIPImageProcessor`` does (bicubic resize of the shortest side, centred
+  crop, rescale, normalize). The mask is
+  read like the official mask files (any value ≥ 1/255 is inside), then resized *straight* to the
+  patch grid with ``F.interpolate(mode="nearest")`` (each patch takes its top-left pixel), ignoring
+  the processor's resize and crop; the fidelity mask likewise goes ``nearest`` straight to ``S×S``,
+  so a non-square image's mask is squashed onto the crop.
+- ``centered`` (this pack's): the mask follows the image's resize and centre crop (nearest,
+  centre-sampled) so it stays aligned with the pixels CLIP sees, and is sampled at each patch's
+  centre, thresholded at 0.5; images are resized in float (bicubic, antialiased, clamped to 0..1).
+  It differs from ``official`` only where mask edges fall off the patch grid or the image is not
+  square; there it keeps the region on the object instead of shifting it up-left by up to a patch.
+
+CLS always counts as inside.
 
 Attention modes (the bias is added to the attention logits of every layer and head):
 
@@ -33,23 +45,30 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from .clip_backends import Backend, ClipModel, ClipPreprocess, load_clip
 from .errors import OIRInputError
+from .masks import MASK_GEOMETRIES, MaskGeometry, official_mask
 from .metric import as_mask_batch, check_candidates, masked_mse, resize_mask_nearest
 
 __all__ = [
     "ATTENTION_MODES",
     "FIDELITY_SPACES",
+    "MASK_GEOMETRIES",
     "ClipScorer",
     "attention_bias",
     "crop_geometry",
     "load_clip_scorer",
+    "official_mask",
+    "official_patch_region",
     "patch_region",
     "preprocess_images",
+    "preprocess_images_official",
     "preprocess_mask",
     "region_tokens",
 ]
@@ -128,6 +147,55 @@ def patch_region(mask_crop: Tensor, grid: int) -> Tensor:
     return region.flatten(1)
 
 
+def to_uint8(images: Tensor) -> np.ndarray:
+    """``[N,H,W,3]`` float 0..1 -> ``[N,H,W,3]`` uint8 as the official code writes its images.
+
+    ``(x * 255).astype(np.uint8)`` truncates; a 1e-3 margin keeps a value that already is a whole
+    8-bit level (an image loaded from a file, ``k/255`` in float) on its level instead of one below.
+    """
+    scaled = images.detach().float().clamp(0.0, 1.0).cpu().numpy() * 255.0
+    return np.floor(scaled + 1e-3).astype(np.uint8)
+
+
+def preprocess_images_official(
+    images: Tensor, prep: ClipPreprocess, device: torch.device | str | None = None
+) -> Tensor:
+    """CLIP preprocessing as transformers' (slow, PIL) ``CLIPImageProcessor`` does it.
+
+    ``images: [N,H,W,3]`` float 0..1 -> 8-bit (:func:`to_uint8`), shortest side to ``resize_size``
+    with PIL bicubic, floor-centred ``S×S`` crop, ``/255`` and per-channel normalization (computed in
+    float64 like the processor, returned as ``[N,3,S,S]`` float32).
+    """
+    new_h, new_w, top, left = crop_geometry(images.shape[1], images.shape[2], prep)
+    size = prep.crop_size
+    out = []
+    for array in to_uint8(images):
+        picture = Image.fromarray(array)
+        if picture.size != (new_w, new_h):
+            picture = picture.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+        pixels = np.asarray(picture, dtype=np.float64)[top : top + size, left : left + size] / 255.0
+        pixels = (pixels - np.asarray(prep.mean)) / np.asarray(prep.std)
+        out.append(torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1))
+    stacked = torch.stack(out)
+    return stacked if device is None else stacked.to(device)
+
+
+def official_patch_region(mask: Tensor, grid: int) -> Tensor:
+    """``[B,h,w]`` full-image mask -> ``[B, grid²]`` bool: ``nearest`` straight to the patch grid, > 0.5.
+
+    This is the official ``change_mask_to_attention_mask``: each patch takes the mask pixel at its
+    top-left corner of the *uncropped* image (the processor's resize and centre crop are ignored).
+    """
+    region = F.interpolate(official_mask(mask).unsqueeze(1), size=(grid, grid), mode="nearest") > 0.5
+    return region.squeeze(1).flatten(1)
+
+
+def official_fidelity_keep(mask: Tensor, size: int) -> Tensor:
+    """``[B,h,w]`` -> ``[B,S,S]`` 0/1 kept (non-edited) region: ``nearest(1 - M)`` straight to ``S×S``."""
+    keep = F.interpolate((1.0 - official_mask(mask)).unsqueeze(1), size=(size, size), mode="nearest")
+    return (keep.squeeze(1) > 0.5).float()
+
+
 def region_tokens(patches: Tensor) -> Tensor:
     """``[B, P]`` in-region patches → ``[B, 1+P]`` in-region tokens, CLS (token 0) always in."""
     cls = torch.ones(patches.shape[0], 1, dtype=torch.bool, device=patches.device)
@@ -164,6 +232,7 @@ class ClipScorer:
         attention_mode: ``"official"`` (paper's soft +1 bias) or ``"hard"`` (block outside tokens).
         fidelity_space: ``"official"`` (CLIP tensors, mean over all) or ``"pixels"`` (full resolution,
             mean outside the mask).
+        mask_geometry: ``"official"`` or ``"centered"`` (see the module docstring).
     """
 
     def __init__(
@@ -171,6 +240,7 @@ class ClipScorer:
         model: ClipModel,
         attention_mode: AttentionMode = "official",
         fidelity_space: FidelitySpace = "official",
+        mask_geometry: MaskGeometry = "official",
     ) -> None:
         if attention_mode not in ATTENTION_MODES:
             raise OIRInputError(
@@ -180,9 +250,14 @@ class ClipScorer:
             raise OIRInputError(
                 "fidelity_space", fidelity_space, "unknown fidelity space", f"use one of {FIDELITY_SPACES}"
             )
+        if mask_geometry not in MASK_GEOMETRIES:
+            raise OIRInputError(
+                "mask_geometry", mask_geometry, "unknown mask geometry", f"use one of {MASK_GEOMETRIES}"
+            )
         self.model = model
         self.attention_mode: AttentionMode = attention_mode
         self.fidelity_space: FidelitySpace = fidelity_space
+        self.mask_geometry: MaskGeometry = mask_geometry
         self._text_cache: dict[str, Tensor] = {}
 
     @property
@@ -199,6 +274,38 @@ class ClipScorer:
 
     def _cropped_masks(self, mask: Tensor, n: int, image_hw: tuple[int, int]) -> Tensor:
         """``[n,S,S]`` masks after CLIP's geometry, one per candidate."""
+        cropped = preprocess_mask(self._mask_batch(mask, n), image_hw, self.model.preprocess)
+        if not bool((cropped > 0.5).any(dim=(1, 2)).all()):
+            raise OIRInputError(
+                "mask",
+                tuple(mask.shape),
+                "lies entirely outside the centre square CLIP looks at",
+                "crop the image closer to square around the edited objects",
+            )
+        return cropped
+
+    def masked_image_embeddings(self, images: Tensor, mask: Tensor) -> Tensor:
+        """``[N, D]`` float32 region embeddings of ``images: [N,H,W,3]``.
+
+        ``mask`` is ``[H',W']`` / ``[1,H',W']`` (shared) or ``[N,H',W']`` (per image), 0..1, any
+        resolution covering the image.
+        """
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise OIRInputError("images", tuple(images.shape), "must be [N,H,W,3]", "pass a ComfyUI IMAGE")
+        prep, grid = self.model.preprocess, self.model.grid_size
+        if self.mask_geometry == "official":
+            pixels = preprocess_images_official(images, prep, self.device)
+            masks = self._mask_batch(mask, images.shape[0])
+            patches = official_patch_region(masks, grid)
+        else:
+            pixels = preprocess_images(images, prep, self.device)
+            cropped = self._cropped_masks(mask, images.shape[0], (images.shape[1], images.shape[2]))
+            patches = patch_region(cropped, grid)
+        bias = attention_bias(region_tokens(patches), self.attention_mode, torch.float32)
+        return self.model.encode_image_masked(pixels, bias)
+
+    def _mask_batch(self, mask: Tensor, n: int) -> Tensor:
+        """``[n,h,w]`` masks, one per image, refusing empty ones."""
         m = as_mask_batch(mask).to(self.device)
         if m.shape[0] not in (1, n):
             raise OIRInputError(
@@ -209,29 +316,7 @@ class ClipScorer:
             )
         if not bool((m > 0.5).any(dim=(1, 2)).all()):
             raise OIRInputError("mask", tuple(mask.shape), "is empty", "paint the object to edit")
-        cropped = preprocess_mask(m, image_hw, self.model.preprocess)
-        if not bool((cropped > 0.5).any(dim=(1, 2)).all()):
-            raise OIRInputError(
-                "mask",
-                tuple(mask.shape),
-                "lies entirely outside the centre square CLIP looks at",
-                "crop the image closer to square around the edited objects",
-            )
-        return cropped.expand(n, -1, -1)
-
-    def masked_image_embeddings(self, images: Tensor, mask: Tensor) -> Tensor:
-        """``[N, D]`` float32 region embeddings of ``images: [N,H,W,3]``.
-
-        ``mask`` is ``[H',W']`` / ``[1,H',W']`` (shared) or ``[N,H',W']`` (per image), 0..1, any
-        resolution covering the image.
-        """
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise OIRInputError("images", tuple(images.shape), "must be [N,H,W,3]", "pass a ComfyUI IMAGE")
-        pixels = preprocess_images(images, self.model.preprocess, self.device)
-        cropped = self._cropped_masks(mask, images.shape[0], (images.shape[1], images.shape[2]))
-        tokens = region_tokens(patch_region(cropped, self.model.grid_size))
-        bias = attention_bias(tokens, self.attention_mode, torch.float32)
-        return self.model.encode_image_masked(pixels, bias)
+        return m.expand(n, -1, -1)
 
     def editing_scores(self, candidates: Tensor, mask: Tensor, target_text: str) -> Tensor:
         """``[N]`` raw ``S_e``: cosine of each region embedding with the target phrase's embedding."""
@@ -247,9 +332,14 @@ class ClipScorer:
         height, width = candidates.shape[1], candidates.shape[2]
         if self.fidelity_space == "official":
             prep = self.model.preprocess
-            cand = preprocess_images(candidates, prep, self.device)
-            orig = preprocess_images(original.unsqueeze(0), prep, self.device)
-            keep = 1.0 - (preprocess_mask(m, (height, width), prep) > 0.5).float()  # [1,S,S]
+            if self.mask_geometry == "official":
+                cand = preprocess_images_official(candidates, prep, self.device)
+                orig = preprocess_images_official(original.unsqueeze(0), prep, self.device)
+                keep = official_fidelity_keep(m, prep.crop_size)  # [1,S,S]
+            else:
+                cand = preprocess_images(candidates, prep, self.device)
+                orig = preprocess_images(original.unsqueeze(0), prep, self.device)
+                keep = 1.0 - (preprocess_mask(m, (height, width), prep) > 0.5).float()  # [1,S,S]
             return -masked_mse(cand, orig, keep.unsqueeze(1), reduction="all")
         keep = 1.0 - (resize_mask_nearest(m, (height, width)) > 0.5).float()  # [1,H,W]
         cand = candidates.to(self.device, torch.float32)
@@ -280,7 +370,8 @@ def load_clip_scorer(
     architecture: str | None = None,
     attention_mode: AttentionMode = "official",
     fidelity_space: FidelitySpace = "official",
+    mask_geometry: MaskGeometry = "official",
 ) -> ClipScorer:
     """:func:`oir_core.clip_backends.load_clip` (cached) wrapped in a :class:`ClipScorer`."""
     model = load_clip(path, backend=backend, device=device, dtype=dtype, architecture=architecture)
-    return ClipScorer(model, attention_mode=attention_mode, fidelity_space=fidelity_space)
+    return ClipScorer(model, attention_mode, fidelity_space, mask_geometry)

@@ -15,7 +15,7 @@ from .prompts import EditPairText
 
 @dataclass(frozen=True)
 class EditPair:
-    """One object to edit: its region and its text (DESIGN.md §4, ``(source, target, M_k)``).
+    """One object to edit: its region and its text (ARCHITECTURE.md §4, ``(source, target, M_k)``).
 
     Attributes:
         mask: ``[H, W]`` float 0..1 at any resolution; the region of the *source* object.

@@ -122,7 +122,7 @@ def score_plot(
     """Plot normalised editing, fidelity and combined scores against the inversion step.
 
     The chosen step gets a vertical marker. Scores are expected in 0..1 (min-max normalised,
-    DESIGN.md §4.4).
+    ARCHITECTURE.md §4.4).
 
     Returns:
         ``[1, height, width, 3]`` float 0..1.

@@ -140,6 +140,7 @@ _FLAG_OF_INPUT = {
     "reassembly_step": "--reassembly-step",
     "reinversion_steps": "--reinversion-steps",
     "overlap": "--overlap",
+    "mask_geometry": "--mask-geometry",
     "occurrence": "--edit",
 }
 """Which flag sets a workflow input, for error messages about server-side limits."""
@@ -1300,7 +1301,7 @@ def _add_edit_options(parser: argparse.ArgumentParser, single: bool) -> None:
         "--seed", type=int, help="recorded in report.json (OIR is deterministic: DDIM with eta 0)"
     )
     edit.add_argument("--scheduler", help="schedule (default ddim_uniform, the paper's DDIM timesteps)")
-    edit.add_argument("--convention", help="inversion convention: auto, official, euler")
+    edit.add_argument("--convention", help="inversion convention: auto, official, official_x0, euler")
     edit.add_argument("--scorer", help="CLIP in models/oir_clip (default: the first listed)")
     edit.add_argument("--scorer-backend", help="auto, transformers, open_clip")
     edit.add_argument("--scorer-device", help="auto, cpu, gpu")
@@ -1314,6 +1315,9 @@ def _add_edit_options(parser: argparse.ArgumentParser, single: bool) -> None:
     edit.add_argument("--fidelity-space", help="official (224px CLIP space) or pixels")
     edit.add_argument("--step-override", help="per pair 'auto' or a step, e.g. 'auto, 23'")
     edit.add_argument("--overlap", help="overlapping masks: later_wins or error")
+    edit.add_argument(
+        "--mask-geometry", help="official (the paper's mask resizing, default) or centered (see README)"
+    )
     edit.add_argument("--max-batch", type=int, help="rows per model call, 0 = fit memory")
     edit.add_argument(
         "--lora", action="append", metavar="NAME:STRENGTH", help="LoRA on model and CLIP (repeatable)"
@@ -1411,6 +1415,7 @@ _SPEC_FLAGS = (
     "fidelity_space",
     "step_override",
     "overlap",
+    "mask_geometry",
     "max_batch",
     "target_prompt",
     "prompt",

@@ -1,4 +1,4 @@
-"""The model protocol between the OIR engine and its host (DESIGN.md §3).
+"""The model protocol between the OIR engine and its host (ARCHITECTURE.md §3).
 
 The engine never sees a network, a prompt encoder or a sampler library. It asks the host to run a
 *stage* (a stretch of sampling with one conditioning role) and gives it a ``body`` to call with a

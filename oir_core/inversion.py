@@ -1,4 +1,4 @@
-"""DDIM inversion of the source image (OIR step 1, DESIGN.md §4.1)."""
+"""DDIM inversion of the source image (OIR step 1, ARCHITECTURE.md §4.1)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,57 @@ def start_scale(convention: str, clean_sigma: float | None) -> float:
     if convention in OFFICIAL_FAMILY and clean_sigma:
         return math.sqrt(1.0 + float(clean_sigma) ** 2)
     return 1.0
+
+
+def choose_convention(
+    requested: str, *, flow: bool, discrete_vp: bool, clean_sigma: float | None, sigmas: Tensor
+) -> str:
+    """The inversion convention for a model and schedule: ``auto`` resolved, the others checked.
+
+    The official conventions rest on DDPM's discrete schedule: the VAE latent is the sample at the
+    t = 0 level and each step moves one DDIM timestep up. That holds for a variance-preserving
+    model with a discrete schedule and ``sigma_data = 1`` (``discrete_vp``: SD1.x, SD2.x, SDXL), and
+    only when the schedule's first noise level lies above that t = 0 level. Elsewhere (flow models;
+    EDM-style models with ``sigma_data != 1`` such as Playground v2.5, or continuous ones such as
+    CosXL; schedules that start at sigma_min such as ``karras`` and ``exponential``) ``auto`` picks
+    ``euler``, which follows the probability-flow ODE in sigma space for any of them, and an
+    explicit official convention is refused.
+
+    Args:
+        requested: ``"auto"`` or one of :data:`oir_core.sampling.INVERSION_CONVENTIONS`.
+        sigmas: ``[T+1]`` the descending schedule ending at 0.
+    """
+    if requested not in ("auto", *INVERSION_CONVENTIONS):
+        raise OIRInputError(
+            "convention", requested, "unknown convention", f"use one of {('auto', *INVERSION_CONVENTIONS)}"
+        )
+    levels = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    positive = levels[levels > 0]
+    first = float(positive.min()) if positive.numel() else 0.0
+    if flow:
+        reason = "flow models (SD3, Flux) have no DDPM t = 0 level"
+    elif not discrete_vp or not clean_sigma:
+        reason = (
+            "the model's sampling is not a discrete variance-preserving schedule with sigma_data = 1 "
+            "(EDM-style or continuous sampling)"
+        )
+    elif first <= float(clean_sigma) * (1.0 + 1e-4):
+        reason = (
+            f"the schedule's first level ({first:.4g}) is the model's t = 0 level itself "
+            "(karras/exponential-style schedules start at sigma_min)"
+        )
+    else:
+        reason = ""
+    if requested == "auto":
+        return "euler" if reason else "official"
+    if requested in OFFICIAL_FAMILY and reason:
+        raise OIRInputError(
+            "convention",
+            requested,
+            f"the official convention needs a DDPM t = 0 level below the first step, but {reason}",
+            "use 'auto' or 'euler' (or the ddim_uniform scheduler for SD-type models)",
+        )
+    return requested
 
 
 def validate_schedule(sigmas: Tensor, name: str = "sigmas") -> Tensor:

@@ -1,6 +1,6 @@
 """Mask utilities: any ComfyUI MASK at any resolution to the image, latent or patch grid.
 
-DESIGN.md §4.6: a MASK is ``[B,H,W]`` or ``[H,W]`` with values in 0..1, at any size (ComfyUI's
+ARCHITECTURE.md §4.6: a MASK is ``[B,H,W]`` or ``[H,W]`` with values in 0..1, at any size (ComfyUI's
 LoadImage gives a 64x64 zero mask for images without alpha). Masks are resized explicitly and
 binarised at 0.5, like the official code (nearest resize, no dilation, no blur).
 """
@@ -18,6 +18,18 @@ from .errors import OIRInputError
 
 OverlapRule = Literal["later_wins", "error"]
 OVERLAP_RULES: tuple[str, ...] = ("later_wins", "error")
+
+MaskGeometry = Literal["official", "centered"]
+MASK_GEOMETRIES: tuple[str, ...] = ("official", "centered")
+"""How a mask is read and brought to a coarser grid (the latent grid here; CLIP's patch grid in
+:mod:`oir_core.clip_scorer`):
+
+- ``official``: the OIR code. Any value >= 1/255 is inside (it reads mask PNGs as
+  ``np.where(png >= 1, 1, 0)``), then ``F.interpolate(mode="nearest")``: each cell takes the pixel at
+  its top-left corner, > 0.5.
+- ``centered``: values > 0.5 are inside, each cell takes the pixel at its centre
+  (``nearest-exact``), so the region stays centred on the object at any scale.
+"""
 
 ASPECT_TOLERANCE = 0.02
 """Relative aspect-ratio difference accepted between a mask and the image it belongs to: masks
@@ -105,13 +117,29 @@ def resize_mask(mask: Tensor, size: tuple[int, int], threshold: float | None = 0
     return (resized > threshold).float()
 
 
+def official_mask(mask: Tensor) -> Tensor:
+    """``[..., h, w]`` -> 0/1: the official code's reading of a mask file (``np.where(png >= 1, 1, 0)``)."""
+    return (torch.round(mask.float() * 255.0) >= 1.0).float()
+
+
+def grid_mask(mask: Tensor, size: tuple[int, int], geometry: MaskGeometry = "official") -> Tensor:
+    """A ``[H, W]`` mask (0..1, any resolution) as a binary ``[h, w]`` float mask on a grid."""
+    if geometry == "official":
+        resized = F.interpolate(official_mask(mask)[None, None], size=size, mode="nearest")[0, 0]
+        return (resized > 0.5).float()
+    if geometry == "centered":
+        return resize_mask(mask, size)
+    raise OIRInputError("mask_geometry", geometry, "unknown mask geometry", f"use one of {MASK_GEOMETRIES}")
+
+
 def region_masks(
     masks: Sequence[Tensor],
     grid_hw: tuple[int, int],
     overlap: OverlapRule = "later_wins",
     names: Sequence[str] | None = None,
+    geometry: MaskGeometry = "official",
 ) -> tuple[Tensor, Tensor]:
-    """Binary, mutually exclusive region masks on a grid, plus the background (DESIGN.md §4.5).
+    """Binary, mutually exclusive region masks on a grid, plus the background (ARCHITECTURE.md §4.5).
 
     Overlap rule: ``"later_wins"`` gives a pixel claimed by several pairs to the last of them (the
     pair declared later in the chain), so the regions partition the image; ``"error"`` refuses
@@ -120,6 +148,7 @@ def region_masks(
     Args:
         masks: ``K`` masks ``[H, W]`` (any resolution, 0..1).
         grid_hw: ``(h, w)`` of the target grid (the latent).
+        geometry: how each mask is read and resized (:data:`MaskGeometry`).
 
     Returns:
         ``([K, h, w], [h, w])`` float 0/1: the pair regions and the background; they sum to 1.
@@ -132,7 +161,7 @@ def region_masks(
     labels = list(names) if names is not None else [f"mask of edit pair {k + 1}" for k in range(len(masks))]
     binary = []
     for label, mask in zip(labels, masks):
-        grid = resize_mask(as_single_mask(mask, label), grid_hw)
+        grid = grid_mask(as_single_mask(mask, label), grid_hw, geometry)
         if grid.sum() == 0:
             raise OIRInputError(
                 label,

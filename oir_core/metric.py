@@ -1,7 +1,7 @@
 """The OIR search metric: score maths, the scorer protocol and the search driver.
 
 OIR picks, for each edit pair, the inversion step whose candidate best trades *editability inside
-the mask* against *fidelity outside it* (paper §"search metric"; DESIGN.md §4.4):
+the mask* against *fidelity outside it* (paper §"search metric"; ARCHITECTURE.md §4.4):
 
 1. ``S_e(t)``: how well the masked region of candidate ``t`` matches the target phrase (CLIP, see
    :mod:`oir_core.clip_scorer`).
@@ -40,6 +40,7 @@ __all__ = [
     "CandidateScorer",
     "ColorTargetScorer",
     "ScoreTable",
+    "SearchMetric",
     "as_mask_batch",
     "check_candidates",
     "combine_scores",
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 DEFAULT_WEIGHTS: tuple[float, float] = (0.5, 0.5)
-"""``(w_editing, w_fidelity)`` of DESIGN.md §4.4."""
+"""``(w_editing, w_fidelity)`` of ARCHITECTURE.md §4.4."""
 
 _GUARD_RTOL = 1e-9
 
@@ -180,7 +181,7 @@ def select_index(steps: Sequence[int], combined: Tensor, eligible: Sequence[bool
 
 @dataclass(frozen=True)
 class ScoreTable:
-    """The full search table for one edit pair (DESIGN.md §4.4), in candidate order.
+    """The full search table for one edit pair (ARCHITECTURE.md §4.4), in candidate order.
 
     Attributes:
         steps: inversion step ``t`` of each candidate.
@@ -252,7 +253,7 @@ def score_table(
     weights: Sequence[float] = DEFAULT_WEIGHTS,
     eligible: Sequence[bool] | None = None,
 ) -> ScoreTable:
-    """Normalize, combine and select from raw ``[N]`` scores (DESIGN.md §4.4, last bullet).
+    """Normalize, combine and select from raw ``[N]`` scores (ARCHITECTURE.md §4.4).
 
     ``eligible`` (``[N]``, default all) names the candidates that may be chosen; every candidate
     counts for the min-max ranges.
@@ -319,6 +320,21 @@ class CandidateScorer(Protocol):
     def score(
         self, candidates: Tensor, original: Tensor, mask: Tensor, target_text: str
     ) -> tuple[Tensor, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class SearchMetric:
+    """The whole search metric (ARCHITECTURE.md §4.4): a scorer and the weights ``(w_e, w_ne)``.
+
+    One object serves every place that ranks candidates (the coarse-to-fine round and the final
+    choice), so they cannot disagree on the scorer, its modes or the weights.
+    """
+
+    scorer: CandidateScorer
+    weights: tuple[float, float] = DEFAULT_WEIGHTS
+
+    def __post_init__(self) -> None:
+        _check_weights(self.weights)
 
 
 DEFAULT_COLORS: dict[str, tuple[float, float, float]] = {
@@ -396,7 +412,7 @@ def search_scores(
     chunk_size: int = 8,
     eligible: Sequence[bool] | None = None,
 ) -> ScoreTable:
-    """Score one pair's candidates in chunks and select its optimal step (DESIGN.md §4.4).
+    """Score one pair's candidates in chunks and select its optimal step (ARCHITECTURE.md §4.4).
 
     Args:
         scorer: any :class:`CandidateScorer` (CLIP, or :class:`ColorTargetScorer`).

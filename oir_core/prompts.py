@@ -1,4 +1,4 @@
-"""Guided Prompt Builder (DESIGN.md §4, notation; OIR §"guided prompts").
+"""Guided Prompt Builder (ARCHITECTURE.md §4, notation; OIR §"guided prompts").
 
 OIR edits each object separately, with a *guided prompt* ``G_k`` that is the original prompt ``P_o``
 with only pair ``k``'s phrase replaced, and finishes with the *target prompt* ``P_t`` where every pair

@@ -1,4 +1,4 @@
-"""Object reassembly and re-inversion (OIR step 5, DESIGN.md §4.5; paper §3.3).
+"""Object reassembly and re-inversion (OIR step 5, ARCHITECTURE.md §4.5; paper §3.3).
 
 1. Each pair ``k`` is denoised from its optimal level ``t_k*`` with its guided prompt down to the
    reassembly level ``R``, giving ``z_k``.
@@ -23,7 +23,7 @@ from torch import Tensor
 from .errors import OIRInputError
 from .host import Host, Stage
 from .inversion import InversionTrajectory
-from .masks import OverlapRule, region_masks
+from .masks import MaskGeometry, OverlapRule, region_masks
 from .sampling import (
     CallStats,
     LevelCallback,
@@ -111,6 +111,7 @@ def reassemble(
     overlap: OverlapRule = "later_wins",
     max_batch: int | None = None,
     on_level: LevelCallback | None = None,
+    mask_geometry: MaskGeometry = "official",
 ) -> ReassemblyResult:
     """Run OIR's reassembly: per-pair guided denoise to ``R``, merge, re-invert ``r``, target denoise.
 
@@ -121,6 +122,8 @@ def reassemble(
         reassembly_step: ``R`` (paper default 10).
         reinversion_steps: ``r`` (paper default 10).
         overlap: rule for overlapping masks (see :func:`oir_core.masks.region_masks`).
+        mask_geometry: how masks reach the latent grid (``official``: binarised at >= 1/255 and
+            sampled at each cell's top-left pixel, as the OIR code; ``centered``: > 0.5, cell centres).
         on_level: called after every level of every stage with ``(done, total)`` over all stages.
     """
     steps = trajectory.steps
@@ -136,7 +139,9 @@ def reassemble(
     if bad:
         raise OIRInputError("chosen_steps", bad, f"steps must lie in 1..{steps}", "use the search's choice")
     grid_hw = trajectory.latent_shape[-2:]
-    pair_regions, background = region_masks(masks, (int(grid_hw[0]), int(grid_hw[1])), overlap)
+    pair_regions, background = region_masks(
+        masks, (int(grid_hw[0]), int(grid_hw[1])), overlap, geometry=mask_geometry
+    )
     latents = trajectory.latents
     level_sigmas = trajectory.level_sigmas.to(latents.device)
     starts = effective_starts(chosen_steps, reassembly_step)

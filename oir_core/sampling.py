@@ -1,6 +1,6 @@
 """Deterministic ODE steps in sigma space, chunked model calls and the lockstep walker.
 
-DESIGN.md §3: DDIM with eta = 0 is the Euler step of the probability-flow ODE in k-diffusion
+ARCHITECTURE.md §3: DDIM with eta = 0 is the Euler step of the probability-flow ODE in k-diffusion
 sigma space, ``x' = x + (x - x0_hat) * (sigma' - sigma) / sigma``, for noise-, v- and flow
 models alike. Inversion runs the same step on the ascending schedule; the ``official`` convention
 (Prompt-to-Prompt / OIR code) evaluates the model on the current latent with the *next* level's
@@ -55,7 +55,7 @@ def _as_rows(sigma: Tensor | float, x: Tensor) -> Tensor:
 def ode_step(x: Tensor, x0_hat: Tensor, sigma: Tensor | float, sigma_next: Tensor | float) -> Tensor:
     """One deterministic DDIM (eta = 0) step = Euler step of the PF-ODE in sigma space.
 
-    ``x_next = x + (x - x0_hat) * (sigma_next - sigma) / sigma`` (DESIGN.md §3). ``(x - x0_hat) /
+    ``x_next = x + (x - x0_hat) * (sigma_next - sigma) / sigma`` (ARCHITECTURE.md §3). ``(x - x0_hat) /
     sigma`` is the model's noise (EPS/V) or velocity (flow) estimate, so the same line serves every
     parameterisation. With ``sigma_next == 0`` the result is exactly ``x0_hat``.
 
@@ -84,7 +84,7 @@ def inversion_step(
     convention: InversionConvention,
     cond_ids: Tensor | None = None,
 ) -> Tensor:
-    """One inversion step from level ``sigma`` up to ``sigma_next > sigma`` (DESIGN.md §3).
+    """One inversion step from level ``sigma`` up to ``sigma_next > sigma`` (ARCHITECTURE.md §3).
 
     ``euler`` (ComfyUI's FlipSigmas unsampling): evaluate the model at the current level,
     ``x_next = x + (x - D(x, a)) * (b - a) / a``.
@@ -167,7 +167,7 @@ class ChunkedDenoiser:
 
     When a chunk raises an out-of-memory error the chunk size is halved and the chunk retried;
     the smaller size is kept for the rest of the stage. Rows are independent, so the result equals
-    an unchunked call (DESIGN.md §4.3).
+    an unchunked call (ARCHITECTURE.md §4.3).
     """
 
     def __init__(self, denoiser: Denoiser, max_batch: int | None, stats: CallStats) -> None:
@@ -279,7 +279,7 @@ def lockstep_denoise(
     stats: CallStats | None = None,
     on_level: LevelCallback | None = None,
 ) -> Tensor:
-    """Denoise many rows that start at different levels, in lockstep (DESIGN.md §4.3).
+    """Denoise many rows that start at different levels, in lockstep (ARCHITECTURE.md §4.3).
 
     Walk the levels from the highest start down to ``end_level``. At level ``s`` the batch holds
     every row whose start is ``>= s``, all at the same sigma, so every model call is an ordinary

@@ -1,6 +1,6 @@
 """Which inversion steps to try, coarse-to-fine search, and manual step overrides.
 
-The paper searches every step ``1..T`` (DESIGN.md §4.2); that costs ``T(T+1)/2`` model rows per
+The paper searches every step ``1..T`` (ARCHITECTURE.md §4.2); that costs ``T(T+1)/2`` model rows per
 pair, about 25 full generations at ``T = 50``. The coarse-to-fine mode answers the reviewers'
 request for a cheaper search:
 
@@ -279,7 +279,7 @@ def score_candidate_pairs(
     weights: Sequence[float] = DEFAULT_WEIGHTS,
     eligible: Sequence[bool] | None = None,
 ) -> list[ScoreTable]:
-    """The search metric's full table for every pair (OIR step 4, DESIGN.md §4.4).
+    """The search metric's full table for every pair (OIR step 4, ARCHITECTURE.md §4.4).
 
     Args:
         candidates: the candidate set (pair-major order is not required).

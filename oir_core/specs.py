@@ -76,8 +76,9 @@ MASK_CHANNEL = "red"
 SEARCH_MODES = ("exhaustive", "coarse_to_fine", "custom")
 ATTENTION_MODES = ("official", "hard")
 FIDELITY_SPACES = ("official", "pixels")
-CONVENTIONS = ("auto", "official", "euler")
+CONVENTIONS = ("auto", "official", "official_x0", "euler")
 OVERLAP_RULES = ("later_wins", "error")
+MASK_GEOMETRIES = ("official", "centered")
 SCORER_BACKENDS = ("auto", "transformers", "open_clip")
 SCORER_DEVICES = ("auto", "cpu", "gpu")
 SCORER_PRECISIONS = ("fp32", "fp16")
@@ -173,6 +174,7 @@ class EditSpec:
     fidelity_space: str = "official"
     step_override: str = ""
     overlap: str = "later_wins"
+    mask_geometry: str = "official"
     max_batch: int = 0
     loras: tuple[LoraItem, ...] = ()
     controlnets: tuple[ControlNetItem, ...] = ()
@@ -217,6 +219,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "fidelity_space": FIDELITY_SPACES,
     "convention": CONVENTIONS,
     "overlap": OVERLAP_RULES,
+    "mask_geometry": MASK_GEOMETRIES,
     "scorer_backend": SCORER_BACKENDS,
     "scorer_device": SCORER_DEVICES,
     "scorer_precision": SCORER_PRECISIONS,
@@ -922,6 +925,10 @@ def fill_workflow(
         backend=spec.scorer_backend,
         device=spec.scorer_device,
         precision=spec.scorer_precision,
+        editing_weight=spec.editing_weight,
+        attention_mode=spec.attention_mode,
+        fidelity_space=spec.fidelity_space,
+        mask_geometry=spec.mask_geometry,
     )
     search = _one(graph, "OIRParallelStepSearch")
     graph[search]["inputs"].update(
@@ -933,12 +940,7 @@ def fill_workflow(
         max_batch=spec.max_batch,
     )
     metric = _one(graph, "OIRMaskMetricScorer")
-    graph[metric]["inputs"].update(
-        editing_weight=spec.editing_weight,
-        attention_mode=spec.attention_mode,
-        fidelity_space=spec.fidelity_space,
-        step_override=spec.step_override,
-    )
+    graph[metric]["inputs"].update(step_override=spec.step_override)
     reassembly = _one(graph, "OIRObjectReassembly")
     graph[reassembly]["inputs"].update(
         cfg=spec.cfg,
@@ -946,6 +948,7 @@ def fill_workflow(
         reinversion_steps=spec.reinversion_steps,
         overlap=spec.overlap,
         max_batch=spec.max_batch,
+        mask_geometry=spec.mask_geometry,
     )
     for save in nodes_of(graph, "SaveImage"):
         graph[save]["inputs"]["filename_prefix"] = filename_prefix or f"oir-edit/{safe_case_dir(spec.name)}"

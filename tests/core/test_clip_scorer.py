@@ -1,4 +1,4 @@
-"""CLIP scorer (DESIGN.md §4.4, §6) on tiny random-weight models saved and loaded through the real loaders."""
+"""CLIP scorer (ARCHITECTURE.md §4.4, §6) on tiny random-weight models, saved and loaded for real."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from oir_core.clip_scorer import (
     load_clip_scorer,
     patch_region,
     preprocess_images,
+    preprocess_images_official,
     preprocess_mask,
     region_tokens,
 )
@@ -309,8 +310,9 @@ def test_patch_region_small_object_falls_back_to_best_patch() -> None:
     assert region.tolist() == [[i == 3 for i in range(16)]]
 
 
+@pytest.mark.parametrize("geometry", ["official", "centered"])
 @pytest.mark.parametrize("mode", ["hard", "official"])
-def test_all_ones_mask_equals_library_features(model: ClipModel, mode: str) -> None:
+def test_all_ones_mask_equals_library_features(model: ClipModel, mode: str, geometry: str) -> None:
     """Our manual block-by-block forward reproduces the library's image features.
 
     With every token in the region the hard bias is 0 and the official bias adds +1 to every logit,
@@ -318,9 +320,10 @@ def test_all_ones_mask_equals_library_features(model: ClipModel, mode: str) -> N
     """
     for h, w in [(32, 32), (40, 56)]:
         images = _images(3, h, w, seed=h)
-        scorer = ClipScorer(model, attention_mode=mode)  # type: ignore[arg-type]
+        scorer = ClipScorer(model, attention_mode=mode, mask_geometry=geometry)  # type: ignore[arg-type]
         ours = scorer.masked_image_embeddings(images, torch.ones(h, w))
-        library = model.encode_image(preprocess_images(images, model.preprocess))
+        prepare = preprocess_images_official if geometry == "official" else preprocess_images
+        library = model.encode_image(prepare(images, model.preprocess))
         assert torch.allclose(ours, library, atol=1e-5, rtol=1e-5)
 
 
@@ -466,7 +469,9 @@ def test_scorer_input_errors(models: dict[str, ClipModel]) -> None:
     with pytest.raises(OIRInputError, match="empty"):
         scorer.score(images, images[0], torch.zeros(64, 128), "cat")
     with pytest.raises(OIRInputError, match="centre square"):
-        scorer.score(images, images[0], _block_mask(64, 128, slice(0, 64), slice(0, 16)), "cat")
+        ClipScorer(models["open_clip"], mask_geometry="centered").score(
+            images, images[0], _block_mask(64, 128, slice(0, 64), slice(0, 16)), "cat"
+        )
     with pytest.raises(OIRInputError, match="one mask"):
         scorer.score(images, images[0], torch.ones(2, 64, 128), "cat")
     with pytest.raises(OIRInputError, match="target_text"):
@@ -475,6 +480,8 @@ def test_scorer_input_errors(models: dict[str, ClipModel]) -> None:
         ClipScorer(models["open_clip"], attention_mode="soft")  # type: ignore[arg-type]
     with pytest.raises(OIRInputError, match="fidelity_space"):
         ClipScorer(models["open_clip"], fidelity_space="latent")  # type: ignore[arg-type]
+    with pytest.raises(OIRInputError, match="mask_geometry"):
+        ClipScorer(models["open_clip"], mask_geometry="aligned")  # type: ignore[arg-type]
 
 
 def test_load_clip_scorer(files: dict[str, Path], models: dict[str, ClipModel]) -> None:

@@ -505,6 +505,10 @@ def test_two_pair_spec_fills_every_input(files: dict[str, Path]) -> None:
         "backend": "auto",
         "device": "auto",
         "precision": "fp32",
+        "editing_weight": 0.5,
+        "attention_mode": "official",
+        "fidelity_space": "official",
+        "mask_geometry": "official",
     }
     assert graph["11"]["inputs"] == {
         "cfg": 6.0, "search_mode": "custom", "custom_steps": "2-5", "coarse_stride": 5, "refine_radius": 2,
@@ -512,13 +516,12 @@ def test_two_pair_spec_fills_every_input(files: dict[str, Path]) -> None:
         "vae": ["1", 2], "scorer": ["10", 0], "image": ["2", 0],
     }  # fmt: skip
     assert graph["12"]["inputs"] == {
-        "editing_weight": 0.5, "attention_mode": "official", "fidelity_space": "official",
         "step_override": "auto, 4", "candidates": ["11", 0], "scorer": ["10", 0], "image": ["2", 0],
     }  # fmt: skip
     assert graph["13"]["inputs"] == {
         "cfg": 6.0, "reassembly_step": 2, "reinversion_steps": 2, "overlap": "later_wins", "max_batch": 0,
-        "model": ["1", 0], "trajectory": ["9", 0], "oir_edit": ["8", 2], "chosen_steps": ["12", 0],
-        "original": ["8", 0], "target": ["8", 1],
+        "mask_geometry": "official", "model": ["1", 0], "trajectory": ["9", 0], "oir_edit": ["8", 2],
+        "chosen_steps": ["12", 0], "original": ["8", 0], "target": ["8", 1],
     }  # fmt: skip
     assert graph["15"]["inputs"] == {"filename_prefix": "oir-edit/case", "images": ["14", 0]}
     assert sorted(graph, key=int) == [str(i) for i in range(1, 18)]
@@ -625,7 +628,7 @@ OBJECT_INFO: dict[str, dict[str, Any]] = {
             "required": {
                 "steps": ["INT", {"min": 2, "max": 1000}],
                 "scheduler": _combo(["normal", "ddim_uniform"]),
-                "convention": _combo(["auto", "official", "euler"]),
+                "convention": _combo(["auto", "official", "official_x0", "euler"]),
             }
         }
     },
@@ -1143,13 +1146,15 @@ def test_launcher_reports_a_crash_and_a_hang_in_one_line(
 
 
 def test_local_constants_equal_the_engines() -> None:
-    from oir_core import clip_scorer, masks, search
+    from oir_core import clip_scorer, masks, sampling, search
 
     assert specs.ASPECT_TOLERANCE == masks.ASPECT_TOLERANCE
     assert specs.SEARCH_MODES == search.SEARCH_MODES
     assert specs.ATTENTION_MODES == clip_scorer.ATTENTION_MODES
     assert specs.FIDELITY_SPACES == clip_scorer.FIDELITY_SPACES
     assert specs.OVERLAP_RULES == masks.OVERLAP_RULES
+    assert specs.MASK_GEOMETRIES == masks.MASK_GEOMETRIES
+    assert specs.CONVENTIONS == ("auto", *sampling.INVERSION_CONVENTIONS)
 
 
 def test_headless_never_imports_comfy() -> None:

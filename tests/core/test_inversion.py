@@ -1,4 +1,4 @@
-"""Inversion against the exact ODE path of the Gaussian analytic model (DESIGN.md §7)."""
+"""Inversion against the exact ODE path of the Gaussian analytic model (ARCHITECTURE.md §7)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_round_trip_error_falls_with_steps_and_official_beats_euler() -> None:
     euler = [_round_trip_error(model, n, ddim_uniform_schedule, "euler") for n in (10, 20, 50)]
     assert official[0] > official[1] > official[2]
     assert euler[0] > euler[1] > euler[2]
-    # DESIGN.md §3: the official convention reconstructs clearly better at every step count.
+    # ARCHITECTURE.md §3: the official convention reconstructs clearly better at every step count.
     assert all(o < 0.8 * e for o, e in zip(official, euler)), (official, euler)
     assert official[2] < 0.15
 
@@ -186,3 +186,46 @@ def test_trajectory_source_mismatch_is_refused() -> None:
         check_trajectory_source(trajectory, {"model_sampling": "CONST"})
     with pytest.raises(OIRInputError, match="not an OIR trajectory"):
         check_trajectory_source({"samples": 1}, {})
+
+
+def _karras(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) eq. 5: the schedule ComfyUI's ``karras`` scheduler builds, then 0."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return torch.cat([(high + ramp * (low - high)) ** rho, torch.zeros(1, dtype=torch.float64)]).float()
+
+
+def test_auto_convention_is_official_only_where_its_premise_holds() -> None:
+    from oir_core.inversion import choose_convention
+
+    ddim = ddim_uniform_schedule(10)
+    karras = _karras(10, SD_CLEAN_SIGMA, 14.6)
+    vp = {"flow": False, "discrete_vp": True, "clean_sigma": SD_CLEAN_SIGMA}
+    assert choose_convention("auto", sigmas=ddim, **vp) == "official"
+    assert choose_convention("auto", sigmas=karras, **vp) == "euler"  # first level = sigma_min
+    edm = {"flow": False, "discrete_vp": False, "clean_sigma": 0.002}
+    assert choose_convention("auto", sigmas=_karras(10, 0.002, 80.0), **edm) == "euler"
+    assert (
+        choose_convention("auto", sigmas=flow_schedule(10), flow=True, discrete_vp=False, clean_sigma=0.0)
+        == "euler"
+    )
+    assert choose_convention("official_x0", sigmas=ddim, **vp) == "official_x0"
+    with pytest.raises(OIRInputError, match="karras"):
+        choose_convention("official", sigmas=karras, **vp)
+    with pytest.raises(OIRInputError, match="sigma_data"):
+        choose_convention("official", sigmas=_karras(10, 0.002, 80.0), **edm)
+    with pytest.raises(OIRInputError, match="unknown convention"):
+        choose_convention("ddim", sigmas=ddim, **vp)
+
+
+def test_euler_inversion_on_a_karras_schedule_follows_the_exact_path() -> None:
+    """The convention auto picks for schedules that start at sigma_min (and for EDM-style models,
+    whose sampling is the same x = x0 + sigma * n in sigma space) converges to the exact ODE path."""
+    model = GaussianModel(prompt_means(1), std=0.5, parameterization="vp")
+    x0 = clean_latent(model)
+    errors = []
+    for steps in (10, 20, 50, 100):
+        trajectory = invert(_host(model), x0, _karras(steps, 0.002, 80.0), "euler")
+        errors.append(_relative_path_error(model, trajectory, x0))
+    assert all(later < earlier * 0.8 for earlier, later in itertools.pairwise(errors)), errors
+    assert errors[-1] < 0.1, errors

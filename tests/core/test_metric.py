@@ -1,4 +1,4 @@
-"""Search metric maths (DESIGN.md §4.4): normalization, guard, combination, ties, masked MSE, driver."""
+"""Search metric maths (ARCHITECTURE.md §4.4): normalization, guard, combination, ties, masked MSE, driver."""
 
 from __future__ import annotations
 

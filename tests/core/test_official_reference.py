@@ -24,27 +24,29 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from official_loops import TRAIN_STEPS, OfficialLoops, sd_alphas_cumprod
 from torch import Tensor
 
 from oir_core import FunctionHost, generate_candidates, invert, reassemble
 from oir_core.candidates import exhaustive_steps
 
 STEPS = 10
-TRAIN_STEPS = 1000
 CFG = 7.5
 SHAPE = (4, 8, 8)
 DTYPE = torch.float64
 
 
-def alphas_cumprod() -> Tensor:
-    """SD's ``scaled_linear`` schedule (beta 0.00085 .. 0.012), float64."""
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, TRAIN_STEPS, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-ACP = alphas_cumprod()
-STEP = TRAIN_STEPS // STEPS
-TIMESTEPS = list(range(TRAIN_STEPS - STEP + 1, 0, -STEP))  # 901, 801, ..., 1 (steps_offset = 1)
+ACP = sd_alphas_cumprod()
+OFFICIAL_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+"""The official code's DDIM scheduler settings (SD's betas, final alpha = alphas_cumprod[0])."""
 
 
 class EpsNet:
@@ -56,90 +58,14 @@ class EpsNet:
         self.mix = torch.randn(channels, channels, generator=generator, dtype=DTYPE) * 0.5
         self.prompts = torch.randn(8, channels, generator=generator, dtype=DTYPE) * 0.7
 
-    def __call__(self, z: Tensor, t: Tensor, prompt: Tensor) -> Tensor:
-        """``z [B,C,h,w]``, ``t [B]`` integer timesteps, ``prompt [B]`` prompt ids."""
+    def __call__(self, z: Tensor, t: Tensor | int, prompt: Tensor | int) -> Tensor:
+        """``z [B,C,h,w]``, ``t``: ``[B]`` or one integer timestep, ``prompt``: ``[B]`` or one prompt id."""
+        t = torch.as_tensor(t).expand(z.shape[0])
+        prompt = torch.as_tensor(prompt).expand(z.shape[0])
         gain = (1.0 + t.to(DTYPE) / TRAIN_STEPS).reshape(-1, 1, 1, 1)
         mixed = torch.einsum("dc,bchw->bdhw", self.mix, z)
         bias = self.prompts[prompt][:, :, None, None]
         return torch.tanh(mixed * gain + bias) * 0.8 + 0.1 * z
-
-
-# --------------------------------------------------------------------------------------------------
-# The official code's loops, in DDPM space
-
-
-def _alpha(timestep: int) -> Tensor:
-    return ACP[timestep] if timestep >= 0 else ACP[0]  # final alpha = alphas_cumprod[0]
-
-
-def next_step(eps: Tensor, t: int, z: Tensor) -> Tensor:
-    current, following = min(t - STEP, TRAIN_STEPS - 1), t
-    a_t, a_next = _alpha(current), ACP[following]
-    x0 = (z - (1 - a_t) ** 0.5 * eps) / a_t**0.5
-    return a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
-
-
-def prev_step(eps: Tensor, t: int, z: Tensor) -> Tensor:
-    a_t, a_prev = ACP[t], _alpha(t - STEP)
-    x0 = (z - (1 - a_t) ** 0.5 * eps) / a_t**0.5
-    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
-
-
-def cfg_eps(net: EpsNet, z: Tensor, t: int, positive: int, negative: int) -> Tensor:
-    times = torch.full((z.shape[0],), t)
-    uncond = net(z, times, torch.full((z.shape[0],), negative))
-    cond = net(z, times, torch.full((z.shape[0],), positive))
-    return uncond + CFG * (cond - uncond)
-
-
-def reference_inversion(net: EpsNet, z0: Tensor, original: int) -> list[Tensor]:
-    latents = [z0]
-    z = z0
-    for i in range(STEPS):
-        t = TIMESTEPS[STEPS - i - 1]
-        z = next_step(net(z, torch.full((1,), t), torch.full((1,), original)), t, z)
-        latents.append(z)
-    return latents
-
-
-def reference_candidate(net: EpsNet, latents: list[Tensor], step: int, guided: int, original: int) -> Tensor:
-    if step == 1:
-        return latents[0]
-    z = latents[step]
-    for t in TIMESTEPS[-step:]:
-        z = prev_step(cfg_eps(net, z, t, guided, original), t, z)
-    return z
-
-
-def reference_reassembly(
-    net: EpsNet,
-    latents: list[Tensor],
-    chosen: list[int],
-    masks: Tensor,
-    guided: list[int],
-    original: int,
-    target: int,
-    reassembly: int,
-    reinversion: int,
-) -> Tensor:
-    pair_latents = []
-    for step, prompt in zip(chosen, guided):
-        z = latents[step]
-        timesteps = TIMESTEPS[-step:]
-        stop = len(timesteps) - reassembly
-        for i, t in enumerate(timesteps):
-            z = prev_step(cfg_eps(net, z, t, prompt, original), t, z)
-            if i == stop - 1:
-                break
-        pair_latents.append(z)
-    background = 1.0 - masks.sum(0)
-    z = background * latents[reassembly] + sum(m * p for m, p in zip(masks, pair_latents))
-    for i in range(reassembly, reassembly + reinversion):
-        t = TIMESTEPS[STEPS - i - 1]
-        z = next_step(net(z, torch.full((1,), t), torch.full((1,), original)), t, z)
-    for t in TIMESTEPS[-(reassembly + reinversion) :]:
-        z = prev_step(cfg_eps(net, z, t, target, original), t, z)
-    return z
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,7 +117,7 @@ def engine_host(net: EpsNet) -> FunctionHost:
 
 def comfy_schedule() -> Tensor:
     """ComfyUI's ``ddim_uniform`` sigmas for ``STEPS``: the DDIM timesteps' sigmas, then 0."""
-    return torch.cat([SIGMA_TABLE[TIMESTEPS], torch.zeros(1)])
+    return torch.cat([SIGMA_TABLE[OfficialLoops(EpsNet(), STEPS, CFG).timesteps], torch.zeros(1)])
 
 
 def to_ddpm(x: Tensor, sigma: float) -> Tensor:
@@ -208,7 +134,16 @@ def setting() -> dict:
     z0 = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(5), dtype=DTYPE)
     host = engine_host(net)
     trajectory = invert(host, z0, comfy_schedule(), "official", clean_sigma=float(SIGMA_TABLE[0]))
-    return {"net": net, "z0": z0, "host": host, "trajectory": trajectory}
+    loops = OfficialLoops(net, STEPS, CFG, ACP)
+    reference = loops.inversion(z0, ORIGINAL)
+    return {
+        "net": net,
+        "z0": z0,
+        "host": host,
+        "trajectory": trajectory,
+        "loops": loops,
+        "reference": reference,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,8 +151,7 @@ def setting() -> dict:
 
 
 def test_inversion_trajectory_is_the_official_ddim_loop(setting: dict) -> None:
-    reference = reference_inversion(setting["net"], setting["z0"], ORIGINAL)
-    trajectory = setting["trajectory"]
+    reference, trajectory = setting["reference"], setting["trajectory"]
     for level, sigma in enumerate(trajectory.level_sigmas.tolist()):
         ours = to_ddpm(trajectory.latents[level], sigma)
         assert relative(ours, reference[level][0]) < 1e-5, f"level {level}"
@@ -226,16 +160,9 @@ def test_inversion_trajectory_is_the_official_ddim_loop(setting: dict) -> None:
 def test_inversion_matches_diffusers_ddim_inverse_scheduler(setting: dict) -> None:
     from diffusers import DDIMInverseScheduler
 
-    scheduler = DDIMInverseScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMInverseScheduler(**OFFICIAL_SCHEDULER)
     scheduler.set_timesteps(STEPS)
-    assert [int(t) for t in scheduler.timesteps] == TIMESTEPS[::-1]
+    assert [int(t) for t in scheduler.timesteps] == setting["loops"].timesteps[::-1]
     net, trajectory = setting["net"], setting["trajectory"]
     z = setting["z0"]
     for level, t in enumerate(scheduler.timesteps, start=1):
@@ -246,11 +173,10 @@ def test_inversion_matches_diffusers_ddim_inverse_scheduler(setting: dict) -> No
 
 
 def test_candidates_are_the_official_candidates(setting: dict) -> None:
-    net, trajectory = setting["net"], setting["trajectory"]
-    reference_latents = reference_inversion(net, setting["z0"], ORIGINAL)
+    loops, trajectory = setting["loops"], setting["trajectory"]
     result = generate_candidates(setting["host"], trajectory, [exhaustive_steps(STEPS)] * 2)
     for index, (pair, step) in enumerate(zip(result.pair_ids, result.steps)):
-        expected = reference_candidate(net, reference_latents, step, GUIDED[pair], ORIGINAL)[0]
+        expected = loops.candidate(setting["reference"], step, GUIDED[pair], ORIGINAL)[0]
         assert relative(result.latents[index], expected) < 1e-5, f"pair {pair} step {step}"
     # Step 1 is the source itself: no model rows are spent on it.
     assert result.stats.rows == 2 * (STEPS * (STEPS + 1) // 2 - 1)
@@ -259,23 +185,17 @@ def test_candidates_are_the_official_candidates(setting: dict) -> None:
 def test_candidates_match_diffusers_ddim_scheduler(setting: dict) -> None:
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMScheduler(**OFFICIAL_SCHEDULER)
     scheduler.set_timesteps(STEPS)
-    assert [int(t) for t in scheduler.timesteps] == TIMESTEPS
-    net, trajectory = setting["net"], setting["trajectory"]
+    assert [int(t) for t in scheduler.timesteps] == setting["loops"].timesteps
+    trajectory = setting["trajectory"]
     steps = [2, 5, STEPS]
     result = generate_candidates(setting["host"], trajectory, [steps])
     for index, step in enumerate(steps):
         z = to_ddpm(trajectory.latents[step], float(trajectory.level_sigmas[step]))[None]
         for t in scheduler.timesteps[-step:]:
-            z = scheduler.step(cfg_eps(net, z, int(t), GUIDED[0], ORIGINAL), t, z, eta=0.0).prev_sample
+            eps = setting["loops"].cfg_eps(z, int(t), GUIDED[0], ORIGINAL)
+            z = scheduler.step(eps, t, z, eta=0.0).prev_sample
         assert relative(result.latents[index], z[0]) < 1e-5, f"step {step}"
 
 
@@ -283,25 +203,42 @@ def test_candidates_match_diffusers_ddim_scheduler(setting: dict) -> None:
 def test_reassembly_is_the_official_reassembly(
     setting: dict, chosen: tuple[int, int], reassembly: int, reinversion: int
 ) -> None:
-    net, trajectory = setting["net"], setting["trajectory"]
+    trajectory = setting["trajectory"]
     masks = torch.zeros(2, *SHAPE[1:], dtype=DTYPE)
     masks[0, 1:5, 0:3] = 1.0
     masks[1, 3:7, 5:8] = 1.0
     result = reassemble(
         setting["host"], trajectory, list(chosen), list(masks), reassembly, reinversion, overlap="error"
     )
-    expected = reference_reassembly(
-        net,
-        reference_inversion(net, setting["z0"], ORIGINAL),
-        list(chosen),
-        masks,
-        list(GUIDED),
-        ORIGINAL,
-        TARGET,
-        reassembly,
-        reinversion,
+    expected = setting["loops"].reassembly(
+        setting["reference"], list(chosen), masks, list(GUIDED), ORIGINAL, TARGET, reassembly, reinversion
     )
     assert relative(result.latent, expected[0]) < 1e-5
+
+
+def change_all_masks_shape(masks: Tensor, latent_hw: tuple[int, int]) -> Tensor:
+    """The official reassembly's masks: the mask files read as ``>= 1``, ``nearest`` to the latent, > 0.5."""
+    binary = (masks * 255).round() >= 1
+    return (F.interpolate(binary[:, None].float(), size=latent_hw, mode="nearest") > 0.5)[:, 0].to(DTYPE)
+
+
+def test_reassembly_reads_full_resolution_masks_as_the_official_code(setting: dict) -> None:
+    """Masks at image resolution (8x the latent) with edges off the latent grid and a faint rim."""
+    trajectory = setting["trajectory"]
+    masks = torch.zeros(2, 64, 64, dtype=DTYPE)
+    masks[0, 5:37, 3:27] = 1.0
+    masks[0, 4, 3:27] = 2 / 255  # an antialiased rim still counts as inside
+    masks[1, 35:61, 38:63] = 1.0
+    result = reassemble(setting["host"], trajectory, [7, 4], list(masks), 3, 3, overlap="error")
+    official_masks = change_all_masks_shape(masks, SHAPE[1:])
+    expected = setting["loops"].reassembly(
+        setting["reference"], [7, 4], official_masks, list(GUIDED), ORIGINAL, TARGET, 3, 3
+    )
+    assert relative(result.latent, expected[0]) < 1e-5
+    centered = reassemble(
+        setting["host"], trajectory, [7, 4], list(masks), 3, 3, overlap="error", mask_geometry="centered"
+    )
+    assert relative(centered.latent, expected[0]) > 1e-3  # the pack's centred sampling is another choice
 
 
 def test_official_x0_differs_only_by_where_denoising_lands(setting: dict) -> None:

@@ -1,4 +1,4 @@
-"""Reassembly: region routing, the exact analytic path, t* <= R and overlapping masks (DESIGN.md §4.5)."""
+"""Reassembly: region routing, the exact analytic path, t* <= R, overlapping masks (ARCHITECTURE.md §4.5)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Reusable by any test (server, CLI, headless-browser frontend tests)::
 
 or, shared by every test module of a session, ``shared_test_server(tmp_path_factory, request)``.
 
-What it sets up (DESIGN.md §7, COMFYUI_NOTES §5):
+What it sets up (ARCHITECTURE.md §7):
 
 - ComfyUI from ``$COMFYUI_PATH`` on CPU, on a free loopback port, with ``--disable-api-nodes``,
   temporary input/output/temp/user folders and an in-memory database (the checkout stays clean);

@@ -1,4 +1,4 @@
-"""Integration tests against a real ComfyUI checkout (DESIGN.md §7).
+"""Integration tests against a real ComfyUI checkout (ARCHITECTURE.md §7).
 
 Run with ``COMFYUI_PATH=/path/to/ComfyUI python -m pytest tests/integration -q -rs``. Without a
 usable checkout the whole folder is skipped, with the reason shown by ``-rs``.

@@ -426,9 +426,8 @@ SCORER_INTO_SUBGRAPH = """
   const result = graph.convertToSubgraph(new Set([scorer]));
   const subgraph = result.subgraph;
   const inner = subgraph.nodes.find((n) => n.type === "OIRMaskMetricScorer");
-  // Another weight, so the scorer runs again (a cached node sends no output).
-  inner.widgets.find((w) => w.name === "editing_weight").value = 0.55;
-  inner.widgets.find((w) => w.name === "step_override").value = "";
+  // Another override, so the scorer runs again (a cached node sends no output).
+  inner.widgets.find((w) => w.name === "step_override").value = "1";
   inner.oirChart.setCharts([]);
   window.__oirSub = {subgraph, inner};
   return {uuid: String(subgraph.id), inner: String(inner.id), inRoot: graph.nodes.includes(scorer)};
@@ -654,7 +653,7 @@ async def _steps(page: Page, server: TestServer, uploads: dict[str, str]) -> Non
         "window.__oir.app.graph.serialize().nodes"
         ".find((n) => n.type === 'OIRMaskMetricScorer').widgets_values"
     )
-    assert saved == [0.5, "official", "official", f"{target}, auto"]  # the chart itself is never serialised
+    assert saved == [f"{target}, auto"]  # the chart itself is never serialised
 
     # Clicking the overridden step again goes back to auto.
     point = await page.js(

@@ -120,7 +120,8 @@ def test_single_edit_against_a_running_server(
     for pair, table in zip(report["pairs"], report["scores"]):
         assert table["table"]["steps"] == list(range(1, STEPS + 1))
         assert len(table["table"]["combined"]) == STEPS and table["chosen"] == pair["chosen_step"]
-    assert report["search"]["stats"][0]["rows"] == 2 * STEPS * (STEPS + 1) // 2
+    # official convention (auto): each pair's step-1 candidate is the source latent, no rows for it
+    assert report["search"]["stats"][0]["rows"] == 2 * (STEPS * (STEPS + 1) // 2 - 1)
     stats = server.client.system_stats()
     assert report["versions"]["comfyui"] == stats["system"]["comfyui_version"]
     assert report["versions"]["oir_edit"] == pack_version()
@@ -251,7 +252,7 @@ def test_failure_inside_comfyui_is_one_line_with_details_saved(
     """A 2x2-pixel mask passes the local checks but covers no cell of the 8x8 latent grid."""
     speck = tmp_path / "speck.png"
     mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
-    mask.paste(255, (31, 31, 33, 33))
+    mask.paste(255, (33, 33, 35, 35))  # between the pixels either mask geometry samples
     mask.save(speck)
     out = tmp_path / "out"
     result = oir_edit(

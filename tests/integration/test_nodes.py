@@ -1,4 +1,4 @@
-"""Every OIR node executed in a real ComfyUI with tiny in-memory models (DESIGN.md §7)."""
+"""Every OIR node executed in a real ComfyUI with tiny in-memory models (ARCHITECTURE.md §7)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def run_graph(
     max_batch: int = 0,
     override: str = "",
     conditioning_hook: Any = None,
+    metric: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The two-object OIR graph, node by node, exactly as the example workflow wires it."""
     left, right = _masks()
@@ -94,7 +95,12 @@ def run_graph(
         convention="auto",
     )
     (scorer,), _ = _run(
-        nodes["OIRLoadCLIPScorer"], clip_name=scorer_name, backend="auto", device="cpu", precision="fp32"
+        nodes["OIRLoadCLIPScorer"],
+        clip_name=scorer_name,
+        backend="auto",
+        device="cpu",
+        precision="fp32",
+        **(metric or {}),
     )
     (candidates, grid), search_ui = _run(
         nodes["OIRParallelStepSearch"],
@@ -117,9 +123,6 @@ def run_graph(
         candidates=candidates,
         scorer=scorer,
         image=image,
-        editing_weight=0.5,
-        attention_mode="official",
-        fidelity_space="official",
         step_override=override,
     )
     (edited,), _ = _run(
@@ -162,7 +165,9 @@ def test_two_object_graph_runs_every_node(nodes, tiny_unet, tiny_clip, tiny_vae,
     assert out["trajectory"].latents.shape == (STEPS + 1, 4, 8, 8)
     assert out["inverted"]["samples"].shape == (1, 4, 8, 8)
     candidates = out["candidates"]
-    assert candidates.candidates.stats.rows == 2 * STEPS * (STEPS + 1) // 2
+    # official convention: the step-1 candidate is the source latent, no rows spent on it
+    assert out["trajectory"].convention == "official"
+    assert candidates.candidates.stats.rows == 2 * (STEPS * (STEPS + 1) // 2 - 1)
     assert candidates.candidates.stats.levels == STEPS
     assert candidates.images.shape == (2 * STEPS, IMAGE, IMAGE, 3)
     assert out["grid"].shape[0] == 2 and out["plot"].shape[0] == 2
@@ -229,6 +234,38 @@ def test_coarse_to_fine_search_runs_in_comfy(nodes, tiny_unet, tiny_clip, tiny_v
         assert chosen in allowed and allowed == window | {1, 2}  # refined, and coarse steps <= stride
 
 
+def test_coarse_round_ranks_with_the_metric_the_scorer_uses(
+    monkeypatch, pack, nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder
+) -> None:
+    """One OIR_SCORER carries the CLIP, its modes and the weights to both rankings."""
+    sampling = sys.modules[f"{pack.__name__}.nodes.sampling_nodes"]
+    real, seen = sampling.score_candidate_pairs, []
+
+    def spy(scorer: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append((scorer, kwargs.get("weights")))
+        return real(scorer, *args, **kwargs)
+
+    monkeypatch.setattr(sampling, "score_candidate_pairs", spy)
+    settings = {"editing_weight": 0.8, "attention_mode": "hard", "fidelity_space": "pixels"}
+    out = run_graph(
+        nodes,
+        tiny_unet,
+        tiny_clip,
+        tiny_vae,
+        scorer_folder,
+        "coarse_to_fine",
+        metric={**settings, "mask_geometry": "centered"},
+    )
+    ((scorer, weights),) = seen  # the coarse round's ranking
+    assert weights == pytest.approx((0.8, 0.2))
+    assert (scorer.attention_mode, scorer.fidelity_space, scorer.mask_geometry) == (
+        "hard",
+        "pixels",
+        "centered",
+    )
+    assert all(table.weights == pytest.approx((0.8, 0.2)) for table in out["chosen"].tables)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_unet_v", "tiny_unet_flow"])
 def test_v_prediction_and_flow_models_run_end_to_end(
     request, nodes, tiny_clip, tiny_vae, scorer_folder, fixture
@@ -291,7 +328,8 @@ def test_lora_and_controlnet_act_in_inversion_search_and_reassembly(
     trajectory = patched["trajectory"]
     levels = trajectory.level_sigmas
     inversion = tuple(round(float(s), 5) for s in levels[1:])  # level 0 is replaced by the start sigma
-    search = tuple(round(float(s), 5) for s in trajectory.sigmas)
+    # Down to level 0, which the official convention lands at (its t = 0 level, not sigma 0).
+    search = tuple(round(float(s), 5) for s in levels.flip(0))
     final = tuple(round(float(s), 5) for s in levels[: 2 + 2 + 1].flip(0))  # R + r = 4 levels down to 0
     for walks in (attention_walks, control_walks):
         seen = _stage_walks(walks)
@@ -303,3 +341,28 @@ def test_lora_and_controlnet_act_in_inversion_search_and_reassembly(
     # The LoRA changed the result; the user's conditioning still carries the spy, unchanged.
     assert (patched["edited"]["samples"] - plain["edited"]["samples"]).abs().max() > 1e-4
     assert patched["original"][0][1]["control"] is spy
+
+
+@pytest.mark.parametrize(
+    ("sampling", "scheduler"),
+    [("edm", "ddim_uniform"), ("v_prediction", "karras"), (None, "karras"), (None, "exponential")],
+)
+def test_auto_convention_is_euler_where_the_official_premise_fails(
+    nodes, tiny_unet, prompts, tiny_vae, sampling, scheduler
+) -> None:
+    """EDM-style (sigma_data 0.5) and continuous sampling patched in with ComfyUI's own
+    ModelSamplingContinuousEDM node, and schedules that start at sigma_min: auto picks euler, an
+    explicit official is refused before any model call, and the inversion runs."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingContinuousEDM
+
+    model = tiny_unet
+    if sampling is not None:
+        (model,) = ModelSamplingContinuousEDM().patch(tiny_unet, sampling, 80.0, 0.002)
+    original = prompts["original"]
+    latent = {"samples": tiny_vae.encode(_image())}
+    inputs = {"model": model, "latent": latent, "original": original, "steps": 6, "scheduler": scheduler}
+    (trajectory, _), _ = _run(nodes["OIRDDIMInversion"], convention="auto", **inputs)
+    assert trajectory.convention == "euler" and torch.isfinite(trajectory.latents).all()
+    with pytest.raises(Exception, match="convention") as refused:
+        _run(nodes["OIRDDIMInversion"], convention="official", **inputs)
+    assert "official convention needs a DDPM t = 0 level" in str(refused.value)

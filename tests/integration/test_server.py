@@ -1,4 +1,4 @@
-"""Headless ComfyUI server run (DESIGN.md §7): the example workflows queued over HTTP.
+"""Headless ComfyUI server run (ARCHITECTURE.md §7): the example workflows queued over HTTP.
 
 One server (``comfy_server.shared_test_server``) serves the whole session: the pack linked into
 a temporary custom_nodes folder, the test node pack with the tiny checkpoint loader, and real
@@ -143,7 +143,7 @@ def test_the_real_frontend_is_served_by_default(server: TestServer) -> None:
 
 
 def test_two_object_workflow_over_http(server: TestServer, uploads: dict[str, str]) -> None:
-    """DESIGN.md §7's headless run: POST /prompt, poll /history/<id>, fetch the image with /view."""
+    """ARCHITECTURE.md §7's headless run: POST /prompt, poll /history/<id>, fetch the image with /view."""
     result = run_example(server, uploads, "oir_two_object_edit")
     graph, entry = result["graph"], result["entry"]
     assert_succeeded(entry)

@@ -1,4 +1,4 @@
-"""Tiny in-memory ComfyUI models with deterministic random weights (DESIGN.md §7, COMFYUI_NOTES §5).
+"""Tiny in-memory ComfyUI models with deterministic random weights (ARCHITECTURE.md §7).
 
 Plain functions, so both the pytest fixtures and a test-only custom node (for headless-server
 tests) can build the same models. Importing this module imports ``comfy``: ComfyUI must already be

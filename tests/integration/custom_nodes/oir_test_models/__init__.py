@@ -2,10 +2,10 @@
 
 Loaded by the headless-server tests (``tests/integration/comfy_server.py`` registers this folder's
 parent as a custom-nodes folder). Real checkpoints are far too slow on CPU and tiny ones are not
-auto-detected by CheckpointLoaderSimple (COMFYUI_NOTES §5), so ``OIRTestTinyCheckpointLoader``
-stands in for it: same ``ckpt_name`` input, same MODEL/CLIP/VAE outputs. LoRA and ControlNet need
-no stand-in: ``tiny_files.py`` writes real tiny files that ComfyUI's own LoraLoader and
-ControlNetLoader load.
+auto-detected by CheckpointLoaderSimple (its SD15 detection needs full-size channel counts), so
+``OIRTestTinyCheckpointLoader`` stands in for it: same ``ckpt_name`` input, same MODEL/CLIP/VAE
+outputs. LoRA and ControlNet need no stand-in: ``tiny_files.py`` writes real tiny files that
+ComfyUI's own LoraLoader and ControlNetLoader load.
 
 V1 nodes keep this pack independent of the V3 API version under test.
 """
