@@ -45,7 +45,8 @@ class CandidateBundle:
     Attributes:
         edit: the edit the candidates were made for.
         candidates: the candidates to choose from (model-space latents, pair-major).
-        images: ``[N, H, W, 3]`` the decoded candidates, same order.
+        images: ``[N, H, W, 3]`` uint8, the decoded candidates, same order (8-bit as the official
+            code keeps them: a quarter of float32's memory in the node cache; see :meth:`float_images`).
         steps: the trajectory's step count ``T``.
         mode: the search mode used.
         coarse: the coarse round of a coarse-to-fine search, or ``None``.
@@ -64,6 +65,10 @@ class CandidateBundle:
     coarse_best: tuple[int, ...] = ()
     eligible: tuple[bool, ...] | None = None
     grid_layout: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def float_images(self) -> Tensor:
+        """``[N, H, W, 3]`` float32 0..1 (ComfyUI's IMAGE layout) of the stored 8-bit candidates."""
+        return self.images.float() / 255.0
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..oir_core.candidates import CandidateSet, generate_candidates
+from ..oir_core.clip_scorer import quantize_images
 from ..oir_core.edit import check_cfg, check_choice, check_masks_match, fit_image
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids
@@ -35,6 +36,7 @@ from .payloads import CandidateBundle, ChosenSteps, OIREdit
 from .progress import level_progress
 from .scoring_nodes import check_metric
 from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
+from .validation import refuse_unknown_choices
 
 CATEGORY = "OIR/sampling"
 CONVENTIONS = ("auto", *INVERSION_CONVENTIONS)
@@ -145,6 +147,10 @@ class OIRDDIMInversion(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, scheduler: str | None = None, convention: str | None = None) -> bool | str:
+        return refuse_unknown_choices(cls, scheduler=scheduler, convention=convention)
+
+    @classmethod
     def execute(
         cls, model: Any, latent: dict, original: list, steps: int, scheduler: str, convention: str
     ) -> io.NodeOutput:
@@ -249,6 +255,10 @@ class OIRParallelStepSearch(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, search_mode: str | None = None) -> bool | str:
+        return refuse_unknown_choices(cls, search_mode=search_mode)
+
+    @classmethod
     def execute(
         cls,
         model: Any,
@@ -324,11 +334,12 @@ class OIRParallelStepSearch(io.ComfyNode):
             candidates = generate_candidates(host, trajectory, starts, on_level=level_progress())
             images = decode(vae, model, candidates.latents)
             eligible = None
-        grid, layouts = pair_candidate_grids(candidates, images, eligible=eligible)
+        stored = quantize_images(images)
+        grid, layouts = pair_candidate_grids(candidates, stored.float() / 255.0, eligible=eligible)
         bundle = CandidateBundle(
             edit=edit,
             candidates=candidates,
-            images=images,
+            images=stored,
             steps=trajectory.steps,
             mode=search_mode,
             coarse=coarse,
@@ -407,6 +418,10 @@ class OIRObjectReassembly(io.ComfyNode):
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The edited latent, for VAE Decode.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, overlap: str | None = None, mask_geometry: str | None = None) -> bool | str:
+        return refuse_unknown_choices(cls, overlap=overlap, mask_geometry=mask_geometry)
 
     @classmethod
     def execute(

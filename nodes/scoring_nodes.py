@@ -20,6 +20,7 @@ from ..oir_core.metric import SearchMetric
 from ..oir_core.search import parse_step_overrides, score_candidate_pairs
 from .payloads import CandidateBundle, ChosenSteps
 from .types import Candidates, ChosenStepsType, Scorer
+from .validation import refuse_unknown_choices
 
 CATEGORY = "OIR/scoring"
 SCORER_FOLDER = "oir_clip"
@@ -150,6 +151,26 @@ class OIRLoadCLIPScorer(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(
+        cls,
+        backend: str | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        attention_mode: str | None = None,
+        fidelity_space: str | None = None,
+        mask_geometry: str | None = None,
+    ) -> bool | str:
+        return refuse_unknown_choices(
+            cls,
+            backend=backend,
+            device=device,
+            precision=precision,
+            attention_mode=attention_mode,
+            fidelity_space=fidelity_space,
+            mask_geometry=mask_geometry,
+        )
+
+    @classmethod
     def execute(
         cls,
         clip_name: str,
@@ -238,11 +259,12 @@ class OIRMaskMetricScorer(io.ComfyNode):
         edit, found = candidates.edit, candidates.candidates
         overrides = parse_step_overrides(step_override, len(edit.pairs), candidates.steps)
         metric = check_metric(scorer)
-        original = fit_image(image, tuple(candidates.images.shape[1:3]))
+        images = candidates.float_images()
+        original = fit_image(image, tuple(images.shape[1:3]))
         tables = score_candidate_pairs(
             metric.scorer,
             found,
-            candidates.images,
+            images,
             original,
             [pair.mask for pair in edit.pairs],
             edit.plan.score_texts,
@@ -271,7 +293,7 @@ class OIRMaskMetricScorer(io.ComfyNode):
             ]
         )
         grid, layouts = pair_candidate_grids(
-            found, candidates.images, highlight=dict(enumerate(chosen)), eligible=candidates.eligible
+            found, images, highlight=dict(enumerate(chosen)), eligible=candidates.eligible
         )
         report = json.dumps({"prompts": edit.plan.to_dict(), **result.to_dict()}, indent=2)
         chart = [

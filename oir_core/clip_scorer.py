@@ -70,6 +70,7 @@ __all__ = [
     "preprocess_images",
     "preprocess_images_official",
     "preprocess_mask",
+    "quantize_images",
     "region_tokens",
 ]
 
@@ -147,14 +148,22 @@ def patch_region(mask_crop: Tensor, grid: int) -> Tensor:
     return region.flatten(1)
 
 
-def to_uint8(images: Tensor) -> np.ndarray:
+def quantize_images(images: Tensor) -> Tensor:
     """``[N,H,W,3]`` float 0..1 -> ``[N,H,W,3]`` uint8 as the official code writes its images.
 
     ``(x * 255).astype(np.uint8)`` truncates; a 1e-3 margin keeps a value that already is a whole
     8-bit level (an image loaded from a file, ``k/255`` in float) on its level instead of one below.
+    Candidates are kept this way between the search and the scorer: a quarter of float32's memory,
+    and exactly the images the official metric reads.
     """
-    scaled = images.detach().float().clamp(0.0, 1.0).cpu().numpy() * 255.0
-    return np.floor(scaled + 1e-3).astype(np.uint8)
+    scaled = images.detach().float().clamp(0.0, 1.0) * 255.0
+    return torch.floor(scaled + 1e-3).to(torch.uint8)
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """:func:`quantize_images` as a numpy array (uint8 tensors pass through unchanged)."""
+    quantized = images if images.dtype == torch.uint8 else quantize_images(images)
+    return quantized.cpu().numpy()
 
 
 def preprocess_images_official(
@@ -351,12 +360,17 @@ class ClipScorer:
     ) -> tuple[Tensor, Tensor]:
         """``(S_e [N], S_ne [N])`` for one pair's ``candidates: [N,H,W,3]`` against ``original: [H,W,3]``.
 
-        ``mask: [H',W']`` or ``[1,H',W']`` is the pair's edited region (0..1, any resolution).
+        Both are read as 8-bit images (:func:`quantize_images`). ``mask: [H',W']`` or ``[1,H',W']`` is
+        the pair's edited region (0..1, any resolution).
         """
         check_candidates(candidates, original)
         m = as_mask_batch(mask)
         if m.shape[0] != 1:
             raise OIRInputError("mask", tuple(mask.shape), "must be one mask", "pass this pair's mask")
+        # Every mode scores the 8-bit images a person would save (the official code's candidates are
+        # 8-bit too), so candidates kept as uint8 between the nodes score exactly the same.
+        candidates = quantize_images(candidates).float() / 255.0
+        original = quantize_images(original[None])[0].float() / 255.0
         editing = self.editing_scores(candidates, m, target_text)
         fidelity = self.fidelity_scores(candidates, original, m)
         return editing.float().cpu(), fidelity.float().cpu()

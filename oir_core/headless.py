@@ -271,14 +271,24 @@ class ComfyClient:
         return f"{folder}/{answer['name']}" if folder else answer["name"]
 
     def queue(self, workflow: Mapping[str, Any], client_id: str) -> str:
-        """``POST /prompt``; returns the prompt id or raises one line built from ``node_errors``."""
+        """``POST /prompt``; returns the prompt id or raises one line built from ``node_errors``.
+
+        ComfyUI queues a prompt as long as *one* output node validates and drops the branches whose
+        nodes were refused (listing them in ``node_errors``): an OIR edit without its reassembly is
+        no edit, so such a partial prompt is taken off the queue again and refused as a whole.
+        """
         try:
             answer = self.post_json("/prompt", {"prompt": workflow, "client_id": client_id})
         except HTTPStatusError as error:
             raise HeadlessError(
                 f"ComfyUI refused the workflow: {describe_refusal(error.body, workflow)}"
             ) from None
-        return str(answer["prompt_id"])
+        prompt_id = str(answer["prompt_id"])
+        if answer.get("node_errors"):
+            self.interrupt(prompt_id)
+            body = json.dumps({"node_errors": answer["node_errors"]})
+            raise HeadlessError(f"ComfyUI refused the workflow: {describe_refusal(body, workflow)}")
+        return prompt_id
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The ``/history/<id>`` entry, or ``None`` while the prompt has not finished."""

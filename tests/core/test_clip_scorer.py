@@ -24,6 +24,7 @@ from oir_core.clip_scorer import (
     preprocess_images,
     preprocess_images_official,
     preprocess_mask,
+    quantize_images,
     region_tokens,
 )
 from oir_core.errors import OIRInputError
@@ -505,3 +506,23 @@ def test_half_precision_scores_track_float32(
         reduced = ClipScorer(half, attention_mode=mode).score(images, images[0], mask, "a cat")[0]
         assert torch.isfinite(reduced).all()
         assert torch.allclose(full, reduced, atol=5e-3)
+
+
+@pytest.mark.parametrize(
+    ("geometry", "space"),
+    [("official", "official"), ("official", "pixels"), ("centered", "official"), ("centered", "pixels")],
+)
+def test_candidates_kept_as_8_bit_leave_the_metric_unchanged(
+    models: dict[str, ClipModel], geometry: str, space: str
+) -> None:
+    """The search keeps its candidates as uint8 (a quarter of float32's memory); every metric mode
+    reads 8-bit images (as the official code's candidates are), so the scores are identical."""
+    scorer = ClipScorer(models["transformers"], mask_geometry=geometry, fidelity_space=space)  # type: ignore[arg-type]
+    images = _images(6, 48, 80, seed=3)
+    original = _images(1, 48, 80, seed=4)[0]
+    mask = _block_mask(48, 80, slice(5, 31), slice(9, 57))
+    stored = quantize_images(images)
+    assert stored.dtype == torch.uint8 and stored.element_size() * 4 == images.element_size()
+    editing, fidelity = scorer.score(images, original, mask, "a cat")
+    editing_8, fidelity_8 = scorer.score(stored.float() / 255.0, original, mask, "a cat")
+    assert torch.equal(editing, editing_8) and torch.equal(fidelity, fidelity_8)

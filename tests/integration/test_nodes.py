@@ -170,6 +170,7 @@ def test_two_object_graph_runs_every_node(nodes, tiny_unet, tiny_clip, tiny_vae,
     assert candidates.candidates.stats.rows == 2 * (STEPS * (STEPS + 1) // 2 - 1)
     assert candidates.candidates.stats.levels == STEPS
     assert candidates.images.shape == (2 * STEPS, IMAGE, IMAGE, 3)
+    assert candidates.images.dtype == torch.uint8  # a quarter of float32 in ComfyUI's node cache
     assert out["grid"].shape[0] == 2 and out["plot"].shape[0] == 2
     chosen = out["chosen"]
     assert len(chosen.steps) == 2 and all(1 <= s <= STEPS for s in chosen.steps)
@@ -275,7 +276,7 @@ def test_v_prediction_and_flow_models_run_end_to_end(
     expected = "euler" if fixture == "tiny_unet_flow" else "official"
     assert out["trajectory"].convention == expected
     assert torch.isfinite(out["edited"]["samples"]).all()
-    assert torch.isfinite(out["candidates"].images).all()
+    assert torch.isfinite(out["candidates"].float_images()).all()
 
 
 def _stage_walks(records: list[torch.Tensor]) -> set[tuple[float, ...]]:

@@ -193,3 +193,25 @@ def test_bad_workflow_is_refused_with_the_node_named(server: TestServer, uploads
     graph[inversion]["inputs"]["steps"] = 1  # below the node's minimum of 2
     with pytest.raises(HeadlessError, match=rf"node {inversion} \(OIR DDIM Inversion\).*steps"):
         server.client.queue(graph, "oir-integration-tests")
+
+
+@pytest.mark.parametrize(
+    ("node_type", "name", "value"),
+    [
+        ("OIRParallelStepSearch", "search_mode", "fastest"),
+        ("OIRDDIMInversion", "convention", "ddpm"),
+        ("OIRObjectReassembly", "mask_geometry", "round"),
+        ("OIRLoadCLIPScorer", "attention_mode", "soft"),
+    ],
+)
+def test_unknown_choice_is_refused_when_queued(
+    server: TestServer, uploads: dict[str, str], node_type: str, name: str, value: str
+) -> None:
+    """API clients can send any string; ComfyUI 0.3.64 does not check V3 combo options itself."""
+    graph = tiny_workflow(api_twin("oir_two_object_edit"), uploads, "oir-tests/refused")
+    node = next(i for i, n in graph.items() if n["class_type"] == node_type)
+    graph[node]["inputs"][name] = value
+    with pytest.raises(
+        HeadlessError, match=rf"node {node} .*input '{name}' = '{value}': is not one of the options"
+    ):
+        server.client.queue(graph, "oir-integration-tests")
