@@ -36,7 +36,7 @@ from .payloads import CandidateBundle, ChosenSteps, OIREdit
 from .progress import level_progress
 from .scoring_nodes import check_metric
 from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
-from .validation import refuse_unknown_choices
+from .validation import refuse_unfit_reassembly, refuse_unknown_choices
 
 CATEGORY = "OIR/sampling"
 CONVENTIONS = ("auto", *INVERSION_CONVENTIONS)
@@ -144,6 +144,7 @@ class OIRDDIMInversion(io.ComfyNode):
                 ),
                 io.Latent.Output(display_name="inverted", tooltip="The fully inverted latent x_T."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -161,6 +162,8 @@ class OIRDDIMInversion(io.ComfyNode):
         if steps < 2:
             raise OIRInputError("steps", steps, "OIR needs at least 2 steps", "use the paper's 50")
         sigmas = get_sigmas(model, scheduler, steps)
+        # Before the first model call: the reassembly this trajectory feeds must fit its T levels.
+        refuse_unfit_reassembly(cls.hidden.prompt, cls.hidden.unique_id, sigmas.numel() - 1)
         convention = choose_convention(
             convention,
             flow=is_flow_model(model),
@@ -382,14 +385,19 @@ class OIRObjectReassembly(io.ComfyNode):
                     "cfg", default=7.5, min=0.0, max=100.0, step=0.1, tooltip="CFG scale (paper: 7.5)."
                 ),
                 io.Int.Input(
-                    "reassembly_step", default=10, min=0, max=999, tooltip="R: level where objects merge."
+                    "reassembly_step",
+                    default=10,
+                    min=0,
+                    max=999,
+                    tooltip="R: the level where the objects merge; 0 <= R < T, the inversion's step count "
+                    "(paper: 10 of 50). OIR DDIM Inversion checks it before its first model call.",
                 ),
                 io.Int.Input(
                     "reinversion_steps",
                     default=10,
                     min=0,
                     max=999,
-                    tooltip="r: re-inversion steps after merging.",
+                    tooltip="r: re-inversion steps after merging; R + r <= T (paper: 10 of 50).",
                 ),
                 io.Combo.Input(
                     "overlap",

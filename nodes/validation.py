@@ -1,10 +1,13 @@
 """Submit-time checks (ComfyUI's ``validate_inputs``): what can be refused before anything runs.
 
-ComfyUI 0.3.64 does not check the options of V3 combo inputs when a prompt arrives over the API
-(0.33 does), so an unknown ``search_mode`` used to be refused only when the node ran, after the
-inversion. Each node that has combos declares ``validate_inputs`` with exactly those combos as
-arguments: ComfyUI then calls it when the prompt is queued and answers ``400`` with the message,
-on both hosts, and still checks every other input itself.
+- ComfyUI 0.3.64 does not check the options of V3 combo inputs when a prompt arrives over the API
+  (0.33 does), so an unknown ``search_mode`` used to be refused only when the node ran, after the
+  inversion. Each node that has combos declares ``validate_inputs`` with exactly those combos as
+  arguments: ComfyUI calls it when the prompt is queued, on both hosts, and still checks every
+  other input itself.
+- OIR DDIM Inversion checks the ``R`` and ``r`` of every reassembly its trajectory feeds (read from
+  the queued prompt) before its first model call, so a graph whose reassembly cannot fit never
+  runs the inversion or the search.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..oir_core.errors import OIRInputError
+from ..oir_core.reassembly import validate_reassembly
 
 
 def refuse_unknown_choices(node: type[io.ComfyNode], **values: Any) -> bool | str:
@@ -31,3 +35,23 @@ def refuse_unknown_choices(node: type[io.ComfyNode], **values: Any) -> bool | st
                 )
             )
     return True
+
+
+def refuse_unfit_reassembly(prompt: dict[str, Any] | None, inversion_id: str | None, levels: int) -> None:
+    """Raise if an OIR Object Reassembly fed by this inversion cannot fit its ``levels`` (``T``).
+
+    Called by OIR DDIM Inversion once it knows ``T`` and before its first model call: the queued
+    prompt names every node that reads this trajectory, and their constant ``reassembly_step`` and
+    ``reinversion_steps``. (ComfyUI gives ``validate_inputs`` neither the prompt nor linked values,
+    and does not promise to run a lazy reassembly check before the search, so this is the earliest
+    point that knows both.) Linked values are left to the reassembly's own check.
+    """
+    for node in (prompt or {}).values():
+        if not isinstance(node, dict) or node.get("class_type") != "OIRObjectReassembly":
+            continue
+        inputs = node.get("inputs") or {}
+        if inputs.get("trajectory") != [str(inversion_id), 0]:
+            continue
+        reassembly, reinversion = inputs.get("reassembly_step"), inputs.get("reinversion_steps")
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (reassembly, reinversion)):
+            validate_reassembly(levels, reassembly, reinversion)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -215,3 +216,29 @@ def test_unknown_choice_is_refused_when_queued(
         HeadlessError, match=rf"node {node} .*input '{name}' = '{value}': is not one of the options"
     ):
         server.client.queue(graph, "oir-integration-tests")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("reassembly_step", STEPS, rf"must lie in 0..{STEPS - 1} for a {STEPS}-step inversion"),
+        ("reinversion_steps", STEPS, rf"reassembly_step \+ reinversion_steps = {2 + STEPS} exceeds steps"),
+    ],
+)
+def test_reassembly_that_cannot_fit_the_inversion_stops_before_any_model_call(
+    server: TestServer, uploads: dict[str, str], name: str, value: int, problem: str
+) -> None:
+    """Lowering the inversion steps below R + r is refused by the inversion, before it samples."""
+    graph = tiny_workflow(api_twin("oir_two_object_edit"), uploads, "oir-tests/refused")
+    node = next(i for i, n in graph.items() if n["class_type"] == "OIRObjectReassembly")
+    inversion = next(i for i, n in graph.items() if n["class_type"] == "OIRDDIMInversion")
+    graph[node]["inputs"][name] = value
+    graph[inversion]["inputs"]["scheduler"] = "normal"  # a setting not cached from an earlier run
+    entry = server.run(graph)
+    status = entry["status"]
+    assert status["status_str"] == "error"
+    ((_, error),) = [m for m in status["messages"] if m[0] == "execution_error"]
+    # Raised by the inversion (before its first model call): the search, which needs its trajectory,
+    # never starts.
+    assert error["node_id"] == inversion and error["node_type"] == "OIRDDIMInversion"
+    assert re.search(rf"input '{name}' = {value}: {problem}", error["exception_message"]), error
