@@ -163,7 +163,11 @@ class OIRDDIMInversion(io.ComfyNode):
             raise OIRInputError("steps", steps, "OIR needs at least 2 steps", "use the paper's 50")
         sigmas = get_sigmas(model, scheduler, steps)
         # Before the first model call: the reassembly this trajectory feeds must fit its T levels.
-        refuse_unfit_reassembly(cls.hidden.prompt, cls.hidden.unique_id, sigmas.numel() - 1)
+        # (``hidden`` is set when ComfyUI executes the node; a direct call has no prompt to read.)
+        hidden = cls.hidden
+        refuse_unfit_reassembly(
+            getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), sigmas.numel() - 1
+        )
         convention = choose_convention(
             convention,
             flow=is_flow_model(model),
