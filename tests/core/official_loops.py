@@ -12,8 +12,9 @@ scaled-linear betas with ``set_alpha_to_one=False`` and DDIM timesteps ``1000 - 
 - reassembly: each pair stops at the reassembly level, the masked merge, ``reinversion`` of ``r``
   levels with the original prompt, the target-prompt denoise of the last ``R + r`` timesteps.
 
-Never imports this pack. ``eps(z [B,C,h,w], t: int, prompt) -> [B,C,h,w]`` is the noise predictor;
-``prompt`` is whatever the caller uses to name a prompt.
+Never imports this pack. ``eps(z [B,C,h,w], t: int, prompts) -> [B,C,h,w]`` is the noise predictor,
+``prompts`` one prompt per row (whatever the caller uses to name a prompt). As in the official
+``diffusion_step``, CFG evaluates the unconditional and the conditional rows in one batch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 TRAIN_STEPS = 1000
-Eps = Callable[[Tensor, int, Any], Tensor]
+Eps = Callable[[Tensor, int, Sequence[Any]], Tensor]
 
 
 def sd_alphas_cumprod() -> Tensor:
@@ -57,15 +58,17 @@ class OfficialLoops:
         return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
 
     def cfg_eps(self, z: Tensor, t: int, positive: Any, negative: Any) -> Tensor:
-        uncond = self.eps(z, t, negative)
-        return uncond + self.cfg * (self.eps(z, t, positive) - uncond)
+        rows = z.shape[0]
+        both = self.eps(torch.cat([z, z]), t, [negative] * rows + [positive] * rows)
+        uncond, cond = both.chunk(2)
+        return uncond + self.cfg * (cond - uncond)
 
     def inversion(self, z0: Tensor, original: Any) -> list[Tensor]:
         """``ddim_loop``: every latent ``x_0 .. x_T``."""
         latents, z = [z0], z0
         for i in range(self.steps):
             t = self.timesteps[self.steps - i - 1]
-            z = self.next_step(self.eps(z, t, original), t, z)
+            z = self.next_step(self.eps(z, t, [original] * z.shape[0]), t, z)
             latents.append(z)
         return latents
 
@@ -103,7 +106,7 @@ class OfficialLoops:
         z = background * latents[reassembly] + sum(m * p for m, p in zip(masks, pair_latents))
         for i in range(reassembly, reassembly + reinversion):
             t = self.timesteps[self.steps - i - 1]
-            z = self.next_step(self.eps(z, t, original), t, z)
+            z = self.next_step(self.eps(z, t, [original] * z.shape[0]), t, z)
         for t in self.timesteps[-(reassembly + reinversion) :]:
             z = self.prev_step(self.cfg_eps(z, t, target, original), t, z)
         return z

@@ -58,8 +58,8 @@ class EpsNet:
         self.mix = torch.randn(channels, channels, generator=generator, dtype=DTYPE) * 0.5
         self.prompts = torch.randn(8, channels, generator=generator, dtype=DTYPE) * 0.7
 
-    def __call__(self, z: Tensor, t: Tensor | int, prompt: Tensor | int) -> Tensor:
-        """``z [B,C,h,w]``, ``t``: ``[B]`` or one integer timestep, ``prompt``: ``[B]`` or one prompt id."""
+    def __call__(self, z: Tensor, t: Tensor | int, prompt: Tensor | int | list[int]) -> Tensor:
+        """``z [B,C,h,w]``; ``t``: ``[B]`` or one integer timestep; ``prompt``: prompt ids, one or per row."""
         t = torch.as_tensor(t).expand(z.shape[0])
         prompt = torch.as_tensor(prompt).expand(z.shape[0])
         gain = (1.0 + t.to(DTYPE) / TRAIN_STEPS).reshape(-1, 1, 1, 1)

@@ -23,10 +23,11 @@ from official_loops import OfficialLoops
 STEPS = 10
 CFG = 7.5
 IMAGE = 64
-RELATIVE = 1e-4
-"""float32 through a UNet in differently composed batches (ComfyUI batches cond and uncond; the
-reference calls them one by one), amplified by CFG 7.5: measured up to 2.3e-5. Every convention the
-official code differs in moves these latents by 5e-4 relative or more."""
+RELATIVE = 5e-5
+"""float32 through a UNet in differently composed batches (ComfyUI batches many candidates and puts
+cond before uncond; the reference batches one latent's uncond and cond as the official code does),
+amplified by CFG 7.5: the first deviations above 1e-5 are 1.3e-5 (ComfyUI 0.3.64) and 1.5e-5
+(0.33.0). Every convention the official code differs in moves these latents by 5e-4 or more."""
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +91,10 @@ def test_official_pipeline_through_the_nodes_equals_the_official_loops(
     unet = tiny_unet.model.diffusion_model
     scale = float(tiny_unet.get_model_object("latent_format").scale_factor)
 
-    def eps(z: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
+    def eps(z: torch.Tensor, t: int, contexts: list[torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
             times = torch.full((z.shape[0],), float(t))
-            return unet(z.float(), times, context=context.expand(z.shape[0], -1, -1)).double()
+            return unet(z.float(), times, context=torch.cat(contexts)).double()
 
     loops = OfficialLoops(eps, STEPS, CFG)
     texts = {"original": original[0][0], "target": target[0][0]}
