@@ -457,10 +457,13 @@ class ComfyHost:
     def run(self, stage: Stage, body: Callable[[Denoiser, int | None], R]) -> R:
         """Run ``body(denoiser, max_batch)`` inside ``guider.sample`` and return its result.
 
-        ``guider.sample`` gets zero ``noise`` / ``latent_image`` of shape
-        ``[min(stage.rows, max_batch), *stage.latent_shape]`` (so ComfyUI reserves memory for one
-        chunk) and ``sigmas = stage.sigmas`` (so hooks and ControlNet percents see the real schedule;
-        ascending inversion schedules are fine: the guider only passes them through).
+        ``guider.sample`` gets zero ``noise`` / ``latent_image`` of one row, or of the user's
+        ``max_batch`` rows when set, and ``sigmas = stage.sigmas`` (so hooks and ControlNet percents
+        see the real schedule; ascending inversion schedules are fine: the guider only passes them
+        through). ComfyUI sizes its memory reservation from ``noise`` before it decides how much of
+        the model to load: reserving for the whole stage (100 rows for two pairs at T = 50) would
+        make it load SDXL-, SD3- or Flux-sized models only partially on consumer GPUs. The real chunk
+        is sized inside :class:`StageSampler` from the memory left once the model is loaded.
         """
         sigmas = torch.as_tensor(stage.sigmas, dtype=torch.float32).reshape(-1)
         if sigmas.numel() == 0:
@@ -468,7 +471,7 @@ class ComfyHost:
         if stage.rows < 1:
             raise ValueError(f"ComfyHost: stage {stage.label!r} has rows = {stage.rows}")
         guider, branches, guided = self._guider(stage.role)
-        chunk = stage.rows if self.max_batch is None else min(stage.rows, self.max_batch)
+        chunk = 1 if self.max_batch is None else min(stage.rows, self.max_batch)
         shape = (chunk, *(int(s) for s in stage.latent_shape))
         noise = torch.zeros(shape, dtype=torch.float32)
         latent = torch.zeros(shape, dtype=torch.float32)

@@ -18,7 +18,7 @@ from ..oir_core.edit import check_cfg, check_choice, check_masks_match, fit_imag
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, choose_convention, invert
-from ..oir_core.masks import MASK_GEOMETRIES
+from ..oir_core.masks import MASK_GEOMETRIES, region_masks
 from ..oir_core.reassembly import reassemble
 from ..oir_core.sampling import INVERSION_CONVENTIONS, OFFICIAL_FAMILY
 from ..oir_core.search import SEARCH_MODES, coarse_to_fine_candidates, score_candidate_pairs, search_step_sets
@@ -36,7 +36,7 @@ from .payloads import CandidateBundle, ChosenSteps, OIREdit
 from .progress import level_progress
 from .scoring_nodes import check_metric
 from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
-from .validation import refuse_unfit_reassembly, refuse_unknown_choices
+from .validation import mask_rules_downstream, refuse_unfit_reassembly, refuse_unknown_choices
 
 CATEGORY = "OIR/sampling"
 CONVENTIONS = ("auto", *INVERSION_CONVENTIONS)
@@ -259,6 +259,7 @@ class OIRParallelStepSearch(io.ComfyNode):
                 Candidates.Output(display_name="candidates", tooltip="Candidate latents and decoded images."),
                 io.Image.Output(display_name="grid", tooltip="One labelled candidate grid per pair."),
             ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -285,6 +286,16 @@ class OIRParallelStepSearch(io.ComfyNode):
     ) -> io.NodeOutput:
         check_trajectory_source(trajectory, model_facts(model))
         edit = check_edit(oir_edit, trajectory)
+        # Before any model call: every mask must hold a region on the latent grid under the rules the
+        # reassembly will use (empty after resizing, covered by a later pair, overlaps under 'error').
+        hidden = cls.hidden
+        overlap, geometry = mask_rules_downstream(
+            getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None)
+        )
+        grid = trajectory.latent_shape[-2:]
+        region_masks(
+            [pair.mask for pair in edit.pairs], (int(grid[0]), int(grid[1])), overlap, geometry=geometry
+        )
         check_conditioning(original, "original")
         if negative is not None:
             check_conditioning(negative, "negative")

@@ -37,6 +37,17 @@ def refuse_unknown_choices(node: type[io.ComfyNode], **values: Any) -> bool | st
     return True
 
 
+def reassemblies_of(prompt: dict[str, Any] | None, trajectory: Any) -> list[dict[str, Any]]:
+    """The inputs of every OIR Object Reassembly in the queued prompt that reads ``trajectory`` (a link)."""
+    found = []
+    for node in (prompt or {}).values():
+        if isinstance(node, dict) and node.get("class_type") == "OIRObjectReassembly":
+            inputs = node.get("inputs") or {}
+            if isinstance(trajectory, list) and inputs.get("trajectory") == trajectory:
+                found.append(inputs)
+    return found
+
+
 def refuse_unfit_reassembly(prompt: dict[str, Any] | None, inversion_id: str | None, levels: int) -> None:
     """Raise if an OIR Object Reassembly fed by this inversion cannot fit its ``levels`` (``T``).
 
@@ -46,12 +57,22 @@ def refuse_unfit_reassembly(prompt: dict[str, Any] | None, inversion_id: str | N
     and does not promise to run a lazy reassembly check before the search, so this is the earliest
     point that knows both.) Linked values are left to the reassembly's own check.
     """
-    for node in (prompt or {}).values():
-        if not isinstance(node, dict) or node.get("class_type") != "OIRObjectReassembly":
-            continue
-        inputs = node.get("inputs") or {}
-        if inputs.get("trajectory") != [str(inversion_id), 0]:
-            continue
+    for inputs in reassemblies_of(prompt, [str(inversion_id), 0]):
         reassembly, reinversion = inputs.get("reassembly_step"), inputs.get("reinversion_steps")
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (reassembly, reinversion)):
             validate_reassembly(levels, reassembly, reinversion)
+
+
+def mask_rules_downstream(prompt: dict[str, Any] | None, search_id: str | None) -> tuple[str, str]:
+    """``(overlap, mask_geometry)`` of the reassembly that shares this search's trajectory.
+
+    The search node is the first with both the masks and the latent grid; it checks them with the
+    rules the reassembly will use (read from the queued prompt; ``later_wins``/``official``, the
+    reassembly's defaults, when there is none or they are linked).
+    """
+    own = ((prompt or {}).get(str(search_id)) or {}).get("inputs") or {}
+    for inputs in reassemblies_of(prompt, own.get("trajectory")):
+        overlap, geometry = inputs.get("overlap"), inputs.get("mask_geometry", "official")
+        if isinstance(overlap, str) and isinstance(geometry, str):
+            return overlap, geometry
+    return "later_wins", "official"

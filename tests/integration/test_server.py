@@ -242,3 +242,37 @@ def test_reassembly_that_cannot_fit_the_inversion_stops_before_any_model_call(
     # never starts.
     assert error["node_id"] == inversion and error["node_type"] == "OIRDDIMInversion"
     assert re.search(rf"input '{name}' = {value}: {problem}", error["exception_message"]), error
+
+
+@pytest.mark.parametrize(
+    ("case", "overlap", "problem"),
+    [
+        ("speck", "later_wins", r"mask of edit pair 2.*empty at the 8x8 latent grid"),
+        ("same", "later_wins", r"mask of edit pair 1.*every cell of this pair is claimed by a later pair"),
+        ("same", "error", r"the masks of several edit pairs overlap"),
+    ],
+)
+def test_masks_that_fail_on_the_latent_grid_stop_the_search_before_it_samples(
+    server: TestServer,
+    uploads: dict[str, str],
+    tmp_path: Path,
+    case: str,
+    overlap: str,
+    problem: str,
+) -> None:
+    """The search node has the masks and the latent grid: it refuses with the reassembly's rules."""
+    graph = tiny_workflow(api_twin("oir_two_object_edit"), uploads, f"oir-tests/masks-{case}-{overlap}")
+    masks = [i for i, n in graph.items() if n["class_type"] == "LoadImageMask"]
+    if case == "speck":
+        speck = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+        speck.paste(255, (33, 33, 35, 35))  # between the pixels either mask geometry samples
+        speck.save(tmp_path / "speck.png")
+        graph[masks[1]]["inputs"]["image"] = server.upload(tmp_path / "speck.png")
+    else:
+        graph[masks[1]]["inputs"]["image"] = graph[masks[0]]["inputs"]["image"]
+    reassembly = next(i for i, n in graph.items() if n["class_type"] == "OIRObjectReassembly")
+    graph[reassembly]["inputs"]["overlap"] = overlap
+    search = next(i for i, n in graph.items() if n["class_type"] == "OIRParallelStepSearch")
+    entry = server.run(graph)
+    ((_, error),) = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert error["node_id"] == search and re.search(problem, error["exception_message"]), error
