@@ -12,16 +12,15 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io, ui
 
-from ..oir_core.candidates import CandidateSet, generate_candidates
 from ..oir_core.clip_scorer import quantize_images
-from ..oir_core.edit import check_cfg, check_choice, check_masks_match, fit_image
+from ..oir_core.edit import check_cfg, check_choice, check_masks_match
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, choose_convention, invert
 from ..oir_core.masks import MASK_GEOMETRIES, region_masks
 from ..oir_core.reassembly import reassemble
 from ..oir_core.sampling import INVERSION_CONVENTIONS, OFFICIAL_FAMILY
-from ..oir_core.search import SEARCH_MODES, coarse_to_fine_candidates, score_candidate_pairs, search_step_sets
+from ..oir_core.search import SEARCH_MODES, run_search
 from .comfy_host import (
     ComfyHost,
     clean_sigma,
@@ -299,8 +298,6 @@ class OIRParallelStepSearch(io.ComfyNode):
         check_conditioning(original, "original")
         if negative is not None:
             check_conditioning(negative, "negative")
-        if search_mode not in SEARCH_MODES:
-            raise OIRInputError("search_mode", search_mode, "unknown mode", f"use one of {SEARCH_MODES}")
         host = ComfyHost(
             model,
             original,
@@ -310,48 +307,22 @@ class OIRParallelStepSearch(io.ComfyNode):
             check_cfg(cfg),
             max_batch=max_batch or None,
         )
-        pairs = len(edit.pairs)
-        coarse, coarse_best = None, ()
-        if search_mode == "coarse_to_fine":
-            if scorer is None or image is None:
-                raise OIRInputError(
-                    "search_mode",
-                    search_mode,
-                    "coarse_to_fine scores between rounds",
-                    "connect 'scorer' and 'image'",
-                )
-            metric = check_metric(scorer)
-            coarse_images: list[torch.Tensor] = []
-
-            def best_steps(round_one: CandidateSet) -> list[int]:
-                images = decode(vae, model, round_one.latents)
-                coarse_images.append(images)
-                tables = score_candidate_pairs(
-                    metric.scorer,
-                    round_one,
-                    images,
-                    fit_image(image, tuple(images.shape[1:3])),
-                    [pair.mask for pair in edit.pairs],
-                    edit.plan.score_texts,
-                    weights=metric.weights,
-                )
-                return [table.chosen_step for table in tables]
-
-            run = coarse_to_fine_candidates(
-                host, trajectory, pairs, best_steps, coarse_stride, refine_radius, on_level=level_progress()
-            )
-            candidates, coarse, coarse_best, eligible = (
-                run.pool,
-                run.coarse,
-                tuple(run.coarse_best),
-                run.eligible,
-            )
-            images = torch.cat([decode(vae, model, run.refined.latents), coarse_images[0][run.kept_coarse]])
-        else:
-            starts = search_step_sets(search_mode, trajectory.steps, pairs, custom_steps)
-            candidates = generate_candidates(host, trajectory, starts, on_level=level_progress())
-            images = decode(vae, model, candidates.latents)
-            eligible = None
+        result = run_search(
+            host,
+            trajectory,
+            search_mode,
+            len(edit.pairs),
+            lambda latents: decode(vae, model, latents),
+            custom_steps=custom_steps,
+            stride=coarse_stride,
+            radius=refine_radius,
+            metric=None if scorer is None else check_metric(scorer),
+            original=image,
+            masks=[pair.mask for pair in edit.pairs],
+            score_texts=edit.plan.score_texts,
+            on_level=level_progress(),
+        )
+        candidates, images, eligible = result.candidates, result.images, result.eligible
         stored = quantize_images(images)
         grid, layouts = pair_candidate_grids(candidates, stored.float() / 255.0, eligible=eligible)
         bundle = CandidateBundle(
@@ -360,8 +331,8 @@ class OIRParallelStepSearch(io.ComfyNode):
             images=stored,
             steps=trajectory.steps,
             mode=search_mode,
-            coarse=coarse,
-            coarse_best=coarse_best,
+            coarse=result.coarse,
+            coarse_best=result.coarse_best,
             eligible=None if eligible is None else tuple(eligible),
             grid_layout=tuple(layouts),
         )

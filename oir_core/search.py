@@ -35,10 +35,11 @@ from .candidates import (
     source_is_step_one,
     validate_start_steps,
 )
+from .edit import fit_image
 from .errors import OIRInputError
 from .host import Host, Stage
 from .inversion import InversionTrajectory
-from .metric import DEFAULT_WEIGHTS, CandidateScorer, ScoreTable, search_scores
+from .metric import DEFAULT_WEIGHTS, CandidateScorer, ScoreTable, SearchMetric, search_scores
 from .sampling import CallStats, LevelCallback, lockstep_denoise, lockstep_rows
 
 SearchMode = Literal["exhaustive", "coarse_to_fine", "custom"]
@@ -346,3 +347,85 @@ def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | N
 def format_step_overrides(overrides: Sequence[int | None]) -> str:
     """The inverse of :func:`parse_step_overrides` (what the frontend writes into the widget)."""
     return ", ".join("auto" if step is None else str(step) for step in overrides)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Everything a search produced, for the scorer and the previews.
+
+    Attributes:
+        candidates: the candidates to choose from (exhaustive/custom: all; coarse-to-fine: the pool).
+        images: ``[N, H, W, 3]`` float 0..1, the decoded candidates in ``candidates`` order.
+        eligible: per candidate, whether it may be chosen (coarse-to-fine), or ``None`` (all).
+        coarse: the coarse round of a coarse-to-fine search, or ``None``.
+        coarse_best: per pair, the best coarse step (coarse-to-fine), else empty.
+    """
+
+    candidates: CandidateSet
+    images: Tensor
+    eligible: list[bool] | None = None
+    coarse: CandidateSet | None = None
+    coarse_best: tuple[int, ...] = ()
+
+
+def run_search(
+    host: Host,
+    trajectory: InversionTrajectory,
+    mode: str,
+    pair_count: int,
+    decode: Callable[[Tensor], Tensor],
+    *,
+    custom_steps: str = "",
+    stride: int = 5,
+    radius: int = 2,
+    metric: SearchMetric | None = None,
+    original: Tensor | None = None,
+    masks: Sequence[Tensor] = (),
+    score_texts: Sequence[str] = (),
+    on_level: LevelCallback | None = None,
+) -> SearchResult:
+    """OIR steps 2-3 in any mode; coarse-to-fine also ranks its coarse round (step 4) in between.
+
+    Args:
+        mode: one of :data:`SEARCH_MODES`.
+        decode: ``[N, *latent_shape]`` clean latents -> ``[N, H, W, 3]`` images; called after each
+            sampling round, never inside one (a host may have to load another model for it).
+        custom_steps: the steps of ``custom`` (e.g. ``"5, 10, 20-40:2"``).
+        stride, radius: coarse-to-fine's coarse spacing and refinement half-width.
+        metric: coarse-to-fine only: the search metric the final choice will use, so the
+            refinement window centres on the step that choice would make.
+        original: coarse-to-fine only: the source image ``[H, W, 3]`` or ``[1, H, W, 3]``.
+        masks, score_texts: coarse-to-fine only: each pair's mask and target phrase.
+    """
+    if mode not in SEARCH_MODES:
+        raise OIRInputError("search_mode", mode, "unknown mode", f"use one of {SEARCH_MODES}")
+    if mode != "coarse_to_fine":
+        starts = search_step_sets(mode, trajectory.steps, pair_count, custom_steps)
+        candidates = generate_candidates(host, trajectory, starts, on_level=on_level)
+        return SearchResult(candidates=candidates, images=decode(candidates.latents))
+    if metric is None or original is None:
+        raise OIRInputError(
+            "search_mode", mode, "coarse_to_fine scores between rounds", "connect 'scorer' and 'image'"
+        )
+    coarse_images: list[Tensor] = []
+
+    def best_steps(round_one: CandidateSet) -> list[int]:
+        images = decode(round_one.latents)
+        coarse_images.append(images)
+        source = fit_image(original, (int(images.shape[1]), int(images.shape[2])))
+        tables = score_candidate_pairs(
+            metric.scorer, round_one, images, source, masks, score_texts, weights=metric.weights
+        )
+        return [table.chosen_step for table in tables]
+
+    run = coarse_to_fine_candidates(
+        host, trajectory, pair_count, best_steps, stride, radius, on_level=on_level
+    )
+    images = torch.cat([decode(run.refined.latents), coarse_images[0][run.kept_coarse]])
+    return SearchResult(
+        candidates=run.pool,
+        images=images,
+        eligible=list(run.eligible),
+        coarse=run.coarse,
+        coarse_best=tuple(run.coarse_best),
+    )

@@ -176,3 +176,48 @@ def test_score_candidate_pairs_scores_each_pair_against_its_own_mask_and_text() 
     assert tables[1].combined == expected.combined
     with pytest.raises(ValueError, match="4 images for 5 candidates"):
         score_candidate_pairs(scorer, candidates, images[:4], original, [left, right], ["red", "blue"])
+
+
+def _as_images(latents: torch.Tensor) -> torch.Tensor:
+    """A stand-in decoder: ``[N, 4, h, w]`` latents -> ``[N, h, w, 3]`` images in 0..1."""
+    return torch.sigmoid(latents[:, :3]).permute(0, 2, 3, 1)
+
+
+def test_run_search_coarse_to_fine_ranks_with_the_given_metric() -> None:
+    """The driver decodes between the rounds and ranks the coarse round with the metric it is given:
+    fidelity alone (weights 0/1) must centre the refinement on the coarse step whose image is
+    closest to the source outside the mask."""
+    from oir_core.metric import ColorTargetScorer, SearchMetric
+    from oir_core.search import run_search
+
+    steps, pairs = 20, 2
+    host, _recorder, trajectory = _analytic(steps, pairs)
+    source = _as_images(trajectory.source_latent()[None])[0]
+    mask = torch.zeros(8, 8)
+    mask[2:6, 2:6] = 1.0
+    fidelity_only = SearchMetric(ColorTargetScorer(), (0.0, 1.0))
+    result = run_search(
+        host, trajectory, "coarse_to_fine", pairs, _as_images, stride=5, radius=1,
+        metric=fidelity_only, original=source, masks=[mask, mask], score_texts=["red", "blue"],
+    )  # fmt: skip
+    assert result.coarse is not None and result.eligible is not None
+    assert result.images.shape == (len(result.candidates.steps), 8, 8, 3)
+    coarse_images = _as_images(result.coarse.latents)
+    outside = (1.0 - mask)[None, :, :, None]
+    for pair, best in enumerate(result.coarse_best):
+        rows = result.coarse.indices(pair)
+        errors = [((coarse_images[i] - source) ** 2 * outside).sum().item() for i in rows]
+        assert best == result.coarse.steps[rows[errors.index(min(errors))]]
+        window = set(range(max(1, best - 1), min(steps, best + 1) + 1))
+        assert window <= {result.candidates.steps[i] for i in result.candidates.indices(pair)}
+
+
+def test_run_search_refuses_before_any_model_call() -> None:
+    from oir_core.search import run_search
+
+    host, recorder, trajectory = _analytic(6, 1)
+    with pytest.raises(OIRInputError, match="search_mode"):
+        run_search(host, trajectory, "fastest", 1, _as_images)
+    with pytest.raises(OIRInputError, match="connect 'scorer' and 'image'"):
+        run_search(host, trajectory, "coarse_to_fine", 1, _as_images)
+    assert recorder.calls == []

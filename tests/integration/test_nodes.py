@@ -239,14 +239,14 @@ def test_coarse_round_ranks_with_the_metric_the_scorer_uses(
     monkeypatch, pack, nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder
 ) -> None:
     """One OIR_SCORER carries the CLIP, its modes and the weights to both rankings."""
-    sampling = sys.modules[f"{pack.__name__}.nodes.sampling_nodes"]
-    real, seen = sampling.score_candidate_pairs, []
+    search = sys.modules[f"{pack.__name__}.oir_core.search"]  # the coarse-to-fine driver's namespace
+    real, seen = search.score_candidate_pairs, []
 
     def spy(scorer: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append((scorer, kwargs.get("weights")))
         return real(scorer, *args, **kwargs)
 
-    monkeypatch.setattr(sampling, "score_candidate_pairs", spy)
+    monkeypatch.setattr(search, "score_candidate_pairs", spy)
     settings = {"editing_weight": 0.8, "attention_mode": "hard", "fidelity_space": "pixels"}
     out = run_graph(
         nodes,
