@@ -1,5 +1,5 @@
-"""Benchmark 5: peak activation memory of the search with and without chunking, and the chunk size
-``fit_max_batch`` picks for a full-size SD1.5 UNet at 512² on an 8 GB GPU.
+"""Benchmark 5: peak activation memory of the search with and without chunking, and the real loading
+path of full-size SD1.5 and SDXL UNets on simulated 8 / 12 GiB cards.
 
 **Measured.** Each variant runs in its own subprocess (fresh allocator, no cross-talk): build the
 ComfyUI UNet, warm it up with one small call, then run the exhaustive lockstep search of ``K``
@@ -11,11 +11,12 @@ at level 1) or with ``max_batch`` rows per call. Peak activation memory:
   ``ru_maxrss`` is used, which can only under-report);
 - CUDA: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before the search.
 
-**Computed.** The chunk ``nodes.comfy_host.fit_max_batch`` picks for the exhaustive search of two
-pairs at ``T = 50`` with a full-size SD1.5 ``BaseModel`` (built on the meta device: no weights,
-its real ``memory_required``) at latent ``4×64×64`` on an 8 GiB GPU holding the fp16 weights;
-with the estimate ComfyUI uses on NVIDIA GPUs (PyTorch attention) and with the one it uses on
-CPU / without PyTorch attention (sub-quadratic attention).
+**Real loading path, simulated card.** For the exhaustive search of two pairs at ``T = 50``, a
+full-size fp16 SD1.5 UNet at 512² on an 8 GiB card and SDXL at 1024² on a 12 GiB card go through
+ComfyUI's own ``load_models_gpu`` (``tests/integration/simulated_gpu.py``): the fraction of the
+weights loaded, the chunk ``ComfyHost`` then picks and the calls it makes; and, for contrast, the
+loaded fraction when ComfyUI is asked to reserve for the whole level. With the estimate ComfyUI
+uses on NVIDIA GPUs (PyTorch attention) and with the sub-quadratic-attention one.
 
 Run: ``COMFYUI_PATH=/path/to/ComfyUI python benchmarks/bench_memory.py``
 """
@@ -35,12 +36,10 @@ from typing import Any
 
 import benchlib
 import torch
-from benchlib import Metric, Report, fmt_bytes
+from benchlib import Metric, Report, fmt_bytes, fmt_pct
 
 from oir_core.candidates import exhaustive_steps, generate_candidates
 from oir_core.inversion import InversionTrajectory
-
-GPU_BYTES = 8 * 2**30
 
 
 def status_kib(field: str) -> int | None:
@@ -70,7 +69,8 @@ def child(args: Any) -> None:
     model = benchlib.build_unet(args.full_size, 0, args.device)
     shape = benchlib.FULL_SIZE_LATENT if args.full_size else (4, args.latent, args.latent)
     conds = [benchlib.conditioning(seed, args.full_size) for seed in range(args.pairs + 1)]
-    max_batch = args.chunk if args.chunk > 0 else None
+    # chunk 0 = unchunked: every candidate of a level in one call (beyond the default row cap).
+    max_batch = args.chunk if args.chunk > 0 else args.pairs * args.steps
     host = comfy_host.ComfyHost(model, conds[0], None, conds[1:], None, cfg=7.5, max_batch=max_batch)
     sigmas = comfy_host.get_sigmas(model, "ddim_uniform", args.steps)
     generator = torch.Generator().manual_seed(1)
@@ -138,49 +138,67 @@ def run_child(args: Any, chunk: int, save: Path) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def chunk_for_8gb(report: Report, steps: int, pairs: int) -> None:
-    """``fit_max_batch`` for the full-size SD1.5 UNet at 512² with 8 GiB minus the fp16 weights."""
-    import comfy.model_base
+CARDS = (("sd15", 64, 4), ("sd15", 64, 8), ("sdxl", 128, 8), ("sdxl", 128, 12))
+"""(family, latent side, card GiB): SD1.5 at 512² on an 8 GiB card, SDXL at 1024² on a 12 GiB card."""
+
+
+def chunk_on_simulated_cards(report: Report, steps: int, pairs: int) -> None:
+    """The real loading path on simulated cards: is the model fully loaded, which chunk, how many calls.
+
+    ``ComfyHost.run`` of the first exhaustive level (``K·T`` rows) through ComfyUI's own
+    ``load_models_gpu`` with a full-size fp16 UNet whose weights are never written
+    (``tests/integration/simulated_gpu.py``), once with the memory estimate ComfyUI uses on NVIDIA
+    GPUs (PyTorch attention) and once with the sub-quadratic-attention one.
+    """
     import comfy.model_management
-    import comfy.supported_models
+    import simulated_gpu
+    import tiny_models
+
+    from oir_core.host import Stage
 
     comfy_host = benchlib.pack("nodes.comfy_host")
-    config = comfy.supported_models.SD15({**benchlib.FULL_SD15_UNET_CONFIG, "dtype": torch.float16})
-    config.set_inference_dtype(torch.float16, None)
-    model = comfy.model_base.BaseModel(config, device="meta")
-    weights = sum(p.numel() for p in model.diffusion_model.parameters()) * 2
-    free = GPU_BYTES - weights
-    shape = benchlib.FULL_SIZE_LATENT
     rows = pairs * steps  # level 1 of an exhaustive search holds every candidate
     per_level = [pairs * (steps - s + 1) for s in range(steps, 0, -1)]
     real_flag = comfy.model_management.pytorch_attention_flash_attention
-    for label, flag in (("NVIDIA, PyTorch attention", True), ("sub-quadratic attention", False)):
-        comfy.model_management.pytorch_attention_flash_attention = lambda flag=flag: flag
-        try:
-            chunk = comfy_host.fit_max_batch(model.memory_required, shape, rows, free, branches=2)
-            need = model.memory_required([2 * chunk, *shape])
-            whole = model.memory_required([2 * rows, *shape])
-        finally:
-            comfy.model_management.pytorch_attention_flash_attention = real_flag
-        calls = sum(math.ceil(r / chunk) for r in per_level)
-        print(
-            f"full-size SD1.5 fp16, 512², {label}: weights {fmt_bytes(weights)}, free {fmt_bytes(free)}; "
-            f"chunk {chunk} rows ({2 * chunk} UNet rows), estimate {fmt_bytes(need)} (x1.5 safety "
-            f"{fmt_bytes(1.5 * need)}); unchunked level-1 estimate {fmt_bytes(whole)}; {calls} calls for "
-            f"{steps} levels"
-        )
-        report.add(
-            Metric(
-                f"5. fit_max_batch chunk, full-size SD1.5 fp16 512², 8 GiB GPU ({label})",
-                f"{chunk} candidate rows/call; {calls} calls for T={steps}, K={pairs}; "
-                f"weights + 1.5×estimate = {fmt_bytes(weights + 1.5 * need)}",
-                "fits in 8 GiB",
-                weights + 1.5 * need <= GPU_BYTES and chunk >= 1,
-                f"unchunked level 1 ({rows} rows, {2 * rows} UNet rows) would need {fmt_bytes(whole)}; "
-                "ComfyUI also keeps ~0.4 GiB reserve and the CUDA context needs ~0.3-0.5 GiB, which a real "
-                "run's free-memory reading includes.",
+    for family, side, gib in CARDS:
+        patcher = tiny_models.build_full_size_unet(family, torch.float16, torch.device("cpu"))
+        cond = tiny_models.full_size_conditioning(family)
+        shape = (4, side, side)
+        stage = Stage("guided", torch.linspace(14.6, 0.03, steps + 1), rows, shape)
+        name = {"sd15": "SD1.5", "sdxl": "SDXL"}[family]
+        for label, flag in (("NVIDIA, PyTorch attention", True), ("sub-quadratic attention", False)):
+            comfy.model_management.pytorch_attention_flash_attention = lambda flag=flag: flag
+            try:
+                results = {}
+                for reserve, max_batch in (("one row", None), ("whole level", rows)):
+                    host = comfy_host.ComfyHost(
+                        patcher, cond, None, [cond] * pairs, cond, 7.5, max_batch=max_batch
+                    )
+                    results[reserve] = simulated_gpu.run_stage_on_card(host, stage, patcher, gib * 2**30)
+            finally:
+                comfy.model_management.pytorch_attention_flash_attention = real_flag
+            seen, whole = results["one row"], results["whole level"]
+            calls = sum(math.ceil(r / seen.chunk) for r in per_level)
+            print(
+                f"full-size {name} fp16, {side * 8}², {gib} GiB card, {label}: weights "
+                f"{fmt_bytes(patcher.model_size())}; reserving one row: loaded "
+                f"{fmt_pct(seen.loaded_fraction)}, "
+                f"free after load {fmt_bytes(seen.free_after_load)}, chunk {seen.chunk} rows, {calls} calls; "
+                f"reserving the whole level ({rows} rows): loaded {fmt_pct(whole.loaded_fraction)}"
             )
-        )
+            report.add(
+                Metric(
+                    f"5. real loading path, full-size {name} fp16 {side * 8}², {gib} GiB card ({label})",
+                    f"weights {fmt_pct(seen.loaded_fraction)} loaded; {seen.chunk} candidate rows/call; "
+                    f"{calls} calls for T={steps}, K={pairs} (reserving the whole level instead: "
+                    f"{fmt_pct(whole.loaded_fraction)} loaded)",
+                    "100 % loaded",
+                    seen.loaded_fraction == 1.0,
+                    "ComfyUI's own load_models_gpu on a simulated card (capacity minus what it loaded); the "
+                    "CUDA context (~0.3-0.5 GiB) is not simulated. The chunk is capped at "
+                    f"{comfy_host.DEFAULT_ROW_CAP} rows (ComfyHost's default).",
+                )
+            )
 
 
 def main() -> None:
@@ -230,7 +248,7 @@ def main() -> None:
         )
     )
     benchlib.setup_comfy(args.device)
-    chunk_for_8gb(report, 50, 2)
+    chunk_on_simulated_cards(report, 50, 2)
     report.emit(args.json_out)
 
 

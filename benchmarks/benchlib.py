@@ -40,29 +40,6 @@ for _extra in (REPO_ROOT, REPO_ROOT / "tests" / "integration", REPO_ROOT / "test
 
 import comfy_env  # noqa: E402  (tests/integration, put on sys.path above)
 
-FULL_SD15_UNET_CONFIG: dict[str, Any] = {
-    # ComfyUI 0.3.64 comfy/model_detection.py, the SD15 detection dict (dtype set per run).
-    "use_checkpoint": False,
-    "image_size": 32,
-    "out_channels": 4,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "adm_in_channels": None,
-    "in_channels": 4,
-    "model_channels": 320,
-    "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "channel_mult": [1, 2, 4, 4],
-    "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False,
-    "context_dim": 768,
-    "num_heads": 8,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-}
-"""The full-size SD1.5 UNet (860 M parameters); built in memory with random weights, never loaded."""
-
 FULL_SD_VAE_DDCONFIG: dict[str, Any] = {
     "double_z": True,
     "z_channels": 4,
@@ -261,6 +238,32 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def batch_time(
+    host: Any, batch: int, shape: tuple[int, ...], sigma: float, min_seconds: float, device: str
+) -> float:
+    """Mean seconds per denoiser call on ``batch`` rows of pair 0 through ``host`` (one guider chain).
+
+    After one warm-up call, calls repeat for at least ``min_seconds`` (3 calls at least, 50 at most);
+    the mean (not the best call) is what a sustained run achieves, like the search's own time.
+    """
+    from oir_core.host import Stage
+
+    stage = Stage(role="guided", sigmas=torch.tensor([sigma, 0.0]), rows=batch, latent_shape=shape)
+    x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(batch))
+    ids = torch.zeros(batch, dtype=torch.long)
+    sig = torch.tensor(sigma)
+
+    def body(denoise: Any, _max_batch: int | None) -> float:
+        denoise(x, sig, ids)  # warm-up
+        spent, calls = 0.0, 0
+        while calls < 3 or (spent < min_seconds and calls < 50):
+            seconds, _ = timed(lambda: denoise(x, sig, ids), device)
+            spent, calls = spent + seconds, calls + 1
+        return spent / calls
+
+    return host.run(stage, body)
+
+
 @dataclass
 class Timing:
     """Repeated wall-clock measurements of one variant (seconds)."""
@@ -344,16 +347,9 @@ def build_unet(full_size: bool, seed: int, device: str) -> Any:
     import comfy.supported_models
 
     dtype = torch.float16 if device == "cuda" else torch.float32
-    model_config = comfy.supported_models.SD15({**FULL_SD15_UNET_CONFIG, "dtype": dtype})
-    model_config.set_inference_dtype(dtype, None)
     offload = comfy.model_management.unet_offload_device()
-    model = comfy.model_base.BaseModel(
-        model_config, model_type=comfy.model_base.ModelType.EPS, device=offload
-    )
-    tiny_models.init_weights_(model.diffusion_model, seed)
-    model.eval()
-    return comfy.model_patcher.ModelPatcher(
-        model, load_device=comfy.model_management.get_torch_device(), offload_device=offload
+    return tiny_models.build_full_size_unet(
+        "sd15", dtype, offload, load_device=comfy.model_management.get_torch_device(), seed=seed
     )
 
 
@@ -374,7 +370,9 @@ def build_vae(full_size: bool, seed: int) -> Any:
 
 
 def context_dim(full_size: bool) -> int:
-    return int(FULL_SD15_UNET_CONFIG["context_dim"]) if full_size else 64
+    import tiny_models
+
+    return int(tiny_models.FULL_SIZE_UNETS["sd15"]["context_dim"]) if full_size else 64
 
 
 def conditioning(seed: int, full_size: bool) -> list[list[Any]]:

@@ -31,6 +31,7 @@ SCRIPTS = (
     "bench_coarse_to_fine.py",
     "bench_edit.py",
     "bench_memory.py",
+    "bench_gpu.py",
 )
 
 
@@ -58,7 +59,9 @@ def main() -> None:
         for script in scripts:
             out = Path(tmp) / f"{script}.json"
             extra = ["--device", args.device, "--threads", str(args.threads)]
-            extra += ["--full-size"] if args.full_size else []
+            extra += ["--full-size"] if args.full_size and script != "bench_gpu.py" else []
+            # the GPU check always runs full size on CUDA; on a CPU it only proves itself (--tiny)
+            extra += ["--tiny"] if script == "bench_gpu.py" and args.device == "cpu" else []
             command = [sys.executable, str(benchlib.BENCH_DIR / script), *extra]
             shown = " ".join(["python", f"benchmarks/{script}", *extra])
             commands.append(shown)

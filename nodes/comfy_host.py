@@ -33,6 +33,16 @@ Conditioning = list[list[Any]]
 MEMORY_SAFETY_FACTOR = 1.5
 """The margin ComfyUI itself applies (``_calc_cond_batch``): ``memory_required * 1.5 < free``."""
 
+DEFAULT_ROW_CAP = 16
+"""Rows per model call when the user sets no ``max_batch`` (ARCHITECTURE.md §5).
+
+A cancel is honoured between model calls, so one call's length is the cancel latency. Throughput
+stops growing long before memory runs out: on the tiny model on CPU (``bench_efficiency.py``) the
+best batch is 24 rows and 16 rows reach {see README}; on GPUs a UNet forward is compute-bound from
+a few images of 512² on. 16 rows (32 UNet rows with CFG) keep one call to about a second for SD1.5
+at 512² and a few seconds for SDXL at 1024² on consumer GPUs. Set ``max_batch`` to go higher.
+"""
+
 
 # --------------------------------------------------------------------------------------------------
 # Small helpers the nodes need
@@ -396,7 +406,8 @@ class ComfyHost:
         cfg: the CFG scale of the ``"guided"`` and ``"target"`` roles.
         seed: passed to ComfyUI as the sampling seed (used by some conds / patches only; the
             engine's steps are deterministic).
-        max_batch: the user's cap on rows per model call (``None``: sized from free memory only).
+        max_batch: the user's cap on rows per model call (``None``: sized from free memory, at most
+            :data:`DEFAULT_ROW_CAP`).
 
     Attributes:
         last_max_batch: the chunk size given to the most recent body.
@@ -475,8 +486,9 @@ class ComfyHost:
         shape = (chunk, *(int(s) for s in stage.latent_shape))
         noise = torch.zeros(shape, dtype=torch.float32)
         latent = torch.zeros(shape, dtype=torch.float32)
+        row_cap = DEFAULT_ROW_CAP if self.max_batch is None else self.max_batch
         sampler = StageSampler(
-            stage, body, self.max_batch, branches, guided_guider=guided, free_memory=self.free_memory_override
+            stage, body, row_cap, branches, guided_guider=guided, free_memory=self.free_memory_override
         )
         guider.sample(
             noise,

@@ -242,7 +242,8 @@ class OIRParallelStepSearch(io.ComfyNode):
                     default=0,
                     min=0,
                     max=4096,
-                    tooltip="Rows per model call; 0 = largest that fits memory.",
+                    tooltip="Rows per model call; 0 = the largest that fits the memory left once the model "
+                    "is loaded, at most 16 (one call is what a cancel waits for).",
                 ),
                 io.Conditioning.Input(
                     "negative", optional=True, tooltip="Negative prompt; default: the original."
@@ -396,7 +397,8 @@ class OIRObjectReassembly(io.ComfyNode):
                     default=0,
                     min=0,
                     max=4096,
-                    tooltip="Rows per model call; 0 = largest that fits memory.",
+                    tooltip="Rows per model call; 0 = the largest that fits the memory left once the model "
+                    "is loaded, at most 16 (one call is what a cancel waits for).",
                 ),
                 io.Conditioning.Input(
                     "negative", optional=True, tooltip="Negative prompt; default: the original."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -10,7 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..oir_core.clip_backends import load_clip
+from ..oir_core.clip_backends import ClipModel, load_clip
 from ..oir_core.clip_scorer import ATTENTION_MODES, FIDELITY_SPACES, ClipScorer
 from ..oir_core.edit import check_choice, fit_image
 from ..oir_core.errors import OIRInputError
@@ -28,12 +29,19 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def register_scorer_folder() -> None:
-    """Register ``models/oir_clip`` (and any ``oir_clip`` entry of extra_model_paths.yaml)."""
+    """Register ``models/oir_clip`` beside any ``oir_clip`` folders of extra_model_paths.yaml.
+
+    ComfyUI reads extra_model_paths.yaml before it imports custom nodes; an ``oir_clip`` entry there
+    creates the folder list without the default folder, which is added here.
+    """
+    default = os.path.join(folder_paths.models_dir, SCORER_FOLDER)
     if SCORER_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[SCORER_FOLDER] = (
-            [os.path.join(folder_paths.models_dir, SCORER_FOLDER)],
-            set(CHECKPOINT_EXTENSIONS),
-        )
+        folder_paths.folder_names_and_paths[SCORER_FOLDER] = ([default], set(CHECKPOINT_EXTENSIONS))
+        return
+    paths, extensions = folder_paths.folder_names_and_paths[SCORER_FOLDER]
+    if default not in paths:
+        paths.append(default)
+    extensions.update(CHECKPOINT_EXTENSIONS)
 
 
 def list_scorers() -> list[str]:
@@ -56,18 +64,76 @@ def list_scorers() -> list[str]:
 
 
 def resolve_scorer(name: str) -> str:
-    """Absolute path of a listed scorer name, refusing names outside the registered folders."""
-    register_scorer_folder()
-    for root in folder_paths.get_folder_paths(SCORER_FOLDER):
-        candidate = os.path.realpath(os.path.join(root, name))
-        if candidate.startswith(os.path.realpath(root) + os.sep) and os.path.exists(candidate):
-            return candidate
+    """The path of a scorer the dropdown offers (:func:`list_scorers`), or a refusal.
+
+    Symlinked files and folders inside a registered folder are offered and load (the listing
+    follows links, as people share model folders that way); any other name, such as a path that
+    leaves every registered folder, is refused.
+    """
+    if name in list_scorers():
+        for root in folder_paths.get_folder_paths(SCORER_FOLDER):
+            candidate = os.path.join(root, *name.split("/"))
+            if os.path.exists(candidate):
+                return candidate
     raise OIRInputError(
         "clip_name",
         name,
-        f"not found in models/{SCORER_FOLDER}",
-        f"put a transformers CLIP folder or an open_clip .safetensors checkpoint into models/{SCORER_FOLDER}",
+        f"is not a scorer in models/{SCORER_FOLDER} or an {SCORER_FOLDER} folder of extra_model_paths.yaml",
+        f"put a transformers CLIP folder or an open_clip .safetensors checkpoint into models/{SCORER_FOLDER} "
+        "and pick it from the list",
     )
+
+
+SCORER_DEVICES = ("auto", "cpu", "gpu")
+
+
+def scorer_device(choice: str) -> torch.device:
+    """The compute device for the ``device`` choice (ComfyUI's own rules, ARCHITECTURE.md §5).
+
+    ``auto`` follows ``text_encoder_device()``, where ComfyUI runs its own CLIP models; ``gpu`` is
+    ``get_torch_device()`` (the diffusion model's device); ``cpu`` is the CPU.
+    """
+    import comfy.model_management as mm
+
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice == "gpu":
+        return torch.device(mm.get_torch_device())
+    return torch.device(mm.text_encoder_device())
+
+
+class ScorerWeights(torch.nn.Module):
+    """The scorer CLIP's module, held for a ComfyUI ``ModelPatcher``.
+
+    A thin holder because the patcher sets ``model.device`` on what it manages, which a transformers
+    ``PreTrainedModel`` does not allow (its ``device`` is a read-only property).
+    """
+
+    def __init__(self, clip: torch.nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+
+
+def managed_clip(path: str, backend: str, device: torch.device, dtype: torch.dtype) -> ClipModel:
+    """Load the scorer CLIP under ComfyUI's model management.
+
+    The weights are read onto ComfyUI's offload device and wrapped in a ``ModelPatcher`` whose load
+    device is ``device``. Before every use :meth:`ClipModel.ready` calls ``load_models_gpu`` with it
+    (fully: a plain torch module cannot run partially loaded), so ComfyUI counts the scorer in its
+    memory budget, offloads it when the diffusion model needs the room, and unloads it with every
+    other model on "Free model and node cache" (``POST /free``). Only the returned object (kept by the
+    node cache) holds the weights.
+    """
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    offload = torch.device("cpu") if device.type == "cpu" else torch.device(mm.text_encoder_offload_device())
+    model = load_clip(path, backend=backend, device=offload, dtype=dtype)  # type: ignore[arg-type]
+    patcher = comfy.model_patcher.ModelPatcher(
+        ScorerWeights(model.model), load_device=device, offload_device=offload
+    )
+    model.before_use = functools.partial(mm.load_models_gpu, [patcher], force_full_load=True)
+    return model
 
 
 def check_metric(scorer: Any) -> SearchMetric:
@@ -106,10 +172,18 @@ class OIRLoadCLIPScorer(io.ComfyNode):
                     tooltip="Loader to use.",
                 ),
                 io.Combo.Input(
-                    "device", options=["auto", "cpu", "gpu"], default="auto", tooltip="Where the scorer runs."
+                    "device",
+                    options=list(SCORER_DEVICES),
+                    default="auto",
+                    tooltip="auto = where ComfyUI runs its own CLIP models; gpu = ComfyUI's compute device "
+                    "(refused when ComfyUI runs on the CPU); cpu = always the CPU. ComfyUI loads the scorer "
+                    "when it scores and may offload it when the diffusion model needs the memory.",
                 ),
                 io.Combo.Input(
-                    "precision", options=["fp32", "fp16"], default="fp32", tooltip="Scorer weights dtype."
+                    "precision",
+                    options=["fp32", "fp16"],
+                    default="fp32",
+                    tooltip="Scorer weights dtype: fp32 as in the paper; fp16 halves its memory (CPU too).",
                 ),
                 io.Float.Input(
                     "editing_weight",
@@ -160,6 +234,15 @@ class OIRLoadCLIPScorer(io.ComfyNode):
         fidelity_space: str | None = None,
         mask_geometry: str | None = None,
     ) -> bool | str:
+        if device == "gpu" and scorer_device("gpu").type == "cpu":
+            return str(
+                OIRInputError(
+                    "device",
+                    device,
+                    "ComfyUI runs on the CPU here (started with --cpu, or no GPU found)",
+                    "choose 'auto' or 'cpu'",
+                )
+            )
         return refuse_unknown_choices(
             cls,
             backend=backend,
@@ -182,20 +265,15 @@ class OIRLoadCLIPScorer(io.ComfyNode):
         fidelity_space: str = "official",
         mask_geometry: str = "official",
     ) -> io.NodeOutput:
-        import comfy.model_management
-
-        check_choice(device, ("auto", "cpu", "gpu"), "device")
+        check_choice(device, SCORER_DEVICES, "device")
         check_choice(precision, ("fp32", "fp16"), "precision")
         check_choice(attention_mode, ATTENTION_MODES, "attention_mode")
         check_choice(fidelity_space, FIDELITY_SPACES, "fidelity_space")
         check_choice(mask_geometry, MASK_GEOMETRIES, "mask_geometry")
         weights = (float(editing_weight), 1.0 - float(editing_weight))
         path = resolve_scorer(clip_name)
-        target = {"auto": None, "cpu": "cpu", "gpu": comfy.model_management.get_torch_device()}[device]
-        if target is None:
-            target = comfy.model_management.get_torch_device()
-        dtype = torch.float16 if precision == "fp16" and torch.device(target).type != "cpu" else torch.float32
-        model = load_clip(path, backend=backend, device=target, dtype=dtype)  # type: ignore[arg-type]
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        model = managed_clip(path, backend, scorer_device(device), dtype)
         scorer = ClipScorer(model, attention_mode, fidelity_space, mask_geometry)  # type: ignore[arg-type]
         return io.NodeOutput(SearchMetric(scorer, weights))
 

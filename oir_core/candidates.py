@@ -102,6 +102,14 @@ def source_is_step_one(trajectory: InversionTrajectory) -> bool:
     return trajectory.convention == "official"
 
 
+def split_source_rows(trajectory: InversionTrajectory, starts: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``(source rows, walked rows)``: positions in ``starts`` whose candidate is the source latent
+    (step 1 under :func:`source_is_step_one`) and the positions that are really denoised."""
+    source = [i for i, start in enumerate(starts) if start == 1 and source_is_step_one(trajectory)]
+    skipped = set(source)
+    return source, [i for i in range(len(starts)) if i not in skipped]
+
+
 def generate_candidates(
     host: Host,
     trajectory: InversionTrajectory,
@@ -129,8 +137,7 @@ def generate_candidates(
     pair_ids = [pair for pair, pair_steps in enumerate(checked) for _ in pair_steps]
     steps = [step for pair_steps in checked for step in pair_steps]
     latents = trajectory.latents
-    source_rows = [i for i, step in enumerate(steps) if step == 1 and source_is_step_one(trajectory)]
-    walked = [i for i in range(len(steps)) if i not in set(source_rows)]
+    source_rows, walked = split_source_rows(trajectory, steps)
     walk_steps = [steps[i] for i in walked]
     index = torch.tensor(walk_steps, dtype=torch.long, device=latents.device)
     initial = latents.index_select(0, index)

@@ -34,7 +34,6 @@ import copy
 import difflib
 import json
 import pickle
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,7 +54,6 @@ __all__ = [
     "ClipPreprocess",
     "OpenClipModel",
     "TransformersClipModel",
-    "clear_clip_cache",
     "load_clip",
     "load_state_dict_file",
 ]
@@ -96,10 +94,16 @@ class ClipPreprocess:
 class ClipModel(ABC):
     """A loaded CLIP, frozen, on one device, with our masked vision forward.
 
+    A host that manages device memory (ComfyUI) sets :attr:`before_use` to a callable that puts the
+    weights on the compute device; :meth:`ready` calls it before every use, so the weights may be
+    offloaded in between (ARCHITECTURE.md §5).
+
     Attributes:
         backend: ``"transformers"`` or ``"open_clip"``.
         path: the file or folder it was loaded from.
-        device, dtype: where and in which precision it runs.
+        dtype: the precision it runs in (:attr:`device`: where its weights are now).
+        model: the library's ``nn.Module``.
+        before_use: the host's loading hook, ``None`` when the weights never move.
         image_size: the ViT's square input size ``S``.
         patch_size: the ViT's patch size ``p``; the token grid is ``(S/p)²`` plus CLS.
         preprocess: the image preprocessing of :class:`ClipPreprocess`.
@@ -107,11 +111,23 @@ class ClipModel(ABC):
 
     backend: str
     path: Path
-    device: torch.device
     dtype: torch.dtype
     image_size: int
     patch_size: int
     preprocess: ClipPreprocess
+    model: nn.Module
+    before_use: Callable[[], None] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are now (inputs are moved there)."""
+        return next(self.model.parameters()).device
+
+    def ready(self) -> torch.device:
+        """Run the host's loading hook (if any); the device the weights are then on."""
+        if self.before_use is not None:
+            self.before_use()
+        return self.device
 
     @property
     def grid_size(self) -> int:
@@ -150,14 +166,12 @@ class TransformersClipModel(ClipModel):
         model: nn.Module,
         tokenize: Callable[[Sequence[str]], tuple[Tensor, Tensor | None]],
         path: Path,
-        device: torch.device,
         dtype: torch.dtype,
         preprocess: ClipPreprocess,
     ) -> None:
         self.model = model
         self._tokenize = tokenize
         self.path = path
-        self.device = device
         self.dtype = dtype
         vision = model.config.vision_config
         self.image_size = int(vision.image_size)
@@ -223,7 +237,6 @@ class OpenClipModel(ClipModel):
         tokenizer: Callable[..., Tensor],
         path: Path,
         architecture: str,
-        device: torch.device,
         dtype: torch.dtype,
         preprocess: ClipPreprocess,
     ) -> None:
@@ -231,7 +244,6 @@ class OpenClipModel(ClipModel):
         self._tokenizer = tokenizer
         self.path = path
         self.architecture = architecture
-        self.device = device
         self.dtype = dtype
         visual = model.visual
         self.image_size = int(_square(visual.image_size, "image_size", path))
@@ -360,16 +372,6 @@ def load_state_dict_file(path: str | Path, input_name: str = "clip_model") -> di
 # Loading
 
 
-_CACHE: dict[tuple[str, str, str, str, str], ClipModel] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def clear_clip_cache() -> None:
-    """Forget every cached CLIP (frees their memory once no scorer holds them)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -382,7 +384,6 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise OIRInputError("device", device, "CUDA is not available here", "use 'cpu'")
-        # "cuda" and "cuda:0" are the same device: one cache entry.
         dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
     return dev
 
@@ -418,7 +419,10 @@ def load_clip(
     dtype: torch.dtype = torch.float32,
     architecture: str | None = None,
 ) -> ClipModel:
-    """Load a CLIP from local files once and cache it (key: path, backend, device, dtype, architecture).
+    """Load a CLIP from local files, frozen, onto ``device``.
+
+    Nothing is cached here: a host keeps the loaded model as long as it needs it (ComfyUI: its node
+    cache, freed by "Free model and node cache"), so no hidden copy outlives it.
 
     Args:
         path: a transformers CLIP folder, an open_clip checkpoint file, or an open_clip local-dir folder.
@@ -446,17 +450,9 @@ def load_clip(
     if not p.exists():
         raise OIRInputError("clip_model", str(p), "file or folder not found", "check the path")
     dev = _resolve_device(device)
-    key = (str(p.resolve()), chosen, str(dev), str(dtype), architecture or "")
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            return cached
-        if chosen == "transformers":
-            model: ClipModel = _load_transformers(p, dev, dtype)
-        else:
-            model = _load_open_clip(p, dev, dtype, architecture)
-        _CACHE[key] = model
-        return model
+    if chosen == "transformers":
+        return _load_transformers(p, dev, dtype)
+    return _load_open_clip(p, dev, dtype, architecture)
 
 
 def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -634,7 +630,6 @@ def _load_transformers(folder: Path, device: torch.device, dtype: torch.dtype) -
         model=_freeze(model, device, dtype),
         tokenize=_transformers_tokenizer(folder, config.text_config),
         path=folder,
-        device=device,
         dtype=dtype,
         preprocess=_transformers_preprocess(folder, image_size),
     )
@@ -781,7 +776,6 @@ def _load_open_clip(
         tokenizer=tokenizer,
         path=path,
         architecture=arch,
-        device=device,
         dtype=dtype,
         preprocess=preprocess,
     )

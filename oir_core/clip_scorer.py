@@ -271,6 +271,7 @@ class ClipScorer:
 
     @property
     def device(self) -> torch.device:
+        """Where the CLIP's weights are now (call :meth:`ClipModel.ready` first to load them)."""
         return self.model.device
 
     def text_embedding(self, text: str) -> Tensor:
@@ -278,6 +279,7 @@ class ClipScorer:
         if not isinstance(text, str) or not text.strip():
             raise OIRInputError("target_text", text, "is empty", "give the pair's target phrase")
         if text not in self._text_cache:
+            self.model.ready()
             self._text_cache[text] = self.model.encode_text([text])[0]
         return self._text_cache[text]
 
@@ -302,6 +304,7 @@ class ClipScorer:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise OIRInputError("images", tuple(images.shape), "must be [N,H,W,3]", "pass a ComfyUI IMAGE")
         prep, grid = self.model.preprocess, self.model.grid_size
+        self.model.ready()
         if self.mask_geometry == "official":
             pixels = preprocess_images_official(images, prep, self.device)
             masks = self._mask_batch(mask, images.shape[0])
@@ -335,6 +338,7 @@ class ClipScorer:
 
     def fidelity_scores(self, candidates: Tensor, original: Tensor, mask: Tensor) -> Tensor:
         """``[N]`` raw ``S_ne = -MSE`` outside the mask, in :attr:`fidelity_space`."""
+        self.model.ready()
         m = as_mask_batch(mask).to(self.device)
         if m.shape[0] != 1:
             raise OIRInputError("mask", tuple(mask.shape), "must be one mask", "pass this pair's mask")
@@ -386,6 +390,6 @@ def load_clip_scorer(
     fidelity_space: FidelitySpace = "official",
     mask_geometry: MaskGeometry = "official",
 ) -> ClipScorer:
-    """:func:`oir_core.clip_backends.load_clip` (cached) wrapped in a :class:`ClipScorer`."""
+    """:func:`oir_core.clip_backends.load_clip` wrapped in a :class:`ClipScorer`."""
     model = load_clip(path, backend=backend, device=device, dtype=dtype, architecture=architecture)
     return ClipScorer(model, attention_mode, fidelity_space, mask_geometry)

@@ -52,8 +52,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from . import pictures
 from .specs import (
     BASE_TEMPLATE,
+    UPLOAD_SUBFOLDER,
     Case,
     EditSpec,
     LocalCheck,
@@ -69,7 +71,6 @@ from .specs import (
     safe_case_dir,
     single_spec,
     spec_from_mapping,
-    upload_name,
     validate_local,
 )
 
@@ -102,7 +103,6 @@ PACK_FOLDER = "oir-edit"
 """Folder name the pack gets in a launched server's custom_nodes (= the project name, so ComfyUI's
 ``/extensions/<name>/`` web path is the same as for a registry install)."""
 
-UPLOAD_SUBFOLDER = "oir-edit"
 """Sub-folder of ComfyUI's input folder the headless uploads go to."""
 
 REPORT_NAME = "report.json"
@@ -163,6 +163,10 @@ class ExecutionFailed(HeadlessError):
     def __init__(self, message: str, details: str = "") -> None:
         super().__init__(message)
         self.details = details
+
+
+class InputRefusedByNode(ExecutionFailed):
+    """A node refused an input (``OIRInputError``) before its heavy work: bad input, exit 2."""
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -244,8 +248,9 @@ class ComfyClient:
             self._object_info[class_type] = info.get(class_type) if isinstance(info, dict) else None
         return self._object_info[class_type]
 
-    def upload_image(self, path: Path, name: str, subfolder: str = UPLOAD_SUBFOLDER) -> str:
-        """Upload ``path`` as ``<subfolder>/<name>`` into the input folder; returns the LoadImage value."""
+    def upload_image(self, source: Path | bytes, name: str, subfolder: str = UPLOAD_SUBFOLDER) -> str:
+        """Upload a file (or its bytes) as ``<subfolder>/<name>`` into the input folder; returns the
+        LoadImage value."""
         boundary = uuid.uuid4().hex
         parts = []
         for key, value in (("type", "input"), ("subfolder", subfolder), ("overwrite", "true")):
@@ -255,7 +260,7 @@ class ComfyClient:
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
             f"Content-Type: application/octet-stream\r\n\r\n".encode()
-            + Path(path).read_bytes()
+            + (source if isinstance(source, bytes) else Path(source).read_bytes())
             + b"\r\n"
         )
         parts.append(f"--{boundary}--\r\n".encode())
@@ -895,7 +900,7 @@ def _input_specs(info: Mapping[str, Any]) -> dict[str, Any]:
 class CaseRunner(Protocol):
     """What :func:`run_batch` needs from a server: cheap checks first, then the runs."""
 
-    def check(self, spec: EditSpec) -> None:
+    def check(self, spec: EditSpec, local: LocalCheck) -> None:
         """Raise a one-line error if the server cannot run ``spec`` (names, ranges); no heavy work."""
 
     def run(self, spec: EditSpec, check: LocalCheck, out_dir: Path) -> dict[str, Any]:
@@ -961,8 +966,11 @@ class EditRunner:
             )
         return str(options[0])
 
-    def build(self, spec: EditSpec) -> dict[str, Any]:
-        """The filled workflow for ``spec`` (upload names are content hashes, known before uploading)."""
+    def build(self, spec: EditSpec, local: LocalCheck | None = None) -> dict[str, Any]:
+        """The filled workflow for ``spec`` (upload names are content hashes, known before uploading).
+
+        ``local``: the spec's :func:`validate_local` result (computed here when not given).
+        """
         if not spec.checkpoint:
             info = self.client.object_info(self.model_loader) or {}
             offered = _combo_options(_input_specs(info).get("ckpt_name")) or []
@@ -970,7 +978,8 @@ class EditRunner:
                 f"{spec.name}: no checkpoint given (--checkpoint or spec field 'checkpoint'); the server "
                 f"offers: {_short_list(offered)}"
             )
-        uploads = {path: f"{UPLOAD_SUBFOLDER}/{upload_name(path)}" for path in spec.files()}
+        local = local or validate_local(spec)
+        uploads = {path: local.upload_value(path) for path in spec.files()}
         scorer = spec.scorer or self.default_scorer()
         return fill_workflow(
             load_template(BASE_TEMPLATE), spec, uploads, model_loader=self.model_loader, scorer=scorer
@@ -1003,24 +1012,25 @@ class EditRunner:
                             f"({class_type} input '{name}')"
                         )
 
-    def check(self, spec: EditSpec) -> None:
+    def check(self, spec: EditSpec, local: LocalCheck | None = None) -> None:
         """The server has the pack, the loader and every name and range ``spec`` uses."""
         self.facts()
-        self.check_workflow(spec, self.build(spec))
+        self.check_workflow(spec, self.build(spec, local))
 
     def run(self, spec: EditSpec, check: LocalCheck, out_dir: Path) -> dict[str, Any]:
         """Check on the server, upload, queue, follow, download; return the report (outputs written)."""
         timings: dict[str, Any] = {}
         clock = time.monotonic()
         facts = self.facts()
-        workflow = self.build(spec)
+        workflow = self.build(spec, check)
         self.check_workflow(spec, workflow)
         timings["server_check_s"] = round(time.monotonic() - clock, 3)
 
         clock = time.monotonic()
         for path in spec.files():
-            stored = self.client.upload_image(path, upload_name(path))
-            if stored != f"{UPLOAD_SUBFOLDER}/{upload_name(path)}":  # the server renamed it: use its name
+            name, data = check.uploads[path]
+            stored = self.client.upload_image(data, name)
+            if stored != check.upload_value(path):  # the server renamed it
                 raise HeadlessError(f"{spec.name}: ComfyUI stored {path.name} as {stored!r}")
         timings["upload_s"] = round(time.monotonic() - clock, 3)
 
@@ -1046,7 +1056,7 @@ class EditRunner:
 
         clock = time.monotonic()
         out_dir.mkdir(parents=True, exist_ok=True)
-        outputs = self.download(spec, workflow, entry.get("outputs", {}), out_dir)
+        outputs = self.download(spec, workflow, entry.get("outputs", {}), out_dir, check.image_size)
         timings["download_s"] = round(time.monotonic() - clock, 3)
 
         metric = nodes_of(workflow, "OIRMaskMetricScorer")[0]
@@ -1061,6 +1071,8 @@ class EditRunner:
             "spec": spec.to_dict(),
             "prompts": check.plan.to_dict(),
             "image_size": list(check.image_size),
+            "worked_at_size": list(check.padded_size),
+            "mask_rules": list(check.mask_rules),
             "chosen_steps": [int(s["chosen"]) for s in scores],
             "pairs": [
                 {
@@ -1090,9 +1102,18 @@ class EditRunner:
         return report
 
     def download(
-        self, spec: EditSpec, workflow: Mapping[str, Any], outputs: Mapping[str, Any], out_dir: Path
+        self,
+        spec: EditSpec,
+        workflow: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        out_dir: Path,
+        image_size: tuple[int, int] | None = None,
     ) -> dict[str, list[str]]:
-        """Save the edited image, candidate grids and score plots; returns their file names by role."""
+        """Save the edited image, candidate grids and score plots; returns their file names by role.
+
+        ``image_size``: the input's ``(width, height)``; the edited image is cropped back to it (the
+        upload was padded to a multiple of 8, ``oir_core/pictures.py``).
+        """
         metric = nodes_of(workflow, "OIRMaskMetricScorer")[0]
         roles: dict[str, str] = {}
         for node_id in nodes_of(workflow, "SaveImage"):
@@ -1113,7 +1134,10 @@ class EditRunner:
                     name = f"{stem}_{labels[index] if index < len(labels) else index + 1}.png"
                 else:
                     name = f"preview_{node_id}_{index + 1}.png"
-                (out_dir / name).write_bytes(self.client.view(ref))
+                data = self.client.view(ref)
+                if role == "edited" and image_size is not None:
+                    data = pictures.crop_png(data, image_size)
+                (out_dir / name).write_bytes(data)
                 saved.setdefault(role, []).append(name)
         if not saved["edited"]:
             raise ExecutionFailed(f"{spec.name}: ComfyUI finished but returned no edited image")
@@ -1139,6 +1163,10 @@ def _execution_failure(status: Mapping[str, Any], workflow: Mapping[str, Any]) -
             message = str(data.get("exception_message", "")).strip()
             first = message.splitlines()[0] if message else data.get("exception_type", "error")
             details = json.dumps(data, indent=2, default=str)
+            if str(data.get("exception_type", "")).endswith("OIRInputError"):
+                return InputRefusedByNode(
+                    f"node {node} ({title}) refused an input: {_one_line(first)}", details
+                )
             return ExecutionFailed(f"ComfyUI failed in node {node} ({title}): {_one_line(first)}", details)
         if kind == "execution_interrupted":
             return ExecutionFailed("the edit was interrupted on the server")
@@ -1245,7 +1273,7 @@ def run_batch(
         for case, check, case_dir in pending:  # every case's names and ranges before the first run
             assert case.spec is not None and runner is not None
             try:
-                runner.check(case.spec)
+                runner.check(case.spec, check)
             except ServerUnreachable:
                 raise
             except (SpecError, HeadlessError) as error:
@@ -1508,14 +1536,34 @@ def _runner(connection: Connection, args: argparse.Namespace, stream: TextIO | N
     )
 
 
+def writable_folder(path: Path, flag: str = "--out") -> Path:
+    """``path`` as a folder the outputs can be written to (created if missing), or one-line refusal.
+
+    Checked before anything is sent to ComfyUI, so a typo never costs a run.
+    """
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{flag} {path} is a file: give a folder (it will hold edited.png and report.json)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".oir-edit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise SpecError(
+            f"{flag} {path}: cannot write there ({reason}): choose a folder you can write to"
+        ) from None
+    return path
+
+
 def run_single(args: argparse.Namespace, stream: TextIO | None) -> int:
     """``oir-edit [run]``: validate, connect, edit, write the outputs."""
     started = time.monotonic()
     spec = spec_from_args(args)
     check = validate_local(spec)
+    out_dir = writable_folder(Path(args.out))
     validated = time.monotonic() - started
     connection = connect(args, stream)
-    out_dir = Path(args.out)
     try:
         runner = _runner(connection, args, stream)
         try:
@@ -1538,7 +1586,7 @@ def run_single(args: argparse.Namespace, stream: TextIO | None) -> int:
 def run_batch_command(args: argparse.Namespace, stream: TextIO | None) -> int:
     """``oir-edit batch DIR --out OUT``."""
     defaults = spec_fields_from_args(args)
-    out_dir = Path(args.out).resolve()
+    out_dir = writable_folder(Path(args.out)).resolve()
     cases = discover_cases(Path(args.directory), defaults, exclude=[out_dir])
     if not cases:
         raise SpecError(
@@ -1578,6 +1626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_batch_command(args, stream) if mode == "batch" else run_single(args, stream)
     except (SpecError, ServerUnreachable) as error:
+        print(f"oir-edit: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except InputRefusedByNode as error:
         print(f"oir-edit: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ExecutionFailed as error:

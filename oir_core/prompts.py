@@ -199,8 +199,23 @@ def build_prompts(
             raise OIRInputError(
                 f"pairs[{k}]", pair, "is not an EditPairText", "build pairs with EditPairText"
             )
-        _check_text(f"pairs[{k}].source", pair.source)
-        targets.append(_check_text(f"pairs[{k}].target", pair.target))
+        source = _check_text(f"pairs[{k}].source", pair.source)
+        if not isinstance(pair.target, str) or not pair.target.strip():
+            raise OIRInputError(
+                f"pairs[{k}].target",
+                pair.target,
+                f"is empty: nothing says what {source!r} should become",
+                "type the new object's words (e.g. 'cat' for 'dog')",
+            )
+        target = _check_text(f"pairs[{k}].target", pair.target)
+        if target.casefold() == source.casefold():
+            raise OIRInputError(
+                f"pairs[{k}].target",
+                pair.target,
+                f"is the same as its source {source!r}: this pair would change nothing",
+                "type what the object should become, or remove the pair",
+            )
+        targets.append(target)
         if pair.guided_prompt is not None:
             _check_text(f"pairs[{k}].guided_prompt", pair.guided_prompt)
         needs_match = pair.guided_prompt is None or target_prompt is None

@@ -32,7 +32,7 @@ from .candidates import (
     CandidateSet,
     exhaustive_steps,
     generate_candidates,
-    source_is_step_one,
+    split_source_rows,
     validate_start_steps,
 )
 from .edit import fit_image
@@ -169,8 +169,7 @@ def generate_coarse_candidates(
         return x
 
     # The official convention's step-1 candidate is the source latent: no model rows for it.
-    source_rows = [i for i, start in enumerate(starts) if start == 1 and source_is_step_one(trajectory)]
-    walked = [i for i in range(len(starts)) if i not in set(source_rows)]
+    source_rows, walked = split_source_rows(trajectory, starts)
     clean = trajectory.to_clean(host.run(stage, body))
     if source_rows:
         clean[source_rows] = trajectory.source_latent().to(clean.dtype)

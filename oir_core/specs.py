@@ -32,10 +32,11 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import pictures
 from .errors import OIRInputError
 from .prompts import EditPairText, PromptPlan, build_prompts
 
@@ -677,49 +678,68 @@ def discover_cases(
 # Local validation (no server, no torch needed for the file checks)
 
 
+UPLOAD_SUBFOLDER = "oir-edit"
+"""Subfolder of ComfyUI's input folder that ``oir-edit`` uploads into."""
+
+
 @dataclass(frozen=True)
 class LocalCheck:
-    """What local validation learnt about a spec."""
+    """What local validation learnt about a spec, and the files to upload.
+
+    Attributes:
+        image_size: the source image's ``(width, height)`` as the user gave it (and as
+            ``edited.png`` is written).
+        mask_sizes: each mask file's ``(width, height)``.
+        plan: the prompts.
+        uploads: per local file, the 8-bit PNG ComfyUI gets (``oir_core/pictures.py``'s rules) and its
+            content-addressed upload name.
+        padded_size: the size ComfyUI works at: ``image_size`` rounded up to multiples of 8.
+        mask_rules: per mask, ``"alpha"`` or ``"luminance"``: what it was read by.
+    """
 
     image_size: tuple[int, int]
     mask_sizes: tuple[tuple[int, int], ...]
     plan: PromptPlan
+    uploads: Mapping[Path, tuple[str, bytes]] = field(default_factory=dict)
+    padded_size: tuple[int, int] = (0, 0)
+    mask_rules: tuple[str, ...] = ()
+
+    def upload_value(self, path: Path) -> str:
+        """The LoadImage value of an uploaded file."""
+        return f"{UPLOAD_SUBFOLDER}/{self.uploads[path][0]}"
 
 
 def _open_image(path: Path, what: str) -> Any:
     try:
-        from PIL import Image, ImageOps
-    except ImportError:  # pragma: no cover - Pillow ships with ComfyUI
-        raise SpecError("Pillow is needed to check the images: pip install pillow") from None
-    if not path.is_file():
-        raise SpecError(f"{what} {path} does not exist")
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
-            return image
-    except (OSError, SyntaxError, ValueError) as error:
-        raise SpecError(f"{what} {path} is not a readable image ({error})") from None
-
-
-def _mask_pixels(image: Any) -> int:
-    """Pixels LoadImageMask (channel red) reads as object: red value above 0.5."""
-    red = image.convert("RGBA").getchannel("R")
-    histogram = red.histogram()
-    return int(sum(histogram[128:]))
+        return pictures.open_file(path, what)
+    except pictures.PictureError as error:
+        raise SpecError(str(error)) from None
 
 
 def validate_local(spec: EditSpec) -> LocalCheck:
     """Check everything that needs no server; raise :class:`SpecError` with one line otherwise.
 
-    Files exist and are images; each mask has the image's aspect ratio (masks may have another
-    resolution: the nodes resize them) and is not empty; every source phrase occurs in the prompt
-    (the same matching as the Guided Prompt Builder node); step settings are consistent.
+    Files exist and are images at least ``MIN_IMAGE_SIDE`` pixels on each side; each mask has the
+    image's aspect ratio (masks may have another resolution: the nodes resize them), is read by the
+    documented rule and is not empty; every source phrase occurs in the prompt (the same matching as
+    the Guided Prompt Builder node); targets are given and differ from their sources; step settings
+    are consistent. Also prepares the uploads: every file as the 8-bit PNG a person would see,
+    padded to a multiple of 8 (``oir_core/pictures.py``).
     """
     where = spec.name
     image = _open_image(spec.image, f"{where}: image")
     width, height = image.size
-    mask_sizes = []
+    if min(width, height) < pictures.MIN_IMAGE_SIDE:
+        raise SpecError(
+            f"{where}: image {spec.image} is {width}x{height}: OIR needs at least {pictures.MIN_IMAGE_SIDE} "
+            f"pixels on each side ({pictures.MIN_IMAGE_SIDE // pictures.LATENT_FACTOR} latent cells); "
+            "use a larger image (SD models work best from 512 on)"
+        )
+    padded = pictures.padded_size(width, height)
+    prepared: dict[Path, bytes] = {
+        spec.image: pictures.png_bytes(pictures.pad_picture(pictures.as_seen(image), padded))
+    }
+    mask_sizes, rules = [], []
     for index, edit in enumerate(spec.edits, 1):
         label = f"{where}: mask of edit {index} ({edit.source} -> {edit.target})"
         mask = _open_image(edit.mask, label)
@@ -729,12 +749,21 @@ def validate_local(spec: EditSpec) -> LocalCheck:
                 f"{label} is {mask_w}x{mask_h} but the image is {width}x{height}: the aspect ratios differ "
                 "(a mask of another image?)"
             )
-        if _mask_pixels(mask) == 0:
-            raise SpecError(f"{label} {edit.mask} is empty: white (red channel > 0.5) marks the object")
+        try:
+            reading = pictures.read_mask(mask, f"{label} {edit.mask}")
+        except pictures.PictureError as error:
+            raise SpecError(str(error)) from None
+        prepared[edit.mask] = pictures.png_bytes(
+            pictures.mask_on_grid(reading.values, (width, height), padded)
+        )
         mask_sizes.append((mask_w, mask_h))
+        rules.append(reading.rule)
     for index, net in enumerate(spec.controlnets, 1):
         if net.hint is not None:
-            _open_image(net.hint, f"{where}: hint of controlnet {index}")
+            hint = pictures.as_seen(_open_image(net.hint, f"{where}: hint of controlnet {index}"))
+            if hint.size == (width, height):
+                hint = pictures.pad_picture(hint, padded)
+            prepared[net.hint] = pictures.png_bytes(hint)
     try:
         plan = build_prompts(
             spec.prompt,
@@ -744,7 +773,32 @@ def validate_local(spec: EditSpec) -> LocalCheck:
     except OIRInputError as error:
         raise SpecError(f"{where}: {_cli_words(str(error))}") from None
     _check_numbers(spec)
-    return LocalCheck((width, height), tuple(mask_sizes), plan)
+    _check_masks_on_grid(spec, [prepared[edit.mask] for edit in spec.edits], padded)
+    uploads = {path: (upload_name(path, data), data) for path, data in prepared.items()}
+    return LocalCheck((width, height), tuple(mask_sizes), plan, uploads, padded, tuple(rules))
+
+
+def _check_masks_on_grid(spec: EditSpec, masks: Sequence[bytes], size: tuple[int, int]) -> None:
+    """The masks at the latent grid, by the rule the reassembly uses (``oir_core.masks.region_masks``).
+
+    Empty cells, a pair wholly covered by a later one, overlaps under ``overlap: error``: refused here,
+    before anything is queued (the search node would refuse them only after the inversion).
+    """
+    import numpy as np
+    import torch
+
+    from .masks import region_masks
+
+    tensors = []
+    for data in masks:
+        with pictures.Image.open(pictures.io.BytesIO(data)) as opened:
+            tensors.append(torch.from_numpy(np.asarray(opened, dtype=np.float32) / 255.0))
+    grid = (size[1] // pictures.LATENT_FACTOR, size[0] // pictures.LATENT_FACTOR)
+    names = [f"mask of edit {k} ({e.source} -> {e.target})" for k, e in enumerate(spec.edits, 1)]
+    try:
+        region_masks(tensors, grid, spec.overlap, names, spec.mask_geometry)  # type: ignore[arg-type]
+    except OIRInputError as error:
+        raise SpecError(f"{spec.name}: {_cli_words(str(error))}") from None
 
 
 def _cli_words(message: str) -> str:
@@ -793,10 +847,13 @@ def load_template(name: str = BASE_TEMPLATE) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def upload_name(path: Path) -> str:
-    """Content-addressed file name for an upload (``<sha1 prefix>_<name>``): no clashes between cases."""
-    digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
-    return f"{digest}_{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(path).name)}"
+def upload_name(path: Path, data: bytes) -> str:
+    """Content-addressed name for uploading ``data`` read from ``path`` (``<sha1 prefix>_<stem>.png``).
+
+    The hash covers the prepared bytes, so cases never clash and an unchanged file is not sent twice.
+    """
+    digest = hashlib.sha1(data).hexdigest()[:12]
+    return f"{digest}_{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(path).stem)}.png"
 
 
 def nodes_of(workflow: Mapping[str, Any], class_type: str) -> list[str]:

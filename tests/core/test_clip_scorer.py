@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import shutil
-from collections.abc import Iterator
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import tiny_clip
 import torch
 from safetensors.torch import load_file
 
-from oir_core.clip_backends import CLIP_MEAN, CLIP_STD, ClipModel, ClipPreprocess, clear_clip_cache, load_clip
+from oir_core.clip_backends import CLIP_MEAN, CLIP_STD, ClipModel, ClipPreprocess, load_clip
 from oir_core.clip_scorer import (
     ClipScorer,
     attention_bias,
@@ -36,7 +37,7 @@ HF_STD = (0.2, 0.25, 0.3)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("clip")
     paths = {
         # The folder name claims patch 32 / 224 px: the loader must read 8 / 32 from config.json.
@@ -51,8 +52,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
         ),
         "open_clip": tiny_clip.make_open_clip(root / "oc", "ViT-L-14-336"),
     }
-    yield paths
-    clear_clip_cache()
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +98,37 @@ def test_open_clip_sidecar_preprocess_and_patch16(tmp_path: Path) -> None:
     assert loaded.preprocess.mean == (0.1, 0.2, 0.3) and loaded.preprocess.std == (0.4, 0.5, 0.6)
 
 
-def test_cache_keyed_by_path_backend_device_dtype(
+def test_load_keeps_no_hidden_copy(files: dict[str, Path], models: dict[str, ClipModel]) -> None:
+    """The host owns the loaded CLIP: no module-level cache keeps it (or its weights) alive."""
+    path = files["open_clip"]
+    again = load_clip(path, device="cpu")
+    assert again is not models["open_clip"] and again.model is not models["open_clip"].model
+    double = load_clip(path, device="cpu", dtype=torch.float64)
+    assert double.dtype == torch.float64 and next(double.model.parameters()).dtype == torch.float64
+    gone = weakref.ref(double.model)
+    del double
+    gc.collect()
+    assert gone() is None
+
+
+def test_scorer_runs_the_host_loading_hook_before_each_use(
     files: dict[str, Path], models: dict[str, ClipModel]
 ) -> None:
-    path = files["open_clip"]
-    assert load_clip(path, device="cpu") is models["open_clip"]  # "auto" resolves to the same key
-    double = load_clip(path, device="cpu", dtype=torch.float64)
-    assert double is not models["open_clip"] and double.dtype == torch.float64
-    assert load_clip(path, device="cpu", dtype=torch.float64) is double
+    """ComfyUI may offload the CLIP between uses: every scorer entry point loads it first."""
+    model = load_clip(files["transformers"], device="cpu")
+    calls: list[str] = []
+    model.before_use = lambda: calls.append("load")
+    scorer = ClipScorer(model)
+    images = torch.rand(2, 32, 32, 3)
+    mask = torch.zeros(32, 32)
+    mask[8:24, 8:24] = 1.0
+    scorer.score(images, images[0], mask, "a cat")
+    after_score = len(calls)
+    assert after_score >= 2  # text (first time) and images at least
+    scorer.fidelity_scores(images, images[0], mask)
+    scorer.masked_image_embeddings(images, mask)
+    assert len(calls) == after_score + 2
+    assert model.device == torch.device("cpu") == model.ready()
 
 
 def test_open_clip_local_dir_layout(
@@ -489,7 +512,13 @@ def test_load_clip_scorer(files: dict[str, Path], models: dict[str, ClipModel]) 
     scorer = load_clip_scorer(
         str(files["transformers"]), device="cpu", attention_mode="hard", fidelity_space="pixels"
     )
-    assert scorer.model is models["transformers"]
+    same = models["transformers"]
+    assert scorer.model.path == same.path and scorer.model.backend == "transformers"
+    images, mask = torch.rand(2, 32, 32, 3), torch.ones(32, 32)
+    assert torch.equal(
+        scorer.masked_image_embeddings(images, mask),
+        ClipScorer(same, "hard").masked_image_embeddings(images, mask),
+    )
     assert (scorer.attention_mode, scorer.fidelity_space) == ("hard", "pixels")
 
 

@@ -924,7 +924,7 @@ class FakeRunner:
         self.checked: list[str] = []
         self.calls: list[str] = []
 
-    def check(self, spec: EditSpec) -> None:
+    def check(self, spec: EditSpec, local: Any) -> None:
         self.checked.append(spec.name)
         if self.unreachable:
             raise ServerUnreachable("cannot reach ComfyUI at http://x (refused)")

@@ -29,7 +29,7 @@ from transformers import CLIPModel, CLIPTokenizer
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
-from oir_core.clip_backends import clear_clip_cache, load_clip
+from oir_core.clip_backends import load_clip
 from oir_core.clip_scorer import ClipScorer
 from oir_core.metric import score_table
 
@@ -58,8 +58,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tiny_clip.make_transformers_clip(
         tmp_path_factory.mktemp("official_metric") / "clip", image_size=IMAGE, patch_size=PATCH, seed=4
     )
-    yield path
-    clear_clip_cache()
+    return path
 
 
 def reference_attention_mask(mask: np.ndarray) -> torch.Tensor:

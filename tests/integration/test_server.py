@@ -14,6 +14,7 @@ import io
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -276,3 +277,27 @@ def test_masks_that_fail_on_the_latent_grid_stop_the_search_before_it_samples(
     entry = server.run(graph)
     ((_, error),) = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
     assert error["node_id"] == search and re.search(problem, error["exception_message"]), error
+
+
+def test_scorer_lives_under_comfy_model_management_and_free_releases_it(
+    server: TestServer, uploads: dict[str, str]
+) -> None:
+    """The scorer CLIP is a model ComfyUI loads, offloads and frees, not a private cache.
+
+    ``GET /oir_test/memory`` (test node pack) lists ``comfy.model_management.current_loaded_models``
+    and counts live scorer CLIPs. After a run the scorer is among ComfyUI's loaded models; "Free model
+    and node cache" (``POST /free``) unloads it and drops the last reference to its weights.
+    """
+    graph = tiny_workflow(api_twin("oir_two_object_edit"), uploads, "oir-tests/free")
+    loader = next(i for i, n in graph.items() if n["class_type"] == "OIRLoadCLIPScorer")
+    graph[loader]["inputs"]["editing_weight"] = 0.45  # a scorer no earlier test cached: it runs now
+    assert_succeeded(server.run(graph))
+    before = server.client.get_json("/oir_test/memory")
+    assert "ScorerWeights" in before["loaded"] and before["scorer_clips"] >= 1, before
+    server.client.post_json("/free", {"unload_models": True, "free_memory": True})
+    deadline = time.monotonic() + 60.0
+    after = server.client.get_json("/oir_test/memory")
+    while ("ScorerWeights" in after["loaded"] or after["scorer_clips"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = server.client.get_json("/oir_test/memory")
+    assert "ScorerWeights" not in after["loaded"] and after["scorer_clips"] == 0, after

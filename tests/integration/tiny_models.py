@@ -102,6 +102,97 @@ def init_weights_(module: torch.nn.Module, seed: int, gain: float = 1.0, bias_st
             param.copy_(values.to(dtype=param.dtype))
 
 
+FULL_SIZE_UNETS: dict[str, dict[str, Any]] = {
+    "sd15": {
+        # comfy/model_detection.py's SD15 dict (860 M parameters)
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "model_channels": 320,
+        "num_res_blocks": [2, 2, 2, 2],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "channel_mult": [1, 2, 4, 4],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": False,
+        "context_dim": 768,
+        "num_heads": 8,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    },
+    "sdxl": {
+        # comfy/model_detection.py's SDXL dict (2.6 G parameters)
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential",
+        "adm_in_channels": 2816,
+        "in_channels": 4,
+        "model_channels": 320,
+        "num_res_blocks": [2, 2, 2],
+        "transformer_depth": [0, 0, 2, 2, 10, 10],
+        "channel_mult": [1, 2, 4],
+        "transformer_depth_middle": 10,
+        "use_linear_in_transformer": True,
+        "context_dim": 2048,
+        "num_head_channels": 64,
+        "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    },
+}
+"""Full-size UNet configs (the real architectures; built with random or no weights, never loaded)."""
+
+FULL_SIZE_POOLED = {"sd15": None, "sdxl": 1280}
+"""Width of the pooled text output a family's conditioning carries (SDXL: CLIP-G's, for ``adm``)."""
+
+
+def build_full_size_unet(
+    family: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    load_device: torch.device | None = None,
+    offload_device: torch.device | None = None,
+    seed: int | None = None,
+) -> comfy.model_patcher.ModelPatcher:
+    """A full-size SD1.5 or SDXL EPS UNet as a ComfyUI MODEL, built on ``device``.
+
+    ``seed=None`` leaves the weights as ComfyUI's ``disable_weight_init`` operations create them
+    (``torch.empty``: never written, so a CPU build costs no RAM; on ``meta`` no storage at all);
+    otherwise they are drawn as :func:`init_weights_` draws them, on ``device``.
+    """
+    config_class = {"sd15": comfy.supported_models.SD15, "sdxl": comfy.supported_models.SDXL}[family]
+    base_class = {"sd15": comfy.model_base.BaseModel, "sdxl": comfy.model_base.SDXL}[family]
+    config = config_class({**FULL_SIZE_UNETS[family], "dtype": dtype})
+    config.set_inference_dtype(dtype, None)
+    model = base_class(config, model_type=ModelType.EPS, device=device)
+    if seed is not None:
+        init_weights_(model.diffusion_model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=load_device or device, offload_device=offload_device or device
+    )
+
+
+def full_size_conditioning(family: str, seed: int | None = None) -> list[list[Any]]:
+    """A CONDITIONING of the family's width (zeros when ``seed`` is None): ``[1, 77, D]`` + pooled."""
+    dim = int(FULL_SIZE_UNETS[family]["context_dim"])
+    pooled = FULL_SIZE_POOLED[family]
+    generator = torch.Generator(device="cpu").manual_seed(int(seed or 0))
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.zeros(shape) if seed is None else torch.randn(shape, generator=generator)
+
+    extra = {} if pooled is None else {"pooled_output": draw(1, pooled)}
+    return [[draw(1, 77, dim), extra]]
+
+
 def build_tiny_unet(
     model_type: ModelType | str = ModelType.EPS, seed: int = 0
 ) -> comfy.model_patcher.ModelPatcher:
@@ -169,16 +260,20 @@ def random_conditioning(
 
 __all__ = [
     "CONTEXT_DIM",
+    "FULL_SIZE_POOLED",
+    "FULL_SIZE_UNETS",
     "LATENT_CHANNELS",
     "MIDDLE_CHANNELS",
     "MODEL_TYPES",
     "TINY_CLIP_CONFIG",
     "TINY_UNET_CONFIG",
     "TINY_VAE_DDCONFIG",
+    "build_full_size_unet",
     "build_tiny_clip",
     "build_tiny_unet",
     "build_tiny_vae",
     "encode_prompt",
+    "full_size_conditioning",
     "init_weights_",
     "random_conditioning",
 ]

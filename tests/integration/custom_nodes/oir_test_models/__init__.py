@@ -74,5 +74,45 @@ class OIRTestTinyCheckpointLoader:
         return self._cache[ckpt_name]
 
 
+def memory_report() -> dict[str, Any]:
+    """What ComfyUI's model management holds, and how many scorer CLIPs are still alive anywhere.
+
+    ``loaded``: the class name of each model in ``current_loaded_models`` (``ScorerWeights`` is the
+    OIR scorer); ``scorer_clips``: live ``ClipModel`` objects after a garbage collection (the node
+    cache, or anything else, still holding the scorer's weights in memory).
+    """
+    import gc
+
+    import comfy.model_management
+
+    gc.collect()
+    loaded = [
+        type(entry.model.model).__name__
+        for entry in comfy.model_management.current_loaded_models
+        if entry.model is not None
+    ]
+    clips = [
+        obj for obj in gc.get_objects() if type(obj).__name__ in ("TransformersClipModel", "OpenClipModel")
+    ]
+    return {"loaded": loaded, "scorer_clips": len(clips)}
+
+
+def _register_routes() -> None:
+    """``GET /oir_test/memory`` (test only): :func:`memory_report` as JSON."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:  # imported outside a ComfyUI server (pytest in-process)
+        return
+    if getattr(PromptServer, "instance", None) is None:
+        return
+
+    @PromptServer.instance.routes.get("/oir_test/memory")
+    async def memory(request: Any) -> Any:
+        return web.json_response(memory_report())
+
+
+_register_routes()
+
 NODE_CLASS_MAPPINGS = {"OIRTestTinyCheckpointLoader": OIRTestTinyCheckpointLoader}
 NODE_DISPLAY_NAME_MAPPINGS = {"OIRTestTinyCheckpointLoader": "OIR Test: Tiny Checkpoint Loader"}
