@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..oir_core.host import Denoiser, Stage
+from .progress import StageProgress
 
 R = TypeVar("R")
 
@@ -294,6 +295,7 @@ class StageSampler(comfy.samplers.Sampler):
         guided_guider: the :class:`GuidedCFGGuider` whose ``cond_ids`` to set, for role ``"guided"``.
         free_memory: override of the free-memory reading in bytes (tests); ``None`` reads
             ``comfy.model_management.get_free_memory(device)``.
+        progress: the stage's live progress, told about every model call.
     """
 
     def __init__(
@@ -304,8 +306,10 @@ class StageSampler(comfy.samplers.Sampler):
         branches: int,
         guided_guider: GuidedCFGGuider | None = None,
         free_memory: float | None = None,
+        progress: StageProgress | None = None,
     ) -> None:
         self.stage = stage
+        self.progress = progress
         self.body = body
         self.user_max_batch = user_max_batch
         self.branches = branches
@@ -372,6 +376,8 @@ class StageSampler(comfy.samplers.Sampler):
                 if guided is not None:
                     guided.cond_ids = None
             self.calls += 1
+            if self.progress is not None:
+                self.progress.after_call(batch, float(sig))
             return out.to(device=x.device, dtype=x.dtype)
 
         self.result = self.body(denoiser, self.max_batch)
@@ -488,7 +494,13 @@ class ComfyHost:
         latent = torch.zeros(shape, dtype=torch.float32)
         row_cap = DEFAULT_ROW_CAP if self.max_batch is None else self.max_batch
         sampler = StageSampler(
-            stage, body, row_cap, branches, guided_guider=guided, free_memory=self.free_memory_override
+            stage,
+            body,
+            row_cap,
+            branches,
+            guided_guider=guided,
+            free_memory=self.free_memory_override,
+            progress=StageProgress(stage),
         )
         guider.sample(
             noise,

@@ -18,6 +18,7 @@ from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, choose_convention, invert
 from ..oir_core.masks import MASK_GEOMETRIES, region_masks
+from ..oir_core.pictures import LATENT_FACTOR, MIN_IMAGE_SIDE
 from ..oir_core.reassembly import reassemble
 from ..oir_core.sampling import INVERSION_CONVENTIONS, OFFICIAL_FAMILY
 from ..oir_core.search import SEARCH_MODES, run_search
@@ -158,6 +159,15 @@ class OIRDDIMInversion(io.ComfyNode):
         check_choice(convention, CONVENTIONS, "convention")
         samples = single_latent(latent)
         check_conditioning(original, "original")
+        cells = MIN_IMAGE_SIDE // LATENT_FACTOR
+        if min(samples.shape[-2:]) < cells:
+            raise OIRInputError(
+                "latent",
+                f"{samples.shape[-1]}x{samples.shape[-2]} latent cells",
+                f"is smaller than {cells}x{cells} cells ({MIN_IMAGE_SIDE} px for an 8x VAE): an object and "
+                "its surroundings cannot both exist on this grid",
+                f"use an image of at least {MIN_IMAGE_SIDE} px on each side (SD works best from 512 on)",
+            )
         if steps < 2:
             raise OIRInputError("steps", steps, "OIR needs at least 2 steps", "use the paper's 50")
         sigmas = get_sigmas(model, scheduler, steps)

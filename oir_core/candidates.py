@@ -18,7 +18,14 @@ from torch import Tensor
 from .errors import OIRInputError
 from .host import Host, Stage
 from .inversion import InversionTrajectory
-from .sampling import CallStats, LevelCallback, descending_walk, lockstep_denoise, lockstep_rows
+from .sampling import (
+    CallStats,
+    LevelCallback,
+    descending_walk,
+    lockstep_denoise,
+    lockstep_rows,
+    lockstep_total_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,7 @@ def generate_candidates(
         rows=lockstep_rows(walk_steps, 0),
         latent_shape=trajectory.latent_shape,
         label="search",
+        total_rows=lockstep_total_rows(walk_steps, 0, stride),
     )
 
     def body(denoiser, host_max_batch):  # type: ignore[no-untyped-def]

@@ -801,11 +801,37 @@ def _link(target: Path, link: Path) -> None:
 # Running one edit
 
 
-class Progress:
-    """Prints one line per node and (on a terminal) live step counts; records node timings."""
+def format_eta(seconds: float | None) -> str:
+    """``"ETA 1:05"`` (minutes:seconds, or hours:minutes:seconds), ``"ETA ?"`` when unknown."""
+    if seconds is None:
+        return "ETA ?"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"ETA {hours}:{minutes:02d}:{secs:02d}" if hours else f"ETA {minutes}:{secs:02d}"
 
-    def __init__(self, titles: Mapping[str, str], stream: TextIO | None, label: str = "") -> None:
+
+def describe_stage(data: Mapping[str, Any]) -> str:
+    """One ``oir_progress`` event (``nodes/progress.py``) as text: stage, level, rows, ETA."""
+    rows = f"rows {data.get('rows_done')}/{data.get('rows_total')}" if data.get("rows_total") else ""
+    level = f"level {data.get('level')}/{data.get('levels_total')}"
+    return ", ".join(p for p in (str(data.get("stage", "")), level, rows, format_eta(data.get("eta_s"))) if p)
+
+
+class Progress:
+    """Prints one line per node and live stage progress; records node timings.
+
+    On a terminal the current node's line is rewritten in place with ComfyUI's step counts and the
+    OIR stages' ``oir_progress`` events (level, rows, ETA); elsewhere (a log file, CI) one stage
+    line is printed at most every ``quiet_interval`` seconds, and when a stage finishes.
+    """
+
+    def __init__(
+        self, titles: Mapping[str, str], stream: TextIO | None, label: str = "", quiet_interval: float = 10.0
+    ) -> None:
         self.titles = dict(titles)
+        self.quiet_interval = quiet_interval
+        self._last_line = 0.0
         self.stream = stream
         self.label = f"[{label}] " if label else ""
         self.live = bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
@@ -851,6 +877,17 @@ class Progress:
             title = self.titles.get(self.current, self.current)
             step = f"{data.get('value')}/{data.get('max')}"
             self._print(f"\r{self.label}{self.count:>2}/{len(self.titles)} {title}: {step}", "")
+        elif kind == "oir_progress" and self.current is not None:
+            title = self.titles.get(self.current, self.current)
+            text = f"{self.label}{self.count:>2}/{len(self.titles)} {title}: {describe_stage(data)}"
+            if self.live:
+                self._print(f"\r{text}\x1b[K", "")
+                return
+            now = time.monotonic()
+            finished = data.get("rows_total") and data.get("rows_done") == data.get("rows_total")
+            if finished or now - self._last_line >= self.quiet_interval:
+                self._last_line = now
+                self._print(f"    {describe_stage(data)}")
         elif kind in ("execution_success", "execution_error", "execution_interrupted"):
             self._finish_current()
 

@@ -60,6 +60,8 @@ class Stage:
             hosts use it to reserve memory.
         latent_shape: the shape of one latent, without the batch dimension.
         label: a short human-readable name (``"inversion"``, ``"search"``, ...), for progress UIs.
+        total_rows: rows the stage evaluates in all (per CFG branch, before chunking), for progress
+            and ETA; 0 when unknown.
     """
 
     role: Role
@@ -67,6 +69,7 @@ class Stage:
     rows: int
     latent_shape: tuple[int, ...]
     label: str = ""
+    total_rows: int = 0
 
 
 class Host(Protocol):

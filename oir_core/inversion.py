@@ -218,6 +218,7 @@ def invert(
         rows=1,
         latent_shape=tuple(latent.shape),
         label="inversion",
+        total_rows=steps,
     )
 
     def body(denoiser, host_max_batch):  # type: ignore[no-untyped-def]

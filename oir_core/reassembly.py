@@ -32,6 +32,7 @@ from .sampling import (
     invert_levels,
     lockstep_denoise,
     lockstep_rows,
+    lockstep_total_rows,
 )
 
 
@@ -161,6 +162,7 @@ def reassemble(
             rows=lockstep_rows(starts, reassembly_step),
             latent_shape=trajectory.latent_shape,
             label="reassembly: objects",
+            total_rows=lockstep_total_rows(starts, reassembly_step),
         )
         pair_latents = host.run(
             stage,
@@ -192,6 +194,7 @@ def reassemble(
             rows=1,
             latent_shape=trajectory.latent_shape,
             label="reassembly: re-inversion",
+            total_rows=top - reassembly_step,
         )
         path = host.run(
             stage,
@@ -219,6 +222,7 @@ def reassemble(
             rows=1,
             latent_shape=trajectory.latent_shape,
             label="reassembly: target",
+            total_rows=top,
         )
         final = host.run(
             stage,

@@ -325,6 +325,11 @@ def lockstep_denoise(
     return x
 
 
+def lockstep_total_rows(start_levels: Sequence[int], end_level: int, stride: int = 1) -> int:
+    """Rows :func:`lockstep_denoise` evaluates in all: each row steps ``(start - end) / stride`` times."""
+    return sum(max(0, start - end_level) // stride for start in start_levels)
+
+
 def lockstep_rows(start_levels: Sequence[int], end_level: int) -> int:
     """The largest number of rows :func:`lockstep_denoise` holds at one level (for memory planning)."""
     return sum(1 for start in start_levels if start > end_level)

@@ -130,6 +130,8 @@ def generate_coarse_candidates(
         rows=lockstep_rows(starts, 0),
         latent_shape=trajectory.latent_shape,
         label="search: coarse round",
+        # a row starting at s is evaluated at every walked level <= s except the last (level 0)
+        total_rows=sum(1 for start in starts for level in walk[:-1] if level <= start),
     )
 
     def progress(offset: int) -> LevelCallback | None:

@@ -794,7 +794,9 @@ def _check_masks_on_grid(spec: EditSpec, masks: Sequence[bytes], size: tuple[int
         with pictures.Image.open(pictures.io.BytesIO(data)) as opened:
             tensors.append(torch.from_numpy(np.asarray(opened, dtype=np.float32) / 255.0))
     grid = (size[1] // pictures.LATENT_FACTOR, size[0] // pictures.LATENT_FACTOR)
-    names = [f"mask of edit {k} ({e.source} -> {e.target})" for k, e in enumerate(spec.edits, 1)]
+    names = [
+        f"mask of edit {k} ({e.source} -> {e.target}, {e.mask.name})" for k, e in enumerate(spec.edits, 1)
+    ]
     try:
         region_masks(tensors, grid, spec.overlap, names, spec.mask_geometry)  # type: ignore[arg-type]
     except OIRInputError as error:

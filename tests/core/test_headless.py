@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -88,7 +89,24 @@ def files(tmp_path: Path) -> dict[str, Path]:
         "square": _save(tmp_path / "masks" / "square.png", (48, 48), (4, 4, 20, 20)),
         "empty": _save(tmp_path / "masks" / "empty.png", (64, 48)),
         "hint": _save(tmp_path / "hint.png", (64, 48), rgb=True),
+        "speck": _save(tmp_path / "masks" / "speck.png", (64, 48), (35, 35, 37, 37)),  # between grid samples
+        "green": _green_on_white(tmp_path / "masks" / "green.png", (64, 48)),
+        "clear": _clear(tmp_path / "masks" / "clear.png", (64, 48)),
     }
+
+
+def _green_on_white(path: Path, size: tuple[int, int]) -> Path:
+    """A green object on white: luminance above one half everywhere; red marks the background only."""
+    image = Image.new("RGB", size, (255, 255, 255))
+    image.paste((0, 255, 0), (4, 8, 28, 40))
+    image.save(path)
+    return path
+
+
+def _clear(path: Path, size: tuple[int, int]) -> Path:
+    """White colours, fully transparent: empty by the alpha rule."""
+    Image.new("RGBA", size, (255, 255, 255, 0)).save(path)
+    return path
 
 
 def make_spec(files: dict[str, Path], **changes: Any) -> EditSpec:
@@ -393,6 +411,53 @@ def test_valid_spec_passes_local_checks(files: dict[str, Path]) -> None:
     check = validate_local(make_spec(files))
     assert check.image_size == (64, 48) and check.mask_sizes == ((64, 48), (32, 24))
     assert check.plan.target == "a cat sitting next to a cake"
+    assert check.padded_size == (64, 48) and check.mask_rules == ("luminance", "luminance")
+
+
+def _uploaded(check: Any, path: Path) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(check.uploads[path][1])))
+
+
+def test_uploads_are_what_a_person_sees_padded_to_the_latent_factor(tmp_path: Path) -> None:
+    """A 16-bit grey 123x89 photo, an alpha-only mask and a half-size mask: each upload is exact."""
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, size=(89, 123), dtype=np.uint8)
+    photo = tmp_path / "grey16.png"
+    Image.fromarray(grey.astype(np.uint16) * 257).save(photo)
+    shape = np.zeros((89, 123), np.uint8)
+    shape[10:60, 5:70] = 255
+    alpha_mask = tmp_path / "alpha.png"
+    Image.fromarray(np.dstack([np.full((89, 123, 3), 255, np.uint8), shape]), mode="RGBA").save(alpha_mask)
+    spec = make_spec(
+        {"image": photo, "dog": alpha_mask, "gift": alpha_mask},
+        edits=(EditItem("dog", "cat", alpha_mask),),
+        prompt="a dog",
+    )
+    check = validate_local(spec)
+    assert check.image_size == (123, 89) and check.padded_size == (128, 96) and check.mask_rules == ("alpha",)
+    image = _uploaded(check, photo)
+    assert image.shape == (96, 128, 3)
+    assert np.array_equal(image[:89, :123], np.repeat(grey[..., None], 3, axis=2))  # not clipped to white
+    assert np.array_equal(image[89:, :123], np.repeat(image[88:89, :123], 7, axis=0))  # edge repeated
+    mask = _uploaded(check, alpha_mask)
+    assert mask.shape == (96, 128) and np.array_equal(mask[:89, :123], shape) and not mask[89:].any()
+    names = [name for name, _ in check.uploads.values()]
+    assert len(set(names)) == 2 and all(name.endswith(".png") for name in names)
+
+
+def test_output_folder_problems_are_one_line(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("x", encoding="utf-8")
+    with pytest.raises(SpecError, match=r"taken\.txt is a file: give a folder"):
+        headless.writable_folder(a_file)
+    with pytest.raises(SpecError, match="cannot write there"):
+        headless.writable_folder(a_file / "below")
+    common = ["--image", str(files["image"]), "--prompt", PROMPT, "--edit", f"dog=cat:{files['dog']}"]
+    code = headless.main([*common, "--out", str(a_file), "--server", _closed_url()])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is a file: give a folder" in err  # before the server
 
 
 @pytest.mark.parametrize(
@@ -419,6 +484,37 @@ def test_valid_spec_passes_local_checks(files: dict[str, Path]) -> None:
             lambda f: {"controlnets": (ControlNetItem("cn", 1.0, f["hint"].with_name("h2.png")),)},
             "hint of controlnet 1",
         ),
+        # issue 16's catalogue: refused before anything is queued
+        (
+            lambda f: {"image": _save(f["image"].with_name("tiny.png"), (24, 18), rgb=True)},
+            "24x18: OIR needs at least 32",
+        ),
+        (lambda f: {"edits": (EditItem("dog", "dog", f["dog"]),)}, "edit 1 target.*same as its source 'dog'"),
+        (lambda f: {"edits": (EditItem("dog", "DOG", f["dog"]),)}, "same as its source"),
+        (
+            lambda f: {"edits": (EditItem("dog", "  ", f["dog"]),)},
+            "edit 1 target.*is empty: nothing says what 'dog'",
+        ),
+        (
+            lambda f: {"edits": (EditItem("dog", "cat", f["speck"]),)},
+            r"mask of edit 1 \(dog -> cat, speck.png\).*empty at the 8x6 latent grid",
+        ),
+        (
+            lambda f: {"edits": (EditItem("dog", "cat", f["dog"]), EditItem("gift", "cake", f["dog"]))},
+            "edit 1 .*covered by later pairs",
+        ),
+        (
+            lambda f: {
+                "overlap": "error",
+                "edits": (EditItem("dog", "cat", f["dog"]), EditItem("gift", "cake", f["dog"])),
+            },
+            "masks of several edit pairs overlap",
+        ),
+        (
+            lambda f: {"edits": (EditItem("dog", "cat", f["green"]),)},
+            "whole image by its luminance.*red marks only",
+        ),
+        (lambda f: {"edits": (EditItem("dog", "cat", f["clear"]),)}, "clear.png is empty by its alpha"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_problem(files: dict[str, Path], change: Any, message: str) -> None:
