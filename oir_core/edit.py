@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .errors import OIRInputError
 from .masks import ASPECT_TOLERANCE, as_single_mask, check_mask_aspect
-from .prompts import EditPairText
+from .prompts import EditPairText, check_target
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ def make_edit_pair(
             "the mask is empty",
             "paint the object's region (LoadImage without an alpha channel gives an empty mask)",
         )
-    for name, value in (("source", source), ("target", target)):
-        if not value or not value.strip():
-            raise OIRInputError(f"{name} (edit pair {index})", value, "is empty", f"type the {name} phrase")
+    if not source or not source.strip():
+        raise OIRInputError(f"source (edit pair {index})", source, "is empty", "type the source phrase")
+    check_target(source, target, f"target (edit pair {index})")
     if occurrence < 0:
         raise OIRInputError("occurrence", occurrence, "must not be negative", "use 0 for the only occurrence")
     text = EditPairText(

@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import OIRInputError
 
-__all__ = ["EditPairText", "PromptPlan", "build_prompts", "find_phrase", "phrase_pattern"]
+__all__ = ["EditPairText", "PromptPlan", "build_prompts", "check_target", "find_phrase", "phrase_pattern"]
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,28 @@ def _check_text(name: str, value: object) -> str:
     return stripped
 
 
+def check_target(source: str, target: Any, input_name: str = "target") -> str:
+    """The stripped target phrase, refusing one that is empty or the same as ``source`` (any case).
+
+    Either would run a whole edit that changes nothing, so each gets its own message.
+    """
+    if not isinstance(target, str) or not target.strip():
+        raise OIRInputError(
+            input_name,
+            target,
+            f"is empty: nothing says what {source.strip()!r} should become",
+            "type the new object's words (e.g. 'cat' for 'dog')",
+        )
+    if target.strip().casefold() == source.strip().casefold():
+        raise OIRInputError(
+            input_name,
+            target,
+            f"is the same as its source {source.strip()!r}: this pair would change nothing",
+            "type what the object should become, or remove the pair",
+        )
+    return target.strip()
+
+
 def build_prompts(
     original: str, pairs: Sequence[EditPairText], target_prompt: str | None = None
 ) -> PromptPlan:
@@ -200,21 +222,7 @@ def build_prompts(
                 f"pairs[{k}]", pair, "is not an EditPairText", "build pairs with EditPairText"
             )
         source = _check_text(f"pairs[{k}].source", pair.source)
-        if not isinstance(pair.target, str) or not pair.target.strip():
-            raise OIRInputError(
-                f"pairs[{k}].target",
-                pair.target,
-                f"is empty: nothing says what {source!r} should become",
-                "type the new object's words (e.g. 'cat' for 'dog')",
-            )
-        target = _check_text(f"pairs[{k}].target", pair.target)
-        if target.casefold() == source.casefold():
-            raise OIRInputError(
-                f"pairs[{k}].target",
-                pair.target,
-                f"is the same as its source {source!r}: this pair would change nothing",
-                "type what the object should become, or remove the pair",
-            )
+        target = check_target(source, pair.target, f"pairs[{k}].target")
         targets.append(target)
         if pair.guided_prompt is not None:
             _check_text(f"pairs[{k}].guided_prompt", pair.guided_prompt)

@@ -248,6 +248,8 @@ def parse_edit_arg(text: str, base: Path = Path()) -> EditItem:
     """
     source, equals, rest = text.partition("=")
     target, colon, mask = rest.partition(":")
+    if equals and colon and source.strip() and mask.strip() and not target.strip():
+        raise SpecError(f"--edit {text!r}: {_empty_target(source.strip())}")
     if not equals or not colon or not source.strip() or not target.strip() or not mask.strip():
         raise SpecError(f"--edit {text!r}: expected SOURCE=TARGET:MASK.png (e.g. dog=cat:dog_mask.png)")
     occurrence = None
@@ -257,6 +259,13 @@ def parse_edit_arg(text: str, base: Path = Path()) -> EditItem:
         if occurrence < 1:
             raise SpecError(f"--edit {text!r}: occurrences count from 1 (SOURCE#1 = first)")
     return EditItem(source.strip(), target.strip(), _resolve(mask.strip(), base), occurrence)
+
+
+def _empty_target(source: str) -> str:
+    return (
+        f"the target is empty: nothing says what {source!r} should become; type the new object's words "
+        "(e.g. dog=cat:dog_mask.png)"
+    )
 
 
 def _number(text: str, what: str, context: str) -> float:
@@ -313,6 +322,8 @@ def _edit_from(value: Any, base: Path, where: str) -> EditItem:
             "guided_prompt)"
         )
     missing = [k for k in ("source", "target", "mask") if not str(item.get(k) or "").strip()]
+    if missing == ["target"]:
+        raise SpecError(f"{where}: {_empty_target(str(item['source']).strip())}")
     if missing:
         raise SpecError(f"{where}: the edit lacks {', '.join(missing)}")
     occurrence = item.get("occurrence")

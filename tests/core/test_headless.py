@@ -12,6 +12,7 @@ import copy
 import hashlib
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -460,68 +461,85 @@ def test_output_folder_problems_are_one_line(
     assert code == 2 and err.count("\n") == 1 and "is a file: give a folder" in err  # before the server
 
 
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (lambda f: {"image": f["image"].with_name("missing.png")}, "image .*missing.png does not exist"),
-        (lambda f: {"image": f["image"].with_name("text.png")}, "not a readable image"),
-        (
-            lambda f: {"edits": (EditItem("dog", "cat", f["dog"].with_name("nope.png")),)},
-            "nope.png does not exist",
-        ),
-        (lambda f: {"edits": (EditItem("dog", "cat", f["square"]),)}, "48x48 but the image is 64x48.*aspect"),
-        (lambda f: {"edits": (EditItem("dog", "cat", f["empty"]),)}, "empty.png is empty"),
-        (lambda f: {"edits": (EditItem("cow", "cat", f["dog"]),)}, "edit 1 source.*'cow'.*not found"),
-        (lambda f: {"prompt": "a dog next to a dog"}, "occurs 2 times"),
-        (lambda f: {"reassembly_step": 5}, "reassembly_step.*must lie in 0..4"),
-        (lambda f: {"reinversion_steps": 4}, "exceeds steps"),
-        (lambda f: {"steps": 1}, "at least 2 steps"),
-        (lambda f: {"cfg": 0.0}, "cfg = 0.0: must be positive"),
-        (lambda f: {"step_override": "auto, 3, 4"}, "3 entries for 2 edit pairs"),
-        (lambda f: {"search_mode": "custom", "custom_steps": "1-9"}, "steps must lie in 1..5"),
-        (lambda f: {"search_mode": "coarse_to_fine", "coarse_stride": 9}, "coarse_stride"),
-        (
-            lambda f: {"controlnets": (ControlNetItem("cn", 1.0, f["hint"].with_name("h2.png")),)},
-            "hint of controlnet 1",
-        ),
-        # issue 16's catalogue: refused before anything is queued
-        (
-            lambda f: {"image": _save(f["image"].with_name("tiny.png"), (24, 18), rgb=True)},
-            "24x18: OIR needs at least 32",
-        ),
-        (lambda f: {"edits": (EditItem("dog", "dog", f["dog"]),)}, "edit 1 target.*same as its source 'dog'"),
-        (lambda f: {"edits": (EditItem("dog", "DOG", f["dog"]),)}, "same as its source"),
-        (
-            lambda f: {"edits": (EditItem("dog", "  ", f["dog"]),)},
-            "edit 1 target.*is empty: nothing says what 'dog'",
-        ),
-        (
-            lambda f: {"edits": (EditItem("dog", "cat", f["speck"]),)},
-            r"mask of edit 1 \(dog -> cat, speck.png\).*empty at the 8x6 latent grid",
-        ),
-        (
-            lambda f: {"edits": (EditItem("dog", "cat", f["dog"]), EditItem("gift", "cake", f["dog"]))},
-            "edit 1 .*covered by later pairs",
-        ),
-        (
-            lambda f: {
-                "overlap": "error",
-                "edits": (EditItem("dog", "cat", f["dog"]), EditItem("gift", "cake", f["dog"])),
-            },
-            "masks of several edit pairs overlap",
-        ),
-        (
-            lambda f: {"edits": (EditItem("dog", "cat", f["green"]),)},
-            "whole image by its luminance.*red marks only",
-        ),
-        (lambda f: {"edits": (EditItem("dog", "cat", f["clear"]),)}, "clear.png is empty by its alpha"),
-    ],
-)
+BAD_LOCAL_INPUTS: list[tuple[Any, str]] = [
+    (lambda f: {"image": f["image"].with_name("missing.png")}, "image .*missing.png does not exist"),
+    (lambda f: {"image": f["image"].with_name("text.png")}, "not a readable image"),
+    (
+        lambda f: {"edits": (EditItem("dog", "cat", f["dog"].with_name("nope.png")),)},
+        "nope.png does not exist",
+    ),
+    (lambda f: {"edits": (EditItem("dog", "cat", f["square"]),)}, "48x48 but the image is 64x48.*aspect"),
+    (lambda f: {"edits": (EditItem("dog", "cat", f["empty"]),)}, "empty.png is empty"),
+    (lambda f: {"edits": (EditItem("cow", "cat", f["dog"]),)}, "edit 1 source.*'cow'.*not found"),
+    (lambda f: {"prompt": "a dog next to a dog"}, "occurs 2 times"),
+    (lambda f: {"reassembly_step": 5}, "reassembly_step.*must lie in 0..4"),
+    (lambda f: {"reinversion_steps": 4}, "exceeds steps"),
+    (lambda f: {"steps": 1}, "at least 2 steps"),
+    (lambda f: {"cfg": 0.0}, "cfg = 0.0: must be positive"),
+    (lambda f: {"step_override": "auto, 3, 4"}, "3 entries for 2 edit pairs"),
+    (lambda f: {"search_mode": "custom", "custom_steps": "1-9"}, "steps must lie in 1..5"),
+    (lambda f: {"search_mode": "coarse_to_fine", "coarse_stride": 9}, "coarse_stride"),
+    (
+        lambda f: {"controlnets": (ControlNetItem("cn", 1.0, f["hint"].with_name("h2.png")),)},
+        "hint of controlnet 1",
+    ),
+    # issue 16's catalogue: refused before anything is queued
+    (
+        lambda f: {"image": _save(f["image"].with_name("tiny.png"), (24, 18), rgb=True)},
+        "24x18: OIR needs at least 32",
+    ),
+    (lambda f: {"edits": (EditItem("dog", "dog", f["dog"]),)}, "edit 1 target.*same as its source 'dog'"),
+    (lambda f: {"edits": (EditItem("dog", "DOG", f["dog"]),)}, "same as its source"),
+    (
+        lambda f: {"edits": (EditItem("dog", "  ", f["dog"]),)},
+        "empty: nothing says what 'dog' should become",
+    ),
+    (
+        lambda f: {"edits": (EditItem("dog", "cat", f["speck"]),)},
+        r"mask of edit 1 \(dog -> cat, speck.png\).*empty at the 8x6 latent grid",
+    ),
+    (
+        lambda f: {"edits": (EditItem("dog", "cat", f["dog"]), EditItem("gift", "cake", f["dog"]))},
+        "edit 1 .*covered by later pairs",
+    ),
+    (
+        lambda f: {
+            "overlap": "error",
+            "edits": (EditItem("dog", "cat", f["dog"]), EditItem("gift", "cake", f["dog"])),
+        },
+        "masks of several edit pairs overlap",
+    ),
+    (
+        lambda f: {"edits": (EditItem("dog", "cat", f["green"]),)},
+        "whole image by its luminance.*red marks only",
+    ),
+    (lambda f: {"edits": (EditItem("dog", "cat", f["clear"]),)}, "clear.png is empty by its alpha"),
+]
+"""(spec change, message): every local refusal, through the function and through the command."""
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_LOCAL_INPUTS)
 def test_bad_input_is_one_line_naming_the_problem(files: dict[str, Path], change: Any, message: str) -> None:
     files["image"].with_name("text.png").write_text("not an image", encoding="utf-8")
     with pytest.raises(SpecError, match=message) as caught:
         validate_local(make_spec(files, **change(files)))
     assert "\n" not in str(caught.value) and str(caught.value).startswith("case: ")
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_LOCAL_INPUTS)
+def test_every_local_refusal_is_exit_2_through_the_command(
+    files: dict[str, Path], change: Any, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same catalogue through ``oir-edit --spec``: exit 2, one line, before any server is contacted."""
+    files["image"].with_name("text.png").write_text("not an image", encoding="utf-8")
+    fields = make_spec(files, **change(files)).to_dict()
+    del fields["name"]
+    spec = tmp_path / "case.yaml"
+    spec.write_text(yaml.safe_dump(fields), encoding="utf-8")
+    code = headless.main(["--spec", str(spec), "--server", _closed_url(), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.search(message, err) and "cannot reach ComfyUI" not in err
 
 
 def test_cli_stops_at_local_errors_before_contacting_the_server(

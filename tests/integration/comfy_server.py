@@ -47,6 +47,14 @@ TINY_CHECKPOINT = "tiny-sd15"
 TINY_SCORER = "tiny-clip"
 TINY_LORA = "tiny-lora.safetensors"
 TINY_CONTROLNET = "tiny-controlnet.safetensors"
+LINKED_SCORER = "linked-clip"
+"""A symlink inside models/oir_clip to a scorer folder outside it (how people share model folders)."""
+LINKED_FILE_SCORER = "linked-oc.safetensors"
+"""A symlinked open_clip checkpoint (and its sidecar) inside models/oir_clip."""
+SHARED_SCORER = "shared-clip"
+"""A scorer in a second oir_clip folder, registered only through extra_model_paths.yaml."""
+BROKEN_LORA = "broken-lora.safetensors"
+"""Not a safetensors file: ComfyUI's LoraLoader fails on it (a failure inside ComfyUI)."""
 IMAGE_SIZE = 64
 """Test images are 64x64: 8x8 latents with the tiny VAE."""
 
@@ -89,9 +97,18 @@ def prepare_models(root: Path, controlnet: bool = True) -> Path:
     The YAML also registers :data:`TEST_NODES_DIR` as a custom-nodes folder.
     """
     models = root / "models"
-    _tiny_clip().make_transformers_clip(models / "oir_clip" / TINY_SCORER, image_size=32, patch_size=8)
+    clip = _tiny_clip()
+    clip.make_transformers_clip(models / "oir_clip" / TINY_SCORER, image_size=32, patch_size=8)
+    # shared model folders live elsewhere: the links leave models/oir_clip
+    linked = clip.make_transformers_clip(root / "elsewhere" / "clip", image_size=32, patch_size=8, seed=1)
+    (models / "oir_clip" / LINKED_SCORER).symlink_to(linked, target_is_directory=True)
+    elsewhere = clip.make_open_clip(root / "elsewhere", "oc", image_size=32, patch_size=8)
+    (models / "oir_clip" / LINKED_FILE_SCORER).symlink_to(elsewhere)
+    (models / "oir_clip" / LINKED_FILE_SCORER).with_suffix(".json").symlink_to(elsewhere.with_suffix(".json"))
+    clip.make_transformers_clip(root / "shared_scorers" / SHARED_SCORER, image_size=32, patch_size=8, seed=2)
     files = tiny_files_module()
     files.write_tiny_lora(models / "loras" / TINY_LORA)
+    (models / "loras" / BROKEN_LORA).write_bytes(b"not a safetensors file")
     if controlnet:
         files.write_tiny_controlnet(models / "controlnet" / TINY_CONTROLNET)
     yaml_path = root / "test_model_paths.yaml"
@@ -101,7 +118,10 @@ def prepare_models(root: Path, controlnet: bool = True) -> Path:
         "  oir_clip: oir_clip\n"
         "  loras: loras\n"
         "  controlnet: controlnet\n"
-        f"  custom_nodes: {json.dumps(str(TEST_NODES_DIR))}\n",
+        f"  custom_nodes: {json.dumps(str(TEST_NODES_DIR))}\n"
+        "oir_integration_shared_scorers:\n"
+        f"  base_path: {json.dumps(str(root))}\n"
+        "  oir_clip: shared_scorers\n",
         encoding="utf-8",
     )
     return yaml_path

@@ -8,6 +8,7 @@ checkpoint with ``--model-loader OIRTestTinyCheckpointLoader``. One test lets th
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import socket
@@ -16,9 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from comfy_server import (
+    BROKEN_LORA,
     IMAGE_SIZE,
     TEST_LOADER,
     TEST_NODES_DIR,
@@ -249,21 +252,76 @@ def test_batch_runs_specs_and_oir_bench_skips_finished_and_reports_failures(
 def test_failure_inside_comfyui_is_one_line_with_details_saved(
     server: TestServer, images: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A 2x2-pixel mask passes the local checks but covers no cell of the 8x8 latent grid."""
-    speck = tmp_path / "speck.png"
-    mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
-    mask.paste(255, (33, 33, 35, 35))  # between the pixels either mask geometry samples
-    mask.save(speck)
+    """A LoRA file that is not safetensors passes every check ComfyUI offers and fails in LoraLoader."""
     out = tmp_path / "out"
     result = oir_edit(
-        *server_flags(server), *TINY_FLAGS, "--image", str(images["image"]),
-        "--prompt", "a dog sitting next to a gift", "--edit", f"dog=cat:{speck}", "--out", str(out), "-q",
+        *server_flags(server), *TINY_FLAGS, "--image", str(images["image"]), "--lora", f"{BROKEN_LORA}:1.0",
+        "--prompt", "a dog sitting next to a gift", "--edit", f"dog=cat:{images['dog']}",
+        "--out", str(out), "-q",
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1 and "oir-edit: error: ComfyUI failed in node" in result.stderr
-    assert "latent grid" in result.stderr
+    assert "LoraLoader" in result.stderr or "LoRA" in result.stderr
     details = (out / "error.txt").read_text(encoding="utf-8")
     assert "traceback" in details and not (out / "report.json").exists()
+
+
+def test_mask_that_vanishes_at_the_latent_grid_is_refused_before_queueing(
+    server: TestServer, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """A 2x2-pixel mask between the cells the latent grid samples: exit 2 before ComfyUI sees a prompt."""
+    speck = tmp_path / "speck.png"
+    mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    mask.paste(255, (33, 33, 35, 35))
+    mask.save(speck)
+    before = len(server.client.get_json("/history"))
+    result = oir_edit(
+        *server_flags(server), *TINY_FLAGS, "--image", str(images["image"]),
+        "--prompt", "a dog sitting next to a gift", "--edit", f"dog=cat:{speck}",
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "speck.png" in result.stderr and "latent grid" in result.stderr
+    assert len(server.client.get_json("/history")) == before  # nothing was queued
+
+
+def test_sixteen_bit_photo_odd_size_and_alpha_mask_reach_comfyui_as_seen(
+    server: TestServer, tmp_path: Path
+) -> None:
+    """A 16-bit grey 123x89 photo (LoadImage alone would make it white and VAE Encode would crop it)
+    and a mask whose object is only in its alpha channel. The upload ComfyUI reads is the picture,
+    padded to 128x96; edited.png is 123x89 and report.json says so; progress shows rows and an ETA."""
+    rng = np.random.default_rng(8)
+    grey = rng.integers(0, 256, size=(89, 123), dtype=np.uint8)
+    photo = tmp_path / "grey16.png"
+    Image.fromarray(grey.astype(np.uint16) * 257).save(photo)
+    shape = np.zeros((89, 123), np.uint8)
+    shape[8:56, 4:60] = 255
+    mask = tmp_path / "alpha_mask.png"
+    Image.fromarray(np.dstack([np.full((89, 123, 3), 255, np.uint8), shape]), mode="RGBA").save(mask)
+    out = tmp_path / "out"
+    result = oir_edit(
+        *server_flags(server), *TINY_FLAGS, "--image", str(photo), "--prompt", "a dog sitting next to a gift",
+        "--edit", f"dog=cat:{mask}", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["image_size"] == [123, 89] and report["worked_at_size"] == [128, 96]
+    assert report["mask_rules"] == ["alpha"]
+    assert Image.open(out / "edited.png").size == (123, 89)
+    loader = next(n for n in report["workflow"].values() if n["class_type"] == "LoadImage")
+    folder, name = loader["inputs"]["image"].split("/")
+    uploaded = Image.open(
+        io.BytesIO(server.client.view({"filename": name, "subfolder": folder, "type": "input"}))
+    )
+    assert uploaded.size == (128, 96)
+    assert np.array_equal(
+        np.asarray(uploaded.convert("RGB"))[:89, :123], np.repeat(grey[..., None], 3, axis=2)
+    )
+    # not a TTY: one line per stage when it finishes (and every 10 s meanwhile)
+    search_lines = [line for line in result.stderr.splitlines() if line.strip().startswith("search")]
+    assert search_lines and all("rows" in line and "ETA" in line for line in search_lines)
+    assert any(f"level {STEPS}/{STEPS}" in line for line in result.stderr.splitlines())
 
 
 def test_bad_input_is_one_line_before_any_work(images: dict[str, Path], tmp_path: Path) -> None:

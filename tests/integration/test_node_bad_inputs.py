@@ -212,3 +212,45 @@ def test_combo_values_outside_their_options_are_refused(nodes, errors, edit, tin
         nodes["OIRDDIMInversion"].execute(
             model=tiny_unet, latent=latent, original=edit[0], steps=5, scheduler="normal", convention="nope"
         )
+
+
+def test_a_latent_below_four_cells_is_refused_before_any_model_call(
+    nodes, errors, edit, tiny_unet, tiny_vae
+) -> None:
+    calls: list[int] = []
+    spy = tiny_unet.clone()
+    spy.set_model_unet_function_wrapper(
+        lambda apply, args: (calls.append(1), apply(args["input"], args["timestep"], **args["c"]))[1]
+    )
+    latent = {"samples": tiny_vae.encode(torch.rand(1, 24, 64, 3))}  # 3 x 8 latent cells
+    with pytest.raises(errors, match=r"latent.*8x3 latent cells.*smaller than 4x4 cells.*at least 32 px"):
+        nodes["OIRDDIMInversion"].execute(
+            model=spy, latent=latent, original=edit[0], steps=5, scheduler="normal", convention="auto"
+        )
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "message"),
+    [
+        ("dog", "dog", "same as its source 'dog'"),
+        ("dog", "Dog ", "same as its source 'dog'"),
+        ("dog", "", "empty: nothing says what 'dog' should become"),
+    ],
+)
+def test_edit_pairs_that_change_nothing_are_refused(
+    nodes, errors, tiny_clip, source: str, target: str, message: str
+) -> None:
+    mask = torch.zeros(1, IMAGE, IMAGE)
+    mask[:, 8:40, 8:40] = 1.0
+    with pytest.raises(errors, match=message):
+        (pairs,) = nodes["OIREditPair"].execute(mask=mask, source=source, target=target, occurrence=0).args
+        nodes["OIRGuidedPromptBuilder"].execute(
+            clip=tiny_clip, original_prompt="a dog sitting next to a gift", edit_pairs=pairs
+        )
+
+
+def test_scorer_device_gpu_is_refused_when_queued_on_a_cpu_host(nodes) -> None:
+    refusal = nodes["OIRLoadCLIPScorer"].validate_inputs(device="gpu")
+    assert isinstance(refusal, str) and "device" in refusal and "choose 'auto' or 'cpu'" in refusal
+    assert nodes["OIRLoadCLIPScorer"].validate_inputs(device="auto") is True

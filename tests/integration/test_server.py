@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
+import os
 import re
 import sys
 import time
@@ -19,9 +21,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import comfy_env
+import comfy_server
 import pytest
 from comfy_server import (
     IMAGE_SIZE,
+    LINKED_FILE_SCORER,
+    LINKED_SCORER,
+    SHARED_SCORER,
     TEST_LOADER,
     TINY_CHECKPOINT,
     TINY_CONTROLNET,
@@ -301,3 +308,47 @@ def test_scorer_lives_under_comfy_model_management_and_free_releases_it(
         time.sleep(0.5)
         after = server.client.get_json("/oir_test/memory")
     assert "ScorerWeights" not in after["loaded"] and after["scorer_clips"] == 0, after
+
+
+@pytest.mark.parametrize("scorer", [LINKED_SCORER, LINKED_FILE_SCORER, SHARED_SCORER])
+def test_every_scorer_the_dropdown_offers_loads(
+    server: TestServer, uploads: dict[str, str], scorer: str
+) -> None:
+    """A symlinked folder, a symlinked open_clip file (with its sidecar) and a folder registered only
+    through extra_model_paths.yaml are offered by OIR Load CLIP Scorer, and they load and score."""
+    info = server.object_info()["OIRLoadCLIPScorer"]
+    options = info["input"]["required"]["clip_name"]
+    offered = options[0] if isinstance(options[0], list) else options[1]["options"]
+    assert {TINY_SCORER, scorer} <= set(offered)
+    graph = tiny_workflow(api_twin("oir_single_object_search"), uploads, f"oir-tests/scorer-{scorer}")
+    loader = next(i for i, n in graph.items() if n["class_type"] == "OIRLoadCLIPScorer")
+    graph[loader]["inputs"]["clip_name"] = scorer
+    entry = server.run(graph)
+    assert_succeeded(entry)
+    metric = next(i for i, n in graph.items() if n["class_type"] == "OIRMaskMetricScorer")
+    (pair,) = entry["outputs"][metric]["oir_scores"]
+    assert len(pair["table"]["editing"]) == STEPS and all(math.isfinite(v) for v in pair["table"]["editing"])
+
+
+def test_scorer_folders_keep_the_default_and_refuse_names_outside(
+    pack: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An oir_clip entry in extra_model_paths.yaml (read before custom nodes load) keeps models/oir_clip;
+    a name leading out of every registered folder is refused although the file exists."""
+    import folder_paths
+
+    scoring = comfy_env.import_pack_module("nodes.scoring_nodes")
+    inside, outside = tmp_path / "registered", tmp_path / "outside"
+    inside.mkdir()
+    tiny_files = comfy_server._tiny_clip()
+    tiny_files.make_transformers_clip(outside / "escaped", image_size=32, patch_size=8)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "oir_clip", ([str(inside)], set()))
+    scoring.register_scorer_folder()
+    paths, extensions = folder_paths.folder_names_and_paths["oir_clip"]
+    assert (
+        paths == [str(inside), os.path.join(folder_paths.models_dir, "oir_clip")]
+        and ".safetensors" in extensions
+    )
+    refusal = comfy_env.import_pack_module("oir_core.errors").OIRInputError
+    with pytest.raises(refusal, match=r"clip_name.*is not a scorer in models/oir_clip"):
+        scoring.resolve_scorer("../outside/escaped")
