@@ -15,7 +15,7 @@ from comfy_api.latest import io, ui
 from ..oir_core.clip_scorer import quantize_images
 from ..oir_core.edit import check_cfg, check_choice, check_masks_match
 from ..oir_core.errors import OIRInputError
-from ..oir_core.figures import pair_candidate_grids
+from ..oir_core.figures import pair_candidate_grids, pair_titles
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, choose_convention, invert
 from ..oir_core.masks import MASK_GEOMETRIES, region_masks
 from ..oir_core.pictures import LATENT_FACTOR, MIN_IMAGE_SIDE
@@ -335,7 +335,9 @@ class OIRParallelStepSearch(io.ComfyNode):
         )
         candidates, images, eligible = result.candidates, result.images, result.eligible
         stored = quantize_images(images)
-        grid, layouts = pair_candidate_grids(candidates, stored.float() / 255.0, eligible=eligible)
+        grid, layouts = pair_candidate_grids(
+            candidates, stored.float() / 255.0, eligible=eligible, titles=pair_titles(edit.pairs)
+        )
         bundle = CandidateBundle(
             edit=edit,
             candidates=candidates,
@@ -383,18 +385,20 @@ class OIRObjectReassembly(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "reassembly_step",
-                    default=10,
-                    min=0,
+                    default=-1,
+                    min=-1,
                     max=999,
-                    tooltip="R: the level where the objects merge; 0 <= R < T, the inversion's step count "
-                    "(paper: 10 of 50). OIR DDIM Inversion checks it before its first model call.",
+                    tooltip="R: the level where the objects merge; -1 = auto, a fifth of the inversion's "
+                    "steps T (the paper's 10 of 50), which fits any T. Otherwise 0 <= R < T; OIR DDIM "
+                    "Inversion checks it before its first model call.",
                 ),
                 io.Int.Input(
                     "reinversion_steps",
-                    default=10,
-                    min=0,
+                    default=-1,
+                    min=-1,
                     max=999,
-                    tooltip="r: re-inversion steps after merging; R + r <= T (paper: 10 of 50).",
+                    tooltip="r: re-inversion steps after merging; -1 = auto, a fifth of T (the paper's 10 of "
+                    "50), capped so R + r <= T. Otherwise 0 <= r and R + r <= T.",
                 ),
                 io.Combo.Input(
                     "overlap",

@@ -15,7 +15,7 @@ from ..oir_core.clip_backends import ClipModel, load_clip
 from ..oir_core.clip_scorer import ATTENTION_MODES, FIDELITY_SPACES, ClipScorer
 from ..oir_core.edit import check_choice, fit_image
 from ..oir_core.errors import OIRInputError
-from ..oir_core.figures import pair_candidate_grids, score_plot, stack_images
+from ..oir_core.figures import pair_candidate_grids, pair_titles, score_plot, stack_images
 from ..oir_core.masks import MASK_GEOMETRIES
 from ..oir_core.metric import SearchMetric
 from ..oir_core.search import parse_step_overrides, score_candidate_pairs
@@ -371,7 +371,11 @@ class OIRMaskMetricScorer(io.ComfyNode):
             ]
         )
         grid, layouts = pair_candidate_grids(
-            found, images, highlight=dict(enumerate(chosen)), eligible=candidates.eligible
+            found,
+            images,
+            highlight=dict(enumerate(chosen)),
+            eligible=candidates.eligible,
+            titles=pair_titles(edit.pairs),
         )
         report = json.dumps({"prompts": edit.plan.to_dict(), **result.to_dict()}, indent=2)
         chart = [

@@ -42,9 +42,10 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def grid_geometry(
-    count: int, height: int, width: int, columns: int | None = None, cell: int = 128
+    count: int, height: int, width: int, columns: int | None = None, cell: int = 128, titled: bool = False
 ) -> dict[str, int]:
-    """Layout of :func:`candidate_grid`: columns, rows, thumbnail size and label bar height (pixels).
+    """Layout of :func:`candidate_grid`: columns, rows, thumbnail size, label bar height and the
+    height of the title bar above the first row (0 without a title), in pixels.
 
     The frontend uses the same numbers to crop one candidate's thumbnail out of the grid image.
     """
@@ -57,6 +58,7 @@ def grid_geometry(
         "thumb_width": max(1, round(width * scale)),
         "thumb_height": max(1, round(height * scale)),
         "bar": max(14, cell // 8),
+        "header": max(14, cell // 8) if titled else 0,
     }
 
 
@@ -66,6 +68,7 @@ def candidate_grid(
     highlight: Sequence[int] = (),
     columns: int | None = None,
     cell: int = 128,
+    title: str | None = None,
 ) -> Tensor:
     """Tile candidates into one labelled image.
 
@@ -75,25 +78,29 @@ def candidate_grid(
         highlight: indices framed in :data:`HIGHLIGHT` (the chosen candidate).
         columns: grid width in cells (default ``ceil(sqrt(N))``).
         cell: thumbnail size of the longer image side in pixels.
+        title: a line on a bar above the grid (which pair it is), ``None`` for none.
 
     Returns:
-        ``[1, rows * (h + bar), columns * w, 3]`` float 0..1 (see :func:`grid_geometry`).
+        ``[1, header + rows * (h + bar), columns * w, 3]`` float 0..1 (see :func:`grid_geometry`).
     """
     count, height, width = images.shape[:3]
-    layout = grid_geometry(count, height, width, columns, cell)
+    layout = grid_geometry(count, height, width, columns, cell, titled=title is not None)
     columns, thumb_w, thumb_h, bar = (
         layout["columns"],
         layout["thumb_width"],
         layout["thumb_height"],
         layout["bar"],
     )
-    canvas = Image.new("RGB", (columns * thumb_w, layout["rows"] * (thumb_h + bar)), BACKGROUND)
+    header = layout["header"]
+    canvas = Image.new("RGB", (columns * thumb_w, header + layout["rows"] * (thumb_h + bar)), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = _font(bar - 4)
+    if title is not None:
+        draw.text((3, 1), title, fill=INK, font=font)
     chosen = set(highlight)
     for index in range(count):
         x = (index % columns) * thumb_w
-        y = (index // columns) * (thumb_h + bar)
+        y = header + (index // columns) * (thumb_h + bar)
         canvas.paste(_to_pil(images[index]).resize((thumb_w, thumb_h), Image.BILINEAR), (x, y))
         draw.text((x + 3, y + thumb_h + 1), labels[index], fill=INK, font=font)
         if index in chosen:
@@ -160,6 +167,11 @@ def score_plot(
     return _to_tensor(canvas)
 
 
+def pair_titles(pairs: Sequence[Any]) -> list[str]:
+    """``"pair k: source -> target"`` for each edit pair (anything with ``.text.source/.target``)."""
+    return [f"pair {k}: {p.text.source} -> {p.text.target}" for k, p in enumerate(pairs, 1)]
+
+
 def stack_images(images: Sequence[Tensor]) -> Tensor:
     """Pad ``[1, h_i, w_i, 3]`` images to a common size and stack into ``[N, H, W, 3]``."""
     height = max(int(i.shape[1]) for i in images)
@@ -175,6 +187,7 @@ def pair_candidate_grids(
     images: Tensor,
     highlight: dict[int, int] | None = None,
     eligible: Sequence[bool] | None = None,
+    titles: Sequence[str] | None = None,
 ) -> tuple[Tensor, list[dict[str, Any]]]:
     """One labelled grid per pair, padded to a common size, and each grid's layout for the frontend.
 
@@ -182,6 +195,7 @@ def pair_candidate_grids(
         candidates: the candidate set; images: ``[N, H, W, 3]`` its decoded candidates, same order.
         highlight: pair -> step to frame (the chosen step), when scores exist.
         eligible: per candidate; the others (coarse approximations) are labelled ``t=N~``.
+        titles: per pair, the line above its grid (e.g. ``"pair 1: dog -> cat"``).
 
     Returns:
         ``([K, H', W', 3] grids, K layouts)``; a layout is :func:`grid_geometry` plus ``pair`` and
@@ -197,6 +211,8 @@ def pair_candidate_grids(
         labels = [
             f"t={candidates.steps[i]}" + ("" if eligible is None or eligible[i] else "~") for i in index
         ]
-        grids.append(candidate_grid(pair_images, labels, highlight=marked))
-        layouts.append({"pair": pair, "steps": steps, **grid_geometry(len(index), *pair_images.shape[1:3])})
+        title = None if titles is None else titles[pair]
+        grids.append(candidate_grid(pair_images, labels, highlight=marked, title=title))
+        geometry = grid_geometry(len(index), *pair_images.shape[1:3], titled=title is not None)
+        layouts.append({"pair": pair, "steps": steps, **geometry})
     return stack_images(grids), layouts

@@ -1108,6 +1108,7 @@ class EditRunner:
             "spec": spec.to_dict(),
             "prompts": check.plan.to_dict(),
             "image_size": list(check.image_size),
+            "reassembly": {"reassembly_step": check.reassembly[0], "reinversion_steps": check.reassembly[1]},
             "worked_at_size": list(check.padded_size),
             "mask_rules": list(check.mask_rules),
             "chosen_steps": [int(s["chosen"]) for s in scores],
@@ -1368,9 +1369,16 @@ def _add_edit_options(parser: argparse.ArgumentParser, single: bool) -> None:
     edit.add_argument("--checkpoint", help="checkpoint name in ComfyUI's models/checkpoints")
     edit.add_argument("--steps", type=int, help="inversion steps T (default 50)")
     edit.add_argument("--cfg", type=float, help="CFG scale (default 7.5)")
-    edit.add_argument("--reassembly-step", type=int, help="R, where the objects merge (default 10)")
     edit.add_argument(
-        "--reinversion-steps", type=int, help="r, re-inversion steps after merging (default 10)"
+        "--reassembly-step",
+        type=int,
+        help="R, where the objects merge: 0 <= R < steps; default -1 = auto, a fifth of the steps "
+        "(paper: 10 of 50)",
+    )
+    edit.add_argument(
+        "--reinversion-steps",
+        type=int,
+        help="r, re-inversion steps after merging: R + r <= steps; default -1 = auto, a fifth of the steps",
     )
     edit.add_argument(
         "--seed", type=int, help="recorded in report.json (OIR is deterministic: DDIM with eta 0)"

@@ -46,6 +46,7 @@ class ReassemblyResult:
         merged: ``[*latent_shape]`` the reassembled latent ``z`` at level ``R`` (before re-inversion).
         pair_latents: ``[K, *latent_shape]`` each pair's ``z_k`` at level ``R``.
         effective_starts: per pair, the level it was actually denoised from (``max(t_k*, R)``).
+        reassembly_step, reinversion_steps: the ``R`` and ``r`` used (``auto`` resolved).
         pair_regions: ``[K, h, w]`` exclusive binary pair regions on the latent grid.
         background: ``[h, w]`` binary background region.
         stats: model use of all four stages.
@@ -58,27 +59,52 @@ class ReassemblyResult:
     pair_regions: Tensor
     background: Tensor
     stats: CallStats = field(default_factory=CallStats)
+    reassembly_step: int = 0
+    reinversion_steps: int = 0
 
 
-def validate_reassembly(steps: int, reassembly_step: int, reinversion_steps: int) -> None:
-    """Check ``0 <= R``, ``0 <= r`` and ``R + r <= T``."""
+AUTO = -1
+"""``reassembly_step`` / ``reinversion_steps`` value meaning "follow the step count"."""
+
+AUTO_FRACTION = 0.2
+"""``auto`` R and r as a fraction of ``T``: the paper's 10 of 50."""
+
+
+def resolve_reassembly(steps: int, reassembly_step: int, reinversion_steps: int) -> tuple[int, int]:
+    """``(R, r)`` with :data:`AUTO` (-1) replaced by ``round(T / 5)`` each (paper: 10 and 10 of 50).
+
+    Auto values always fit: ``R < T`` and ``R + r <= T`` for every ``T >= 2`` (``T = 2``: 0 and 0;
+    ``T = 5``: 1 and 1), so a graph whose steps are lowered never breaks at reassembly.
+    """
+    auto = round(steps * AUTO_FRACTION)
+    merge_level = min(auto, steps - 1) if reassembly_step == AUTO else reassembly_step
+    reinvert = max(0, min(auto, steps - merge_level)) if reinversion_steps == AUTO else reinversion_steps
+    return merge_level, reinvert
+
+
+def validate_reassembly(steps: int, reassembly_step: int, reinversion_steps: int) -> tuple[int, int]:
+    """``(R, r)`` after :func:`resolve_reassembly`, checked: ``0 <= R < T``, ``0 <= r``, ``R + r <= T``."""
+    reassembly_step, reinversion_steps = resolve_reassembly(steps, reassembly_step, reinversion_steps)
     if reassembly_step < 0 or reassembly_step >= steps:
         raise OIRInputError(
             "reassembly_step",
             reassembly_step,
             f"must lie in 0..{steps - 1} for a {steps}-step inversion",
-            "lower it (the paper uses 10 of 50) or raise steps",
+            "lower it (the paper uses 10 of 50), raise steps, or use -1 (auto: a fifth of the steps)",
         )
     if reinversion_steps < 0:
-        raise OIRInputError("reinversion_steps", reinversion_steps, "must not be negative", "use 0 or more")
+        raise OIRInputError(
+            "reinversion_steps", reinversion_steps, "must not be negative", "use 0 or more, or -1 (auto)"
+        )
     if reassembly_step + reinversion_steps > steps:
         raise OIRInputError(
             "reinversion_steps",
             reinversion_steps,
             f"reassembly_step + reinversion_steps = {reassembly_step + reinversion_steps} exceeds steps"
             f" = {steps}",
-            f"use at most {steps - reassembly_step} re-inversion steps",
+            f"use at most {steps - reassembly_step} re-inversion steps, or -1 (auto: a fifth of the steps)",
         )
+    return reassembly_step, reinversion_steps
 
 
 def effective_starts(chosen_steps: Sequence[int], reassembly_step: int) -> list[int]:
@@ -120,15 +146,15 @@ def reassemble(
         trajectory: the shared inversion (``T`` steps).
         chosen_steps: ``K`` optimal steps ``t_k*`` in ``1..T``.
         masks: ``K`` masks ``[H, W]`` at any resolution (resized to the latent grid).
-        reassembly_step: ``R`` (paper default 10).
-        reinversion_steps: ``r`` (paper default 10).
+        reassembly_step: ``R`` (paper: 10 of 50); -1 = auto, ``round(T / 5)``.
+        reinversion_steps: ``r`` (paper: 10 of 50); -1 = auto, ``round(T / 5)`` (capped so ``R + r <= T``).
         overlap: rule for overlapping masks (see :func:`oir_core.masks.region_masks`).
         mask_geometry: how masks reach the latent grid (``official``: binarised at >= 1/255 and
             sampled at each cell's top-left pixel, as the OIR code; ``centered``: > 0.5, cell centres).
         on_level: called after every level of every stage with ``(done, total)`` over all stages.
     """
     steps = trajectory.steps
-    validate_reassembly(steps, reassembly_step, reinversion_steps)
+    reassembly_step, reinversion_steps = validate_reassembly(steps, reassembly_step, reinversion_steps)
     if len(chosen_steps) != len(masks):
         raise OIRInputError(
             "chosen_steps",
@@ -245,6 +271,8 @@ def reassemble(
         pair_regions=pair_regions,
         background=background,
         stats=stats,
+        reassembly_step=reassembly_step,
+        reinversion_steps=reinversion_steps,
     )
 
 

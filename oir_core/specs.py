@@ -157,8 +157,8 @@ class EditSpec:
     checkpoint: str | None = None
     steps: int = 50
     cfg: float = 7.5
-    reassembly_step: int = 10
-    reinversion_steps: int = 10
+    reassembly_step: int = -1
+    reinversion_steps: int = -1
     seed: int | None = None
     scheduler: str = "ddim_uniform"
     convention: str = "auto"
@@ -706,6 +706,7 @@ class LocalCheck:
             content-addressed upload name.
         padded_size: the size ComfyUI works at: ``image_size`` rounded up to multiples of 8.
         mask_rules: per mask, ``"alpha"`` or ``"luminance"``: what it was read by.
+        reassembly: ``(R, r)`` the reassembly will use (``-1``, auto, resolved).
     """
 
     image_size: tuple[int, int]
@@ -714,6 +715,7 @@ class LocalCheck:
     uploads: Mapping[Path, tuple[str, bytes]] = field(default_factory=dict)
     padded_size: tuple[int, int] = (0, 0)
     mask_rules: tuple[str, ...] = ()
+    reassembly: tuple[int, int] = (0, 0)
 
     def upload_value(self, path: Path) -> str:
         """The LoadImage value of an uploaded file."""
@@ -783,10 +785,10 @@ def validate_local(spec: EditSpec) -> LocalCheck:
         )
     except OIRInputError as error:
         raise SpecError(f"{where}: {_cli_words(str(error))}") from None
-    _check_numbers(spec)
+    reassembly = _check_numbers(spec)
     _check_masks_on_grid(spec, [prepared[edit.mask] for edit in spec.edits], padded)
     uploads = {path: (upload_name(path, data), data) for path, data in prepared.items()}
-    return LocalCheck((width, height), tuple(mask_sizes), plan, uploads, padded, tuple(rules))
+    return LocalCheck((width, height), tuple(mask_sizes), plan, uploads, padded, tuple(rules), reassembly)
 
 
 def _check_masks_on_grid(spec: EditSpec, masks: Sequence[bytes], size: tuple[int, int]) -> None:
@@ -820,8 +822,11 @@ def _cli_words(message: str) -> str:
     return message.removeprefix("OIR: ")
 
 
-def _check_numbers(spec: EditSpec) -> None:
-    """Step settings, with the engine's own validators (imported here: they pull in torch)."""
+def _check_numbers(spec: EditSpec) -> tuple[int, int]:
+    """Step settings, with the engine's own validators (imported here: they pull in torch).
+
+    Returns the reassembly's ``(R, r)`` with auto (-1) resolved.
+    """
     from .reassembly import validate_reassembly
     from .search import coarse_steps, parse_step_overrides, parse_steps
 
@@ -835,7 +840,7 @@ def _check_numbers(spec: EditSpec) -> None:
     if spec.max_batch < 0:
         raise SpecError(f"{where}: max_batch = {spec.max_batch}: must be 0 (auto) or more")
     try:
-        validate_reassembly(spec.steps, spec.reassembly_step, spec.reinversion_steps)
+        reassembly = validate_reassembly(spec.steps, spec.reassembly_step, spec.reinversion_steps)
         if spec.search_mode == "custom":
             parse_steps(spec.custom_steps or f"1-{spec.steps}", spec.steps)
         if spec.search_mode == "coarse_to_fine":
@@ -845,6 +850,7 @@ def _check_numbers(spec: EditSpec) -> None:
         parse_step_overrides(spec.step_override, len(spec.edits), spec.steps)
     except OIRInputError as error:
         raise SpecError(f"{where}: {_cli_words(str(error))}") from None
+    return reassembly
 
 
 # --------------------------------------------------------------------------------------------------

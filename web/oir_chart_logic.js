@@ -35,7 +35,7 @@ export const SERIES = Object.freeze([
  * @typedef {{filename: string, subfolder?: string, type?: string}} ImageRef
  *   One saved preview image, as in ComfyUI's `ui.images`.
  * @typedef {{pair: number, steps: number[], count: number, columns: number, rows: number,
- *   thumb_width: number, thumb_height: number, bar: number}} GridLayout
+ *   thumb_width: number, thumb_height: number, bar: number, header: number}} GridLayout
  *   Layout of one pair's candidate grid image (`grid_geometry` plus the pair and its steps).
  * @typedef {{x: number, y: number, width: number, height: number}} Rect
  * @typedef {{
@@ -77,6 +77,9 @@ export function gridLayout(value) {
   );
   if (!steps || !steps.every(isStep) || !whole) return null;
   if (!Number.isInteger(g.bar) || /** @type {number} */ (g.bar) < 0) return null;
+  // `header` (the pair's title bar above the grid) is absent from payloads of older versions.
+  const header = g.header === undefined ? 0 : g.header;
+  if (!Number.isInteger(header) || /** @type {number} */ (header) < 0) return null;
   const columns = /** @type {number} */ (g.columns);
   return {
     pair: Number.isInteger(g.pair) ? /** @type {number} */ (g.pair) : 0,
@@ -87,6 +90,7 @@ export function gridLayout(value) {
     thumb_width: /** @type {number} */ (g.thumb_width),
     thumb_height: /** @type {number} */ (g.thumb_height),
     bar: /** @type {number} */ (g.bar),
+    header: /** @type {number} */ (header),
   };
 }
 
@@ -214,8 +218,9 @@ export function viewUrl(ref, apiURL) {
 
 /**
  * Where candidate `step` sits in its pair's grid image (pixels of that image): column
- * `i % columns`, row `floor(i / columns)`, each row `thumb_height + bar` tall (the label bar is
- * left out of the crop). Null when the step is not in the grid.
+ * `i % columns`, row `floor(i / columns)` below the `header` (title) bar, each row
+ * `thumb_height + bar` tall (the label bar is left out of the crop). Null when the step is not
+ * in the grid.
  * @param {GridLayout} layout
  * @param {number} step
  * @returns {Rect|null}
@@ -225,7 +230,7 @@ export function cropRect(layout, step) {
   if (index < 0) return null;
   return {
     x: (index % layout.columns) * layout.thumb_width,
-    y: Math.floor(index / layout.columns) * (layout.thumb_height + layout.bar),
+    y: layout.header + Math.floor(index / layout.columns) * (layout.thumb_height + layout.bar),
     width: layout.thumb_width,
     height: layout.thumb_height,
   };

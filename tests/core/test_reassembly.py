@@ -8,6 +8,7 @@ from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_m
 
 from oir_core import FunctionHost, OIRInputError, invert, reassemble
 from oir_core.analytic import GaussianModel, ddim_uniform_schedule
+from oir_core.reassembly import AUTO, resolve_reassembly, validate_reassembly
 from oir_core.sampling import invert_levels, lockstep_denoise
 
 # Prompt ids: 0 = original P_o, 1..K = guided G_k, K+1 = target P_t.
@@ -126,6 +127,30 @@ def test_stages_roles_levels_and_row_counts() -> None:
     assert result.stats.rows == (15 - 5) + (9 - 5) + 4 + 9
     total = (15 - 5) + 4 + 9
     assert progress == [(d, total) for d in range(1, total + 1)]
+    # each stage announces the rows it evaluates (progress and ETA in the host)
+    assert [stage.total_rows for stage in host.stages] == [(15 - 5) + (9 - 5), 4, 5 + 4]
+    assert (result.reassembly_step, result.reinversion_steps) == (5, 4)
+
+
+@pytest.mark.parametrize("steps", range(2, 121))
+def test_auto_reassembly_fits_every_step_count_and_is_the_papers_at_50(steps: int) -> None:
+    merge, reinvert = resolve_reassembly(steps, AUTO, AUTO)
+    assert 0 <= merge < steps and 0 <= reinvert and merge + reinvert <= steps
+    assert validate_reassembly(steps, AUTO, AUTO) == (merge, reinvert)
+    assert (merge, reinvert) == (min(round(steps / 5), steps - 1), min(round(steps / 5), steps - merge))
+    if steps == 50:
+        assert (merge, reinvert) == (10, 10)  # the paper's R and r
+    assert resolve_reassembly(steps, 1, 0) == (1, 0)  # explicit values are kept
+
+
+def test_auto_reassembly_equals_the_explicit_paper_values() -> None:
+    model, _, trajectory = _setup(steps=50)
+    host = FunctionHost(model.denoiser(0), model.cfg_denoiser(negative=0, cfg=CFG, id_offset=1),
+                        model.cfg_denoiser(negative=0, cfg=CFG, positive=PAIRS + 1))  # fmt: skip
+    auto = reassemble(host, trajectory, [30, 22], _image_masks(), AUTO, AUTO)
+    explicit = reassemble(host, trajectory, [30, 22], _image_masks(), 10, 10)
+    assert (auto.reassembly_step, auto.reinversion_steps) == (10, 10)
+    assert torch.equal(auto.latent, explicit.latent)
 
 
 def test_chosen_step_at_or_below_reassembly_starts_from_x_r() -> None:
@@ -187,9 +212,10 @@ def test_reassembly_does_not_mutate_inputs_and_is_deterministic() -> None:
     ("chosen", "reassembly", "reinversion", "problem"),
     [
         ([15, 12], 20, 0, "reassembly_step"),
-        ([15, 12], -1, 0, "reassembly_step"),
+        ([15, 12], -2, 0, "reassembly_step"),
         ([15, 12], 15, 6, "exceeds steps"),
-        ([15, 12], 5, -1, "negative"),
+        ([15, 12], 5, -2, "negative"),
+        ([15, 12], -1, 17, "exceeds steps"),  # auto R = 4 of 20, r explicit
         ([15], 5, 4, "1 steps for 2 edit pairs"),
         ([0, 12], 5, 4, "must lie in"),
         ([21, 12], 5, 4, "must lie in"),

@@ -418,6 +418,31 @@ SYNTHETIC_50_STEPS = """
 """
 
 
+NODE_OVERLAPS = """
+(() => {
+  const app = window.comfyAPI.app.app;
+  const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
+  const title = LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  // Each node's box on the canvas, its title bar included (pos is the body's top left).
+  const boxes = app.graph.nodes.map((n) => ({
+    id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - title, w: n.size[0], h: n.size[1] + title,
+  }));
+  const overlaps = [];
+  for (let i = 0; i < boxes.length; i++) {
+    for (let j = i + 1; j < boxes.length; j++) {
+      const a = boxes[i], b = boxes[j];
+      const dx = Math.min(a.x + a.w, b.x + b.w) - Math.max(a.x, b.x);
+      const dy = Math.min(a.y + a.h, b.y + b.h) - Math.max(a.y, b.y);
+      if (dx > 0 && dy > 0) {
+        overlaps.push(`${a.type} #${a.id} / ${b.type} #${b.id}: ${Math.round(dx)}x${Math.round(dy)} px`);
+      }
+    }
+  }
+  return {overlaps, boxes};
+})()
+"""
+
+
 SCORER_INTO_SUBGRAPH = """
 (() => {
   const app = window.comfyAPI.app.app;
@@ -527,9 +552,18 @@ async def open_template(page: Page, server: TestServer, name: str, uploads: dict
     await page.js(HELPERS)
 
 
+async def assert_no_node_overlaps(page: Page, when: str) -> None:
+    """No two nodes' boxes (title bars included) overlap: the grown search and scorer nodes too."""
+    await settle(page)
+    found = await page.js(NODE_OVERLAPS)
+    assert not found["overlaps"], f"{when}: {found['overlaps']} (boxes: {found['boxes']})"
+
+
 async def run_and_click(page: Page) -> list[dict[str, Any]]:
     """Queue the open graph; every pair gets a chart, and a click on a step sets step_override."""
+    await assert_no_node_overlaps(page, "as loaded")
     await queue_and_wait(page)
+    await assert_no_node_overlaps(page, "after the run")
     charts = await page.js(
         "window.__oir.node('OIRMaskMetricScorer').oirChart.charts"
         ".map((c) => ({pair: c.pair, steps: c.steps, chosen: c.chosen, override: c.override}))"
@@ -598,7 +632,9 @@ async def _steps(page: Page, server: TestServer, uploads: dict[str, str]) -> Non
     await page.screenshot(ARTIFACTS / "before_run.png")
 
     # First run.
+    await assert_no_node_overlaps(page, "as loaded")
     await queue_and_wait(page)
+    await assert_no_node_overlaps(page, "after the run")
     charts = await page.js(
         "window.__oir.node('OIRMaskMetricScorer').oirChart.charts"
         ".map((c) => ({pair: c.pair, steps: c.steps, chosen: c.chosen, override: c.override}))"

@@ -352,3 +352,26 @@ def test_scorer_folders_keep_the_default_and_refuse_names_outside(
     refusal = comfy_env.import_pack_module("oir_core.errors").OIRInputError
     with pytest.raises(refusal, match=r"clip_name.*is not a scorer in models/oir_clip"):
         scoring.resolve_scorer("../outside/escaped")
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_lowering_the_steps_of_a_template_never_breaks_it(
+    server: TestServer, uploads: dict[str, str], steps: int
+) -> None:
+    """The templates' R and r are auto (-1, a fifth of T): any step count runs to the end."""
+    template = api_twin("oir_two_object_edit")
+    reassembly = next(n for n in template.values() if n["class_type"] == "OIRObjectReassembly")
+    assert (reassembly["inputs"]["reassembly_step"], reassembly["inputs"]["reinversion_steps"]) == (-1, -1)
+    graph = tiny_workflow(template, uploads, f"oir-tests/steps-{steps}")
+    for node in graph.values():
+        if node["class_type"] == "OIRObjectReassembly":
+            node["inputs"].update(reassembly_step=-1, reinversion_steps=-1)  # as shipped
+        elif node["class_type"] == "OIRDDIMInversion":
+            node["inputs"]["steps"] = steps
+        elif node["class_type"] == "OIRParallelStepSearch":
+            node["inputs"]["custom_steps"] = f"1-{steps}"
+    entry = server.run(graph)
+    assert_succeeded(entry)
+    save = next(i for i, n in graph.items() if n["class_type"] == "SaveImage")
+    (saved,) = entry["outputs"][save]["images"]
+    assert fetch_image(server, saved).size == (IMAGE_SIZE, IMAGE_SIZE)

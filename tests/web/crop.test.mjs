@@ -15,6 +15,13 @@ test("cropRect gives the rectangle of every candidate, as rendered by oir_core/f
   }
 });
 
+test("a layout without a header (older payloads) crops as before", () => {
+  const { header, ...old } = cases[0].layout;
+  assert.equal(header, 0);
+  const first = cases[0].rects[0];
+  assert.deepEqual(cropRect(gridLayout(old), first.step), { x: first.x, y: first.y, width: first.width, height: first.height });
+});
+
 test("a step that is not in the grid has no rectangle", () => {
   const layout = gridLayout(cases[0].layout);
   assert.equal(cropRect(layout, 999), null);
@@ -28,6 +35,8 @@ test("inconsistent layouts are refused rather than cropping the wrong candidate"
   assert.equal(gridLayout({ ...good, thumb_width: 12.5 }), null);
   assert.equal(gridLayout({ ...good, steps: [1, "2"] }), null);
   assert.equal(gridLayout({ ...good, bar: -1 }), null);
+  assert.equal(gridLayout({ ...good, header: -16 }), null);
+  assert.equal(gridLayout({ ...good, header: 1.5 }), null);
   assert.equal(gridLayout({ ...good, steps: undefined }), null);
 });
 

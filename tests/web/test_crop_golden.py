@@ -34,9 +34,13 @@ def _case_id(case: dict[str, Any]) -> str:
 def test_crop_rectangles_cover_exactly_one_candidate(case: dict[str, Any]) -> None:
     height, width, layout = case["image_height"], case["image_width"], case["layout"]
     count = len(layout["steps"])
-    assert {**grid_geometry(count, height, width), "pair": 0, "steps": layout["steps"]} == layout
+    titled = "title" in case
+    geometry = grid_geometry(count, height, width, titled=titled)
+    assert {**geometry, "pair": 0, "steps": layout["steps"]} == layout
     images = torch.stack([_colour(i).expand(height, width, 3) for i in range(count)])
-    grid = candidate_grid(images, [f"t={s}" for s in layout["steps"]])[0]
+    grid = candidate_grid(images, [f"t={s}" for s in layout["steps"]], title=case.get("title"))[0]
+    if titled:  # the title bar holds no candidate
+        assert not torch.allclose(grid[: layout["header"]], _colour(0).expand(layout["header"], grid.shape[1], 3))
     for index, rect in enumerate(case["rects"]):
         x, y, w, h = rect["x"], rect["y"], rect["width"], rect["height"]
         assert x + w <= grid.shape[1] and y + h <= grid.shape[0]
