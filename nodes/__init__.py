@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .edit_nodes import OIREditPair, OIRGuidedPromptBuilder
+from .example_inputs import install_example_inputs
 from .sampling_nodes import OIRDDIMInversion, OIRObjectReassembly, OIRParallelStepSearch
 from .scoring_nodes import OIRLoadCLIPScorer, OIRMaskMetricScorer, register_scorer_folder
 
@@ -30,6 +31,7 @@ class OIRExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> OIRExtension:
-    """ComfyUI's V3 entry point."""
+    """ComfyUI's V3 entry point: registers models/oir_clip and installs the templates' inputs."""
     register_scorer_folder()
+    install_example_inputs()
     return OIRExtension()

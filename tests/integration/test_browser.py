@@ -299,6 +299,20 @@ OPEN_TEMPLATE = """
 })(%(module)s, %(name)s)
 """
 
+MISSING_INPUTS = """
+(() => {
+  // Every picture a template names must be one LoadImage offers (the pack installs its inputs).
+  const app = window.comfyAPI.app.app;
+  return app.graph.nodes
+    .filter((n) => ["LoadImage", "LoadImageMask"].includes(n.type))
+    .map((n) => {
+      const widget = n.widgets.find((w) => w.name === "image");
+      const options = widget.options?.values ?? [];
+      return {type: n.type, value: widget.value, offered: options.includes(widget.value)};
+    });
+})()
+"""
+
 POINT_AT_TINY_MODELS = """
 (async (values, uploads, loader, checkpoint) => {
   const app = window.comfyAPI.app.app;
@@ -334,8 +348,10 @@ POINT_AT_TINY_MODELS = """
       const hint = consumers(node, 0).every((c) => c?.type === "ControlNetApplyAdvanced");
       set(node, "image", uploads[hint ? "hint" : "image"]);
     } else if (node.type === "LoadImageMask") {
+      // the test masks go to the edit pairs in chain order (node ids), whatever the template's objects
+      const pairs = graph.nodes.filter((n) => n.type === "OIREditPair").sort((a, b) => a.id - b.id);
       const pair = consumers(node, 0).find((c) => c?.type === "OIREditPair");
-      set(node, "image", uploads[pair.widgets.find((w) => w.name === "source").value]);
+      set(node, "image", uploads[["dog", "gift"][pairs.indexOf(pair)]]);
     }
   }
   const api = window.comfyAPI.api.api;
@@ -540,6 +556,9 @@ async def open_template(page: Page, server: TestServer, name: str, uploads: dict
     assert not loaded["dialogs"], f"a dialog opened with the template (missing nodes?): {loaded['dialogs']}"
     assert loaded["unregistered"] == [], f"node types the frontend does not know: {loaded['unregistered']}"
     assert set(loaded["types"]) - {"Note", "MarkdownNote"} <= set(server.object_info())
+    pictures = await page.js(MISSING_INPUTS)
+    shipped = all(p["offered"] and p["value"].startswith("oir_example_") for p in pictures)
+    assert pictures and shipped, f"the template names pictures LoadImage does not offer: {pictures}"
     await page.js(
         POINT_AT_TINY_MODELS
         % {

@@ -68,6 +68,8 @@ def api_twin(name: str) -> dict[str, Any]:
 def tiny_workflow(workflow: dict[str, Any], uploads: dict[str, str], prefix: str) -> dict[str, Any]:
     """An API twin pointed at the tiny models and the uploaded test images (a copy)."""
     graph = copy.deepcopy(workflow)
+    # the test masks go to the edit pairs in chain order (node ids), whatever the template's objects
+    pair_ids = sorted((i for i, n in graph.items() if n["class_type"] == "OIREditPair"), key=int)
     consumers: dict[str, list[str]] = {}
     for node in graph.values():
         for value in node["inputs"].values():
@@ -81,8 +83,8 @@ def tiny_workflow(workflow: dict[str, Any], uploads: dict[str, str], prefix: str
             hint = consumers.get(node_id) == ["ControlNetApplyAdvanced"]
             inputs["image"] = uploads["hint" if hint else "image"]
         elif kind == "LoadImageMask":
-            pair = next(n for n in graph.values() if n["inputs"].get("mask") == [node_id, 0])
-            inputs["image"] = uploads[pair["inputs"]["source"]]
+            pair = next(i for i, n in graph.items() if n["inputs"].get("mask") == [node_id, 0])
+            inputs["image"] = uploads[("dog", "gift")[pair_ids.index(pair)]]
         elif kind == "OIRLoadCLIPScorer":
             inputs.update(clip_name=TINY_SCORER, device="cpu")
         elif kind == "OIRDDIMInversion":
@@ -143,6 +145,39 @@ def test_example_workflows_are_served_as_templates(server: TestServer) -> None:
     assert served == json.loads(
         (HERE.parents[1] / "example_workflows" / "oir_two_object_edit.json").read_text()
     )
+    for name in WORKFLOWS:  # the template browser's card picture
+        thumbnail = server.client.request("GET", f"/api/workflow_templates/{PACK_FOLDER}/{name}.jpg")
+        assert Image.open(io.BytesIO(thumbnail)).format == "JPEG"
+
+
+def test_the_templates_inputs_are_in_comfyuis_input_folder_on_a_fresh_host(server: TestServer) -> None:
+    """The pack copies its sample photos, masks and depth map where LoadImage lists them, and every
+    picture a template names is among them."""
+    shipped = sorted((HERE.parents[1] / "example_inputs").glob("oir_example_*.png"))
+    offered = server.object_info()["LoadImage"]["input"]["required"]["image"][0]
+    for path in shipped:
+        assert path.name in offered
+        served = server.client.view({"filename": path.name, "subfolder": "", "type": "input"})
+        assert served == path.read_bytes()
+    for name in WORKFLOWS:
+        named = [
+            node["inputs"]["image"]
+            for node in api_twin(name).values()
+            if node["class_type"] in ("LoadImage", "LoadImageMask")
+        ]
+        assert named and set(named) <= {p.name for p in shipped}, name
+
+
+def test_installing_the_inputs_never_overwrites_a_users_file(pack: ModuleType, tmp_path: Path) -> None:
+    inputs = comfy_env.import_pack_module("nodes.example_inputs")
+    (tmp_path / "oir_example_coffee.png").write_bytes(b"the user's own picture")
+    copied = inputs.install_example_inputs(tmp_path)
+    assert "oir_example_coffee.png" not in copied and "oir_example_rocket.png" in copied
+    assert (tmp_path / "oir_example_coffee.png").read_bytes() == b"the user's own picture"
+    assert inputs.install_example_inputs(tmp_path) == []  # nothing missing any more
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    assert inputs.install_example_inputs(blocked) == []  # not a folder: a log line, no exception
 
 
 def test_the_real_frontend_is_served_by_default(server: TestServer) -> None:
@@ -164,7 +199,7 @@ def test_two_object_workflow_over_http(server: TestServer, uploads: dict[str, st
     assert image.size == (IMAGE_SIZE, IMAGE_SIZE) and image.mode == "RGB"
     metric = next(i for i, n in graph.items() if n["class_type"] == "OIRMaskMetricScorer")
     scores = outputs[metric]["oir_scores"]
-    assert [(s["source"], s["target"]) for s in scores] == [("dog", "cat"), ("gift", "cake")]
+    assert [(s["source"], s["target"]) for s in scores] == [("cup", "glass"), ("spoon", "fork")]
     for pair in scores:
         assert 1 <= pair["chosen"] <= STEPS and pair["table"]["steps"] == list(range(1, STEPS + 1))
     previews = [i for i, n in graph.items() if n["class_type"] == "PreviewImage"]
