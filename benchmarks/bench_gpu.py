@@ -14,7 +14,8 @@ case: both pairs refine around the deepest coarse step). Printed per family and 
   the ``ModelPatcher``'s loaded bytes at each forward);
 - the chunk ``ComfyHost`` chose, the search's candidate rows/s and the same model's best batched
   rows/s through the same host path (a sweep of batch sizes), and their ratio;
-- the smallest batch reaching 95 % of the best rate (what ``DEFAULT_ROW_CAP`` should not undercut).
+- the smallest batch reaching 95 % of the best rate, and the rows per model call the time budget
+  (``DEFAULT_CALL_BUDGET_S``) settled on: the two show what the cancel-latency bound costs.
 
 ``--tiny`` proves the script on a CPU: the tiny SD1.5-architecture test UNet standing in for both
 families, at latents 8² and 16², T = 6.
@@ -134,13 +135,13 @@ def run_family(report: Report, family: Family, args: Any) -> None:
         peak = torch.cuda.max_memory_allocated() if cuda else float("nan")
         rate = found.stats.rows / seconds
         chunk = host.last_max_batch or 1
-        top_rate, top_batch, enough = best_rate(
-            host, shape, max(chunk, 2 * comfy_host.DEFAULT_ROW_CAP), args.device
-        )
+        per_call = host.last_call_rows or chunk
+        top_rate, top_batch, enough = best_rate(host, shape, max(chunk, 64), args.device)
         fully = watch.lowest == 1.0
         print(
             f"{label}, {name}, T={steps}, K=2: {found.stats.rows} candidate rows in {seconds:.1f} s "
-            f"({rate:.1f} rows/s, chunk {chunk}); best batched {top_rate:.1f} rows/s at batch {top_batch} "
+            f"({rate:.1f} rows/s, chunk {chunk}, {per_call} rows per model call at the end); "
+            f"best batched {top_rate:.1f} rows/s at batch {top_batch} "
             f"(95 % from batch {enough}); peak GPU memory {fmt_bytes(peak) if cuda else 'n/a (CPU)'} "
             f"for {fmt_bytes(size)} of weights; fully loaded at all {watch.forwards} forwards: {fully} "
             f"(lowest {fmt_pct(watch.lowest)})"
@@ -149,7 +150,8 @@ def run_family(report: Report, family: Family, args: Any) -> None:
             Metric(
                 f"6. GPU check, {label}, {name} (T={steps}, K=2)",
                 f"{fmt_pct(rate / top_rate)} of best batched rows/s ({rate:.1f} vs {top_rate:.1f} @ batch "
-                f"{top_batch}; chunk {chunk}); peak {fmt_bytes(peak) if cuda else 'n/a'}; "
+                f"{top_batch}; chunk {chunk}, {per_call} rows/call); "
+                f"peak {fmt_bytes(peak) if cuda else 'n/a'}; "
                 f"weights fully loaded: {'yes' if fully else 'no'}",
                 "weights fully loaded",
                 fully,

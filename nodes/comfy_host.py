@@ -14,6 +14,7 @@ All tensors are in ComfyUI's k-diffusion model space (after ``process_latent_in`
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ import comfy.samplers
 import torch
 from torch import Tensor
 
-from ..oir_core.host import Denoiser, Stage
+from ..oir_core.host import CallSizer, Denoiser, Stage
 from .progress import StageProgress
 
 R = TypeVar("R")
@@ -34,14 +35,13 @@ Conditioning = list[list[Any]]
 MEMORY_SAFETY_FACTOR = 1.5
 """The margin ComfyUI itself applies (``_calc_cond_batch``): ``memory_required * 1.5 < free``."""
 
-DEFAULT_ROW_CAP = 16
-"""Rows per model call when the user sets no ``max_batch`` (ARCHITECTURE.md §5).
+DEFAULT_CALL_BUDGET_S = 2.0
+"""Seconds one model call should take when the user sets no ``max_batch`` (ARCHITECTURE.md §5).
 
-A cancel is honoured between model calls, so one call's length is the cancel latency. Throughput
-stops growing long before memory runs out: on the tiny model on CPU (``bench_efficiency.py``) the
-best batch is 24 rows and 16 rows reach {see README}; on GPUs a UNet forward is compute-bound from
-a few images of 512² on. 16 rows (32 UNet rows with CFG) keep one call to about a second for SD1.5
-at 512² and a few seconds for SDXL at 1024² on consumer GPUs. Set ``max_batch`` to go higher.
+A cancel is honoured between model calls, so this is the cancel latency. Within it the call size
+grows to what fits memory (:class:`~oir_core.host.CallSizer`): on the tiny CPU model of
+``bench_efficiency.py`` calls stay far below it and the search runs at the memory limit; a
+full-size SDXL at 1024² is held to the batch a GPU finishes in about two seconds.
 """
 
 
@@ -104,6 +104,14 @@ def clean_sigma(model: Any) -> float:
     official OIR code places the clean latent.
     """
     return float(model.get_model_object("model_sampling").sigma_min)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (no-op on the CPU)."""
+    if device.type != "cpu" and hasattr(torch, "accelerator") and torch.accelerator.is_available():
+        torch.accelerator.synchronize(device)
+    elif device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fit_max_batch(
@@ -291,6 +299,8 @@ class StageSampler(comfy.samplers.Sampler):
         stage: the engine stage being run.
         body: the engine's callable.
         user_max_batch: the user's cap on rows per call (``None``: none).
+        call_budget_s: without ``user_max_batch``, the seconds one model call should take: calls
+            larger than :class:`~oir_core.host.CallSizer` allows are split (``None``: never).
         branches: forward passes per row (2 with CFG, 1 without), for the memory estimate.
         guided_guider: the :class:`GuidedCFGGuider` whose ``cond_ids`` to set, for role ``"guided"``.
         free_memory: override of the free-memory reading in bytes (tests); ``None`` reads
@@ -307,9 +317,12 @@ class StageSampler(comfy.samplers.Sampler):
         guided_guider: GuidedCFGGuider | None = None,
         free_memory: float | None = None,
         progress: StageProgress | None = None,
+        call_budget_s: float | None = None,
     ) -> None:
         self.stage = stage
         self.progress = progress
+        self.call_budget_s = call_budget_s
+        self.sizer: CallSizer | None = None
         self.body = body
         self.user_max_batch = user_max_batch
         self.branches = branches
@@ -344,11 +357,35 @@ class StageSampler(comfy.samplers.Sampler):
             cap=self.user_max_batch,
         )
         guided = self.guided_guider
+        if self.user_max_batch is None and self.call_budget_s is not None:
+            self.sizer = CallSizer(self.max_batch, self.call_budget_s)
+        sizer = self.sizer
+
+        def model_call(x_dev: Tensor, sig: Tensor, ids: Tensor | None) -> Tensor:
+            """One forward of ``x_dev [b, ...]`` (on the model's device) through ComfyUI's sampling path."""
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if guided is not None:
+                guided.cond_ids = ids
+            started = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    out = model_wrap(x_dev, sig * x_dev.new_ones(x_dev.shape[0]), **extra_args)
+            finally:
+                if guided is not None:
+                    guided.cond_ids = None
+            if sizer is not None:
+                synchronize(device)  # a call is done when the device is, not when it is queued
+                sizer.observe(x_dev.shape[0], time.perf_counter() - started)
+            self.calls += 1
+            if self.progress is not None:
+                self.progress.after_call(x_dev.shape[0], float(sig))
+            return out
 
         def denoiser(x: Tensor, sigma: Tensor, cond_ids: Tensor | None) -> Tensor:
             """``x [B, *latent_shape]``, ``sigma`` 0-dim, ``cond_ids [B]`` (guided role) -> ``x0_hat``.
 
-            ``x0_hat`` has ``x``'s shape, device and dtype.
+            ``x0_hat`` has ``x``'s shape, device and dtype. Batches larger than the call sizer
+            allows are split into several model calls.
             """
             comfy.model_management.throw_exception_if_processing_interrupted()
             if tuple(x.shape[1:]) != latent_shape:
@@ -358,6 +395,7 @@ class StageSampler(comfy.samplers.Sampler):
             batch = x.shape[0]
             x_dev = x.to(device)
             sig = torch.as_tensor(sigma).to(device=device, dtype=torch.float32).reshape(())
+            ids = None
             if guided is not None:
                 if cond_ids is None:
                     raise ValueError("denoiser: the 'guided' role needs cond_ids")
@@ -368,16 +406,13 @@ class StageSampler(comfy.samplers.Sampler):
                     raise ValueError(
                         f"denoiser: cond_ids must lie in [0, {guided.num_pairs}), got {ids.tolist()}"
                     )
-                guided.cond_ids = ids
-            try:
-                with torch.no_grad():
-                    out = model_wrap(x_dev, sig * x_dev.new_ones(batch), **extra_args)
-            finally:
-                if guided is not None:
-                    guided.cond_ids = None
-            self.calls += 1
-            if self.progress is not None:
-                self.progress.after_call(batch, float(sig))
+            pieces, start = [], 0
+            while start < batch or not pieces:
+                size = batch - start if sizer is None else min(batch - start, sizer.rows)
+                rows = slice(start, start + max(size, 0))
+                pieces.append(model_call(x_dev[rows], sig, None if ids is None else ids[rows]))
+                start += size
+            out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
             return out.to(device=x.device, dtype=x.dtype)
 
         self.result = self.body(denoiser, self.max_batch)
@@ -412,11 +447,13 @@ class ComfyHost:
         cfg: the CFG scale of the ``"guided"`` and ``"target"`` roles.
         seed: passed to ComfyUI as the sampling seed (used by some conds / patches only; the
             engine's steps are deterministic).
-        max_batch: the user's cap on rows per model call (``None``: sized from free memory, at most
-            :data:`DEFAULT_ROW_CAP`).
+        max_batch: the user's cap on rows per model call (``None``: sized from free memory, and
+            calls kept to about ``call_budget_s`` seconds).
+        call_budget_s: seconds per model call without ``max_batch`` (``None``: no time bound).
 
     Attributes:
         last_max_batch: the chunk size given to the most recent body.
+        last_call_rows: rows per model call the call sizer settled on in the most recent stage.
         free_memory_override: set to a byte count to simulate free memory (tests, benchmarks).
     """
 
@@ -430,6 +467,7 @@ class ComfyHost:
         cfg: float,
         seed: int = 0,
         max_batch: int | None = None,
+        call_budget_s: float | None = DEFAULT_CALL_BUDGET_S,
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
@@ -441,7 +479,9 @@ class ComfyHost:
         self.cfg = float(cfg)
         self.seed = int(seed)
         self.max_batch = max_batch
+        self.call_budget_s = call_budget_s
         self.last_max_batch: int | None = None
+        self.last_call_rows: int | None = None
         self.free_memory_override: float | None = None
 
     def _cfg1_skips_uncond(self) -> bool:
@@ -492,15 +532,15 @@ class ComfyHost:
         shape = (chunk, *(int(s) for s in stage.latent_shape))
         noise = torch.zeros(shape, dtype=torch.float32)
         latent = torch.zeros(shape, dtype=torch.float32)
-        row_cap = DEFAULT_ROW_CAP if self.max_batch is None else self.max_batch
         sampler = StageSampler(
             stage,
             body,
-            row_cap,
+            self.max_batch,
             branches,
             guided_guider=guided,
             free_memory=self.free_memory_override,
             progress=StageProgress(stage),
+            call_budget_s=self.call_budget_s,
         )
         guider.sample(
             noise,
@@ -513,4 +553,5 @@ class ComfyHost:
             seed=self.seed,
         )
         self.last_max_batch = sampler.max_batch
+        self.last_call_rows = sampler.sizer.rows if sampler.sizer is not None else sampler.max_batch
         return sampler.result

@@ -205,6 +205,10 @@ class OIRParallelStepSearch(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OIRParallelStepSearch",
+            # An output node, so a cached run re-sends its chart / strip to the frontend (ComfyUI
+            # re-sends the results of cached output nodes only): after a page reload, queuing the
+            # unchanged graph shows them again (ARCHITECTURE.md §5).
+            is_output_node=True,
             display_name="OIR Parallel Step Search",
             category=CATEGORY,
             description=(
@@ -252,8 +256,8 @@ class OIRParallelStepSearch(io.ComfyNode):
                     default=0,
                     min=0,
                     max=4096,
-                    tooltip="Rows per model call; 0 = the largest that fits the memory left once the model "
-                    "is loaded, at most 16 (one call is what a cancel waits for).",
+                    tooltip="Rows per model call; 0 = auto: what fits the memory left once the model is "
+                    "loaded, each call kept to about 2 s (a cancel waits for the current call).",
                 ),
                 io.Conditioning.Input(
                     "negative", optional=True, tooltip="Negative prompt; default: the original."
@@ -411,8 +415,8 @@ class OIRObjectReassembly(io.ComfyNode):
                     default=0,
                     min=0,
                     max=4096,
-                    tooltip="Rows per model call; 0 = the largest that fits the memory left once the model "
-                    "is loaded, at most 16 (one call is what a cancel waits for).",
+                    tooltip="Rows per model call; 0 = auto: what fits the memory left once the model is "
+                    "loaded, each call kept to about 2 s (a cancel waits for the current call).",
                 ),
                 io.Conditioning.Input(
                     "negative", optional=True, tooltip="Negative prompt; default: the original."

@@ -285,6 +285,10 @@ class OIRMaskMetricScorer(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="OIRMaskMetricScorer",
+            # An output node, so a cached run re-sends its chart / strip to the frontend (ComfyUI
+            # re-sends the results of cached output nodes only): after a page reload, queuing the
+            # unchanged graph shows them again (ARCHITECTURE.md §5).
+            is_output_node=True,
             display_name="OIR Mask Metric Scorer",
             category=CATEGORY,
             description=(

@@ -72,6 +72,36 @@ class Stage:
     total_rows: int = 0
 
 
+class CallSizer:
+    """Rows per model call that keep one call to about ``budget_s`` seconds (ARCHITECTURE.md §5).
+
+    A cancel is honoured between model calls, so one call's length is the cancel latency. The size
+    starts at ``min(limit, start)`` and, like a congestion window, doubles (up to ``limit``, what
+    fits memory) after a full-size call that took under half the budget, and shrinks in proportion
+    after a call that took longer than the budget. Fast models (small latents, big GPUs) thus run
+    at the memory limit, slow ones at the largest batch that fits the time budget.
+
+    Args:
+        limit: the most rows a call may hold (memory).
+        budget_s: target seconds per call.
+        start: rows of the first call (bounds it before anything is measured).
+    """
+
+    def __init__(self, limit: int, budget_s: float, start: int = 8) -> None:
+        if limit < 1 or budget_s <= 0:
+            raise ValueError(f"CallSizer needs limit >= 1 and budget_s > 0, got {limit}, {budget_s}")
+        self.limit = int(limit)
+        self.budget_s = float(budget_s)
+        self.rows = max(1, min(self.limit, int(start)))
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """Adapt after a call of ``rows`` rows that took ``seconds``."""
+        if seconds > self.budget_s and rows > 1:
+            self.rows = max(1, min(self.rows, int(rows * self.budget_s / seconds)))
+        elif rows >= self.rows and seconds < self.budget_s / 2:
+            self.rows = min(self.limit, self.rows * 2)
+
+
 class Host(Protocol):
     """Runs engine stages with real conditioning. See the module docstring."""
 

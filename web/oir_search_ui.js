@@ -452,6 +452,15 @@ class ScoreChartView {
 // The search node's strip
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * Whether two strip payloads show the same candidates (same grid pictures and layouts).
+ * @param {import("./oir_chart_logic.js").SearchGrid[]} a
+ * @param {import("./oir_chart_logic.js").SearchGrid[]} b
+ */
+function sameGrids(a, b) {
+  return a.length > 0 && JSON.stringify(a) === JSON.stringify(b);
+}
+
 /** Per pair, one cell per candidate step: hover for its thumbnail; shaded and framed once scored. */
 class SearchStripView {
   /** @param {any} node */
@@ -469,10 +478,15 @@ class SearchStripView {
     return this.grids.length ? this.grids.length * STRIP.row : STRIP.placeholder;
   }
 
-  /** New candidates: earlier scores belong to other candidates, so they are dropped. */
+  /**
+   * New candidates: earlier scores belong to other candidates, so they are dropped. The same
+   * candidates again (ComfyUI re-sends a cached node's results, possibly after the scorer's) keep
+   * them.
+   */
   setGrids(grids) {
+    const same = sameGrids(this.grids, grids);
     this.grids = grids;
-    this.choices = new Map();
+    if (!same) this.choices = new Map();
     this.render();
     fitNode(this.node);
   }

@@ -119,6 +119,7 @@ class Page:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.console: list[dict[str, Any]] = []
         self.exceptions: list[str] = []
+        self.dialogs: list[str] = []
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
@@ -136,6 +137,16 @@ class Page:
                 params = data["params"]
                 text = " ".join(str(arg.get("value", arg.get("description", ""))) for arg in params["args"])
                 self.console.append({"type": params["type"], "text": text})
+            elif data.get("method") == "Page.javascriptDialogOpening":
+                # "Leave the page? Unsaved changes" on a reload: accept it, as a user reloading would.
+                self.dialogs.append(data["params"].get("type", ""))
+                self._next_id += 1
+                accept = {
+                    "id": self._next_id,
+                    "method": "Page.handleJavaScriptDialog",
+                    "params": {"accept": True},
+                }
+                await self.ws.send_str(json.dumps(accept))
             elif data.get("method") == "Runtime.exceptionThrown":
                 details = data["params"]["exceptionDetails"]
                 self.exceptions.append(
@@ -629,6 +640,17 @@ def test_every_template_opens_runs_and_takes_a_click(
     asyncio.run(scenario())
 
 
+async def reloaded_page(page: Page) -> None:
+    """Wait until the old document is gone (evaluations during the reload may fail or hang)."""
+    deadline = time.monotonic() + PAGE_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(BrowserError, TimeoutError):
+            if await page.js("!window.__oirBeforeReload", timeout=5.0):
+                return
+        await asyncio.sleep(0.25)
+    raise BrowserError("timed out waiting for the page to reload")
+
+
 async def load_frontend(page: Page, server: TestServer) -> None:
     await page.send("Page.navigate", url=server.url)
     await page.wait_for(
@@ -751,6 +773,33 @@ async def _steps(page: Page, server: TestServer, uploads: dict[str, str]) -> Non
     await page.js("window.__oir.focus('OIRParallelStepSearch')")
     await settle(page)
     await page.screenshot(ARTIFACTS / "search_strip.png")
+
+    # A page reload loses the chart and the strip; queuing the unchanged graph brings them back
+    # (the scorer and the search are output nodes: ComfyUI re-sends their cached results).
+    await page.js("window.__oirBeforeReload = true")
+    await page.send("Page.reload")
+    await reloaded_page(page)
+    await load_frontend(page, server)
+    await page.js(
+        POINT_AT_TINY_MODELS
+        % {
+            "values": json.dumps(WIDGET_VALUES),
+            "uploads": json.dumps(uploads),
+            "loader": json.dumps(TEST_LOADER),
+            "checkpoint": json.dumps(TINY_CHECKPOINT),
+        }
+    )  # the same values: only the event listeners are new
+    await page.js(HELPERS)
+    assert await page.js("window.__oir.node('OIRMaskMetricScorer').oirChart.charts.length") == 0
+    await queue_and_wait(page)
+    reloaded = await page.js(
+        "({charts: window.__oir.node('OIRMaskMetricScorer').oirChart.charts.length,"
+        " strip: document.querySelectorAll('.oir-strip .oir-strip-row').length})"
+    )
+    assert reloaded == {"charts": 2, "strip": 2}, (
+        f"after a reload the cached results did not come back: {reloaded}"
+    )
+    await assert_no_node_overlaps(page, "after the reload and run")
 
     # The paper's 50 steps (synthetic scores; its grid image does not exist): 50 points, sensible
     # ticks, and a missing image only leaves the thumbnail empty.

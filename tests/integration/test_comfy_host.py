@@ -553,3 +553,48 @@ def test_run_validates_stage(comfy_host: Any, oir_host: Any, tiny_unet: Any, pro
         host.run(oir_host.Stage("original", torch.zeros(0), 1, (4, 8, 8)), lambda d, m: None)
     with pytest.raises(ValueError, match="max_batch"):
         comfy_host.ComfyHost(tiny_unet, prompts["original"], None, [], None, 5.0, max_batch=0)
+
+
+def test_calls_are_split_to_the_time_budget_and_a_cancel_stops_within_one_call(
+    comfy_host: Any, oir_host: Any, tiny_unet: Any, prompts: dict, sigmas: Tensor
+) -> None:
+    """A chunk is split into model calls the call sizer allows; results equal one big call; a cancel
+    set during a call stops the stage before the next call."""
+    rows = 12
+    x = raw_latent(41, rows=rows)
+    ids = torch.zeros(rows, dtype=torch.long)  # one pair: one forward per call (cond + uncond)
+    batches: list[int] = []
+    spy = tiny_unet.clone()
+    spy.set_model_unet_function_wrapper(
+        lambda apply, args: (
+            batches.append(args["input"].shape[0]),
+            apply(args["input"], args["timestep"], **args["c"]),
+        )[1]
+    )
+    stage = oir_host.Stage("guided", sigmas, rows, (4, 8, 8))
+    body = one_call_body(x, sigmas[0], ids)
+    whole = make_host(comfy_host, spy, prompts, call_budget_s=None).run(stage, body)
+    assert batches == [2 * rows]  # cond + uncond of every row in one forward
+    batches.clear()
+    # A budget no call can meet: the first call holds the sizer's 8 starting rows, then one row each.
+    split_host = make_host(comfy_host, spy, prompts, call_budget_s=1e-9)
+    split = split_host.run(stage, body)
+    assert batches == [16, 2, 2, 2, 2] and split_host.last_call_rows == 1
+    # equal up to fp32 kernels' batch-dependent rounding (amplified by CFG 5)
+    assert float((split - whole).abs().max()) <= 1e-5 * float(whole.abs().max())
+
+    batches.clear()
+    cancelling = tiny_unet.clone()
+
+    def cancel_during_the_first_call(apply: Any, args: dict) -> Any:
+        batches.append(args["input"].shape[0])
+        comfy.model_management.interrupt_current_processing(True)
+        return apply(args["input"], args["timestep"], **args["c"])
+
+    cancelling.set_model_unet_function_wrapper(cancel_during_the_first_call)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            make_host(comfy_host, cancelling, prompts, call_budget_s=1e-9).run(stage, body)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert batches == [16]  # the first call finished, no other started

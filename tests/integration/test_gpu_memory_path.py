@@ -80,10 +80,11 @@ def test_model_fully_loaded_whenever_weights_plus_one_chunk_fit(
         assert seen.asked == [(memory_required([2, *shape]), memory_required([1, *shape]))]
         assert seen.loaded_fraction == 1.0, f"{family}: {capacity / GIB:.2f} GiB: {seen.loaded_fraction:.2f}"
         chunk = seen.chunk
-        assert 1 <= chunk <= comfy_host.DEFAULT_ROW_CAP
-        # The chunk is the largest that fits what remains after the weights (up to the row cap).
+        assert 1 <= chunk <= STAGE_ROWS
+        # The chunk is the largest that fits what remains after the weights (the call sizer then
+        # keeps each model call to its time budget within it).
         assert need(chunk) < seen.free_after_load or chunk == 1
-        assert chunk == comfy_host.DEFAULT_ROW_CAP or need(chunk + 1) >= seen.free_after_load
+        assert chunk == STAGE_ROWS or need(chunk + 1) >= seen.free_after_load
     # The check has teeth: asking ComfyUI to reserve for the whole stage (a user max_batch of 100)
     # leaves too little for the weights on the smallest card that fits weights plus one chunk.
     assert run(capacities[0], STAGE_ROWS).loaded_fraction < 1.0
