@@ -78,9 +78,19 @@ def test_the_workflows_wire_what_their_names_promise() -> None:
     pairs = {
         n["inputs"]["source"]: n["inputs"]["target"] for n in two.values() if n["class_type"] == "OIREditPair"
     }
-    assert pairs == {"dog": "cat", "gift": "cake"}
+    assert pairs == {"cup": "glass", "spoon": "fork"}
     builder = next(n for n in two.values() if n["class_type"] == "OIRGuidedPromptBuilder")
-    assert builder["inputs"]["original_prompt"] == "a dog sitting next to a gift"
+    prompt = builder["inputs"]["original_prompt"]
+    assert prompt == "a cup of coffee and a spoon on a saucer on a wooden table"
+    # every template's phrases are in its prompt, and its pictures are the shipped sample inputs
+    for name in ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit"):
+        graph = load_api(name)
+        original = next(n for n in graph.values() if n["class_type"] == "OIRGuidedPromptBuilder")
+        for node in graph.values():
+            if node["class_type"] == "OIREditPair":
+                assert f" {node['inputs']['source']} " in f" {original['inputs']['original_prompt']} "
+            if node["class_type"] in ("LoadImage", "LoadImageMask"):
+                assert (REPO / "example_inputs" / node["inputs"]["image"]).is_file(), (name, node)
     previews = [n["inputs"]["images"] for n in two.values() if n["class_type"] == "PreviewImage"]
     metric = next(i for i, n in two.items() if n["class_type"] == "OIRMaskMetricScorer")
     assert sorted(previews) == [[metric, 1], [metric, 2]]  # score plot and candidate grid
