@@ -31,7 +31,7 @@ from typing import Any
 
 import benchlib
 import torch
-from benchlib import Metric, Report, fmt_ratio
+from benchlib import Metric, fmt_ratio
 from torch import Tensor
 
 from oir_core.candidates import CandidateSet, exhaustive_steps, generate_candidates
@@ -117,14 +117,9 @@ def main() -> None:
     parser.add_argument("--baseline-repeats", type=int, default=3, help="baseline runs (best is kept)")
     args = parser.parse_args()
     benchlib.apply_common(args)
-    report = Report("bench_edit", benchlib.machine_line(args.device))
-    print(report.machine)
-    reason = benchlib.comfy_unavailable_reason()
-    if reason is not None:
-        report.skip(f"edit benchmark needs ComfyUI: {reason}")
-        report.emit(args.json_out)
+    report = benchlib.comfy_report("bench_edit", args, "edit benchmark")
+    if report is None:
         return
-    benchlib.setup_comfy(args.device)
     import comfy.sample
 
     comfy_host = benchlib.pack("nodes.comfy_host")

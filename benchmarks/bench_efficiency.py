@@ -26,7 +26,7 @@ import time
 
 import benchlib
 import torch
-from benchlib import Metric, Report, fmt_pct
+from benchlib import Metric, fmt_pct
 
 from oir_core.candidates import exhaustive_steps, generate_candidates
 from oir_core.inversion import invert
@@ -59,14 +59,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     benchlib.apply_common(args)
-    report = Report("bench_efficiency", benchlib.machine_line(args.device))
-    print(report.machine)
-    reason = benchlib.comfy_unavailable_reason()
-    if reason is not None:
-        report.skip(f"efficiency benchmark needs ComfyUI: {reason}")
-        report.emit(args.json_out)
+    report = benchlib.comfy_report("bench_efficiency", args, "efficiency benchmark")
+    if report is None:
         return
-    benchlib.setup_comfy(args.device)
     comfy_host = benchlib.pack("nodes.comfy_host")
     model, counter = benchlib.counted(benchlib.build_unet(args.full_size, 0, args.device))
     shape = benchlib.FULL_SIZE_LATENT if args.full_size else (4, args.latent, args.latent)

@@ -172,14 +172,9 @@ def main() -> None:
             "bench_gpu.py: full-size models need --device cuda (use --tiny to prove it on a CPU)"
         )
     benchlib.apply_common(args)
-    report = Report("bench_gpu", benchlib.machine_line(args.device))
-    print(report.machine)
-    reason = benchlib.comfy_unavailable_reason()
-    if reason is not None:
-        report.skip(f"GPU check needs ComfyUI: {reason}")
-        report.emit(args.json_out)
+    report = benchlib.comfy_report("bench_gpu", args, "GPU check")
+    if report is None:
         return
-    benchlib.setup_comfy(args.device)
     wanted = {name.strip() for name in args.families.split(",")}
     for family in FAMILIES:
         if family.name in wanted:

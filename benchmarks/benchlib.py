@@ -302,6 +302,22 @@ def comfy_unavailable_reason() -> str | None:
     return comfy_env.unavailable_reason()
 
 
+def comfy_report(name: str, args: argparse.Namespace, what: str) -> Report | None:
+    """A benchmark's :class:`Report` (machine line printed), with ComfyUI set up for ``args.device``.
+
+    ``None`` when ComfyUI is unavailable: the skip (``what`` needs ComfyUI) is then already emitted.
+    """
+    report = Report(name, machine_line(args.device))
+    print(report.machine)
+    reason = comfy_unavailable_reason()
+    if reason is not None:
+        report.skip(f"{what} needs ComfyUI: {reason}")
+        report.emit(args.json_out)
+        return None
+    setup_comfy(args.device)
+    return report
+
+
 def setup_comfy(device: str) -> None:
     """Make ``import comfy`` work for ``$COMFYUI_PATH`` on ``device`` and import the pack.
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sample_files
 import yaml
 from PIL import Image
 
@@ -421,14 +422,7 @@ def _uploaded(check: Any, path: Path) -> np.ndarray:
 
 def test_uploads_are_what_a_person_sees_padded_to_the_latent_factor(tmp_path: Path) -> None:
     """A 16-bit grey 123x89 photo, an alpha-only mask and a half-size mask: each upload is exact."""
-    rng = np.random.default_rng(3)
-    grey = rng.integers(0, 256, size=(89, 123), dtype=np.uint8)
-    photo = tmp_path / "grey16.png"
-    Image.fromarray(grey.astype(np.uint16) * 257).save(photo)
-    shape = np.zeros((89, 123), np.uint8)
-    shape[10:60, 5:70] = 255
-    alpha_mask = tmp_path / "alpha.png"
-    Image.fromarray(np.dstack([np.full((89, 123, 3), 255, np.uint8), shape]), mode="RGBA").save(alpha_mask)
+    photo, alpha_mask, grey, shape = sample_files.grey16_photo_and_alpha_mask(tmp_path, seed=3)
     spec = make_spec(
         {"image": photo, "dog": alpha_mask, "gift": alpha_mask},
         edits=(EditItem("dog", "cat", alpha_mask),),

@@ -67,6 +67,11 @@ def _tiny_clip() -> ModuleType:
     return _import_path("oir_tests_tiny_clip", HERE.parent / "core" / "tiny_clip.py")
 
 
+def sample_files_module() -> ModuleType:
+    """``tests/core/sample_files.py`` (picture files LoadImage alone would misread)."""
+    return _import_path("oir_tests_sample_files", HERE.parent / "core" / "sample_files.py")
+
+
 def tiny_files_module() -> ModuleType:
     """``custom_nodes/oir_test_models/tiny_files.py`` (imports comfy: ComfyUI must be set up)."""
     package = TEST_NODES_DIR / "oir_test_models"

@@ -570,16 +570,7 @@ async def open_template(page: Page, server: TestServer, name: str, uploads: dict
     pictures = await page.js(MISSING_INPUTS)
     shipped = all(p["offered"] and p["value"].startswith("oir_example_") for p in pictures)
     assert pictures and shipped, f"the template names pictures LoadImage does not offer: {pictures}"
-    await page.js(
-        POINT_AT_TINY_MODELS
-        % {
-            "values": json.dumps(WIDGET_VALUES),
-            "uploads": json.dumps(uploads),
-            "loader": json.dumps(TEST_LOADER),
-            "checkpoint": json.dumps(TINY_CHECKPOINT),
-        }
-    )
-    await page.js(HELPERS)
+    await point_at_tiny_models(page, uploads)
 
 
 async def assert_no_node_overlaps(page: Page, when: str) -> None:
@@ -587,6 +578,18 @@ async def assert_no_node_overlaps(page: Page, when: str) -> None:
     await settle(page)
     found = await page.js(NODE_OVERLAPS)
     assert not found["overlaps"], f"{when}: {found['overlaps']} (boxes: {found['boxes']})"
+
+
+async def point_at_tiny_models(page: Page, uploads: dict[str, str]) -> None:
+    """The open graph's loaders and pictures set to the tiny test files; event recorders and helpers."""
+    values = {
+        "values": json.dumps(WIDGET_VALUES),
+        "uploads": json.dumps(uploads),
+        "loader": json.dumps(TEST_LOADER),
+        "checkpoint": json.dumps(TINY_CHECKPOINT),
+    }
+    await page.js(POINT_AT_TINY_MODELS % values)
+    await page.js(HELPERS)
 
 
 async def run_and_click(page: Page) -> list[dict[str, Any]]:
@@ -780,16 +783,7 @@ async def _steps(page: Page, server: TestServer, uploads: dict[str, str]) -> Non
     await page.send("Page.reload")
     await reloaded_page(page)
     await load_frontend(page, server)
-    await page.js(
-        POINT_AT_TINY_MODELS
-        % {
-            "values": json.dumps(WIDGET_VALUES),
-            "uploads": json.dumps(uploads),
-            "loader": json.dumps(TEST_LOADER),
-            "checkpoint": json.dumps(TINY_CHECKPOINT),
-        }
-    )  # the same values: only the event listeners are new
-    await page.js(HELPERS)
+    await point_at_tiny_models(page, uploads)  # the same values: only the event listeners are new
     assert await page.js("window.__oir.node('OIRMaskMetricScorer').oirChart.charts.length") == 0
     await queue_and_wait(page)
     reloaded = await page.js(

@@ -29,6 +29,7 @@ from comfy_server import (
     TINY_CONTROLNET,
     TINY_LORA,
     TestServer,
+    sample_files_module,
     shared_test_server,
     write_test_images,
 )
@@ -291,14 +292,7 @@ def test_sixteen_bit_photo_odd_size_and_alpha_mask_reach_comfyui_as_seen(
     """A 16-bit grey 123x89 photo (LoadImage alone would make it white and VAE Encode would crop it)
     and a mask whose object is only in its alpha channel. The upload ComfyUI reads is the picture,
     padded to 128x96; edited.png is 123x89 and report.json says so; progress shows rows and an ETA."""
-    rng = np.random.default_rng(8)
-    grey = rng.integers(0, 256, size=(89, 123), dtype=np.uint8)
-    photo = tmp_path / "grey16.png"
-    Image.fromarray(grey.astype(np.uint16) * 257).save(photo)
-    shape = np.zeros((89, 123), np.uint8)
-    shape[8:56, 4:60] = 255
-    mask = tmp_path / "alpha_mask.png"
-    Image.fromarray(np.dstack([np.full((89, 123, 3), 255, np.uint8), shape]), mode="RGBA").save(mask)
+    photo, mask, grey, _ = sample_files_module().grey16_photo_and_alpha_mask(tmp_path, seed=8)
     out = tmp_path / "out"
     result = oir_edit(
         *server_flags(server), *TINY_FLAGS, "--image", str(photo), "--prompt", "a dog sitting next to a gift",

@@ -24,27 +24,66 @@ from comfy.ldm.models.autoencoder import AutoencoderKL
 from comfy.model_base import ModelType
 from comfy.supported_models_base import ClipTarget
 
+FULL_SIZE_UNETS: dict[str, dict[str, Any]] = {
+    "sd15": {
+        # comfy/model_detection.py's SD15 dict (860 M parameters)
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": 4,
+        "model_channels": 320,
+        "num_res_blocks": [2, 2, 2, 2],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "channel_mult": [1, 2, 4, 4],
+        "transformer_depth_middle": 1,
+        "use_linear_in_transformer": False,
+        "context_dim": 768,
+        "num_heads": 8,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    },
+    "sdxl": {
+        # comfy/model_detection.py's SDXL dict (2.6 G parameters)
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential",
+        "adm_in_channels": 2816,
+        "in_channels": 4,
+        "model_channels": 320,
+        "num_res_blocks": [2, 2, 2],
+        "transformer_depth": [0, 0, 2, 2, 10, 10],
+        "channel_mult": [1, 2, 4],
+        "transformer_depth_middle": 10,
+        "use_linear_in_transformer": True,
+        "context_dim": 2048,
+        "num_head_channels": 64,
+        "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    },
+}
+"""Full-size UNet configs (the real architectures; built with random or no weights, never loaded)."""
+
+FULL_SIZE_POOLED = {"sd15": None, "sdxl": 1280}
+"""Width of the pooled text output a family's conditioning carries (SDXL: CLIP-G's, for ``adm``)."""
+
 TINY_UNET_CONFIG: dict[str, Any] = {
-    # ComfyUI's SD15 detection dict (comfy/model_detection.py), shrunk: 2 levels, 32 channels.
-    "use_checkpoint": False,
-    "image_size": 32,
-    "out_channels": 4,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "adm_in_channels": None,
+    # ComfyUI's SD15 detection dict, shrunk: 2 levels, 32 channels.
+    **FULL_SIZE_UNETS["sd15"],
     "dtype": torch.float32,
-    "in_channels": 4,
     "model_channels": 32,
     "num_res_blocks": [1, 1],
     "transformer_depth": [1, 1],
     "channel_mult": [1, 2],
-    "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False,
     "context_dim": 64,
-    "num_heads": 8,
     "transformer_depth_output": [1, 1, 1, 1],
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
 }
 """UNet config: spatial sizes must be divisible by 2 (one downsample)."""
 
@@ -100,57 +139,6 @@ def init_weights_(module: torch.nn.Module, seed: int, gain: float = 1.0, bias_st
             else:
                 values = torch.randn(param.shape, generator=generator) * bias_std
             param.copy_(values.to(dtype=param.dtype))
-
-
-FULL_SIZE_UNETS: dict[str, dict[str, Any]] = {
-    "sd15": {
-        # comfy/model_detection.py's SD15 dict (860 M parameters)
-        "use_checkpoint": False,
-        "image_size": 32,
-        "out_channels": 4,
-        "use_spatial_transformer": True,
-        "legacy": False,
-        "adm_in_channels": None,
-        "in_channels": 4,
-        "model_channels": 320,
-        "num_res_blocks": [2, 2, 2, 2],
-        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-        "channel_mult": [1, 2, 4, 4],
-        "transformer_depth_middle": 1,
-        "use_linear_in_transformer": False,
-        "context_dim": 768,
-        "num_heads": 8,
-        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-        "use_temporal_attention": False,
-        "use_temporal_resblock": False,
-    },
-    "sdxl": {
-        # comfy/model_detection.py's SDXL dict (2.6 G parameters)
-        "use_checkpoint": False,
-        "image_size": 32,
-        "out_channels": 4,
-        "use_spatial_transformer": True,
-        "legacy": False,
-        "num_classes": "sequential",
-        "adm_in_channels": 2816,
-        "in_channels": 4,
-        "model_channels": 320,
-        "num_res_blocks": [2, 2, 2],
-        "transformer_depth": [0, 0, 2, 2, 10, 10],
-        "channel_mult": [1, 2, 4],
-        "transformer_depth_middle": 10,
-        "use_linear_in_transformer": True,
-        "context_dim": 2048,
-        "num_head_channels": 64,
-        "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-        "use_temporal_attention": False,
-        "use_temporal_resblock": False,
-    },
-}
-"""Full-size UNet configs (the real architectures; built with random or no weights, never loaded)."""
-
-FULL_SIZE_POOLED = {"sd15": None, "sdxl": 1280}
-"""Width of the pooled text output a family's conditioning carries (SDXL: CLIP-G's, for ``adm``)."""
 
 
 def build_full_size_unet(
