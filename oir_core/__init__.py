@@ -4,31 +4,41 @@ Plain PyTorch; never imports ComfyUI. A host (ComfyUI's nodes, a test, a benchma
 denoisers through :class:`oir_core.host.Host`; see ARCHITECTURE.md §3-4 for the algorithm.
 """
 
-from .candidates import CandidateSet, exhaustive_steps, generate_candidates
-from .errors import OIRInputError, OIRInterrupted
-from .host import Denoiser, FunctionHost, Host, Stage
-from .inversion import InversionTrajectory, invert
-from .masks import region_masks, resize_mask
-from .reassembly import ReassemblyResult, reassemble
-from .sampling import CallStats, inversion_step, ode_step
+from __future__ import annotations
 
-__all__ = [
-    "CallStats",
-    "CandidateSet",
-    "Denoiser",
-    "FunctionHost",
-    "Host",
-    "InversionTrajectory",
-    "OIRInputError",
-    "OIRInterrupted",
-    "ReassemblyResult",
-    "Stage",
-    "exhaustive_steps",
-    "generate_candidates",
-    "inversion_step",
-    "invert",
-    "ode_step",
-    "reassemble",
-    "region_masks",
-    "resize_mask",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "CallStats": ".sampling",
+    "CandidateSet": ".candidates",
+    "Denoiser": ".host",
+    "FunctionHost": ".host",
+    "Host": ".host",
+    "InversionTrajectory": ".inversion",
+    "OIRInputError": ".errors",
+    "OIRInterrupted": ".errors",
+    "ReassemblyResult": ".reassembly",
+    "Stage": ".host",
+    "exhaustive_steps": ".candidates",
+    "generate_candidates": ".candidates",
+    "inversion_step": ".sampling",
+    "invert": ".inversion",
+    "ode_step": ".sampling",
+    "reassemble": ".reassembly",
+    "region_masks": ".masks",
+    "resize_mask": ".masks",
+}
+"""The package's public names and their modules, imported on first use (PEP 562): the torch-free
+modules the ``oir-edit`` command needs (``prompts``, ``errors``, ``pictures``, ``specs``) load
+without importing torch."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

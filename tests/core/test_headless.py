@@ -1277,3 +1277,26 @@ def test_headless_never_imports_comfy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False, cwd=repo
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_help_and_file_refusals_import_no_torch(files: dict[str, Path], tmp_path: Path) -> None:
+    """``oir-edit --help`` and the refusals of files, masks and phrases load no torch (the engine's
+    package exports are imported on first use), so they answer at once."""
+    probe = (
+        "import sys, contextlib, io\n"
+        "from oir_core import headless\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    headless.main(['--help'])\n"
+        "code = headless.main(sys.argv[1:])\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    args = ["--image", str(files["image"]), "--prompt", PROMPT, "--out", str(tmp_path / "o")]
+    for edit in (f"dog=cat:{files['square']}", f"cow=cat:{files['dog']}", f"dog=cat:{tmp_path / 'no.png'}"):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args, "--edit", edit, "--server", _closed_url()],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=str(Path(headless.__file__).resolve().parents[1]),
+        )
+        assert done.stdout.strip() == "2 False", (edit, done.stdout, done.stderr[-2000:])
