@@ -44,7 +44,8 @@ from oir_core.candidates import CandidateSet, exhaustive_steps, generate_candida
 from oir_core.host import FunctionHost
 from oir_core.inversion import InversionTrajectory, invert
 from oir_core.metric import ColorTargetScorer, search_scores
-from oir_core.search import coarse_steps, coarse_to_fine_candidates, refine_steps
+from oir_core.search import coarse_to_fine_candidates
+from oir_core.steps import coarse_steps, refine_steps
 
 SIDE = 16
 CFGS = (3.0, 5.0, 7.5, 10.0)

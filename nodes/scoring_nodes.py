@@ -18,7 +18,8 @@ from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids, pair_titles, score_plot, stack_images
 from ..oir_core.masks import MASK_GEOMETRIES
 from ..oir_core.metric import SearchMetric
-from ..oir_core.search import parse_step_overrides, score_candidate_pairs
+from ..oir_core.search import score_candidate_pairs
+from ..oir_core.steps import parse_step_overrides
 from .payloads import CandidateBundle, ChosenSteps
 from .types import Candidates, ChosenStepsType, Scorer
 from .validation import refuse_unknown_choices

@@ -17,7 +17,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..oir_core.errors import OIRInputError
-from ..oir_core.reassembly import validate_reassembly
+from ..oir_core.steps import validate_reassembly
 
 
 def refuse_unknown_choices(node: type[io.ComfyNode], **values: Any) -> bool | str:

@@ -34,6 +34,7 @@ from .sampling import (
     lockstep_rows,
     lockstep_total_rows,
 )
+from .steps import validate_reassembly
 
 
 @dataclass(frozen=True)
@@ -61,50 +62,6 @@ class ReassemblyResult:
     stats: CallStats = field(default_factory=CallStats)
     reassembly_step: int = 0
     reinversion_steps: int = 0
-
-
-AUTO = -1
-"""``reassembly_step`` / ``reinversion_steps`` value meaning "follow the step count"."""
-
-AUTO_FRACTION = 0.2
-"""``auto`` R and r as a fraction of ``T``: the paper's 10 of 50."""
-
-
-def resolve_reassembly(steps: int, reassembly_step: int, reinversion_steps: int) -> tuple[int, int]:
-    """``(R, r)`` with :data:`AUTO` (-1) replaced by ``round(T / 5)`` each (paper: 10 and 10 of 50).
-
-    Auto values always fit: ``R < T`` and ``R + r <= T`` for every ``T >= 2`` (``T = 2``: 0 and 0;
-    ``T = 5``: 1 and 1), so a graph whose steps are lowered never breaks at reassembly.
-    """
-    auto = round(steps * AUTO_FRACTION)
-    merge_level = min(auto, steps - 1) if reassembly_step == AUTO else reassembly_step
-    reinvert = max(0, min(auto, steps - merge_level)) if reinversion_steps == AUTO else reinversion_steps
-    return merge_level, reinvert
-
-
-def validate_reassembly(steps: int, reassembly_step: int, reinversion_steps: int) -> tuple[int, int]:
-    """``(R, r)`` after :func:`resolve_reassembly`, checked: ``0 <= R < T``, ``0 <= r``, ``R + r <= T``."""
-    reassembly_step, reinversion_steps = resolve_reassembly(steps, reassembly_step, reinversion_steps)
-    if reassembly_step < 0 or reassembly_step >= steps:
-        raise OIRInputError(
-            "reassembly_step",
-            reassembly_step,
-            f"must lie in 0..{steps - 1} for a {steps}-step inversion",
-            "lower it (the paper uses 10 of 50), raise steps, or use -1 (auto: a fifth of the steps)",
-        )
-    if reinversion_steps < 0:
-        raise OIRInputError(
-            "reinversion_steps", reinversion_steps, "must not be negative", "use 0 or more, or -1 (auto)"
-        )
-    if reassembly_step + reinversion_steps > steps:
-        raise OIRInputError(
-            "reinversion_steps",
-            reinversion_steps,
-            f"reassembly_step + reinversion_steps = {reassembly_step + reinversion_steps} exceeds steps"
-            f" = {steps}",
-            f"use at most {steps - reassembly_step} re-inversion steps, or -1 (auto: a fifth of the steps)",
-        )
-    return reassembly_step, reinversion_steps
 
 
 def effective_starts(chosen_steps: Sequence[int], reassembly_step: int) -> list[int]:

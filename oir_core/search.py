@@ -20,10 +20,8 @@ chosen step is within ±1 of the exhaustive choice in 97 % of the analytic bench
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -41,60 +39,12 @@ from .host import Host, Stage
 from .inversion import InversionTrajectory
 from .metric import DEFAULT_WEIGHTS, CandidateScorer, ScoreTable, SearchMetric, search_scores
 from .sampling import CallStats, LevelCallback, lockstep_denoise, lockstep_rows
-
-SearchMode = Literal["exhaustive", "coarse_to_fine", "custom"]
-SEARCH_MODES: tuple[str, ...] = ("exhaustive", "coarse_to_fine", "custom")
-
-_RANGE = re.compile(r"^(\d+)\s*(?:-\s*(\d+)\s*(?::\s*(\d+))?)?$")
-
-
-def parse_steps(text: str, steps: int, input_name: str = "custom_steps") -> list[int]:
-    """Parse a step list such as ``"1-50"``, ``"5, 10, 20-30:2"`` into sorted unique steps in ``1..T``."""
-    chosen: set[int] = set()
-    parts = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
-    if not parts:
-        raise OIRInputError(
-            input_name, text, "no steps given", f"write steps like '1-{steps}' or '5, 10, 20-30:2'"
-        )
-    for part in parts:
-        match = _RANGE.match(part)
-        if not match:
-            raise OIRInputError(
-                input_name, part, "not a step, range 'a-b' or strided range 'a-b:s'", "fix the list"
-            )
-        first = int(match.group(1))
-        last = int(match.group(2) or first)
-        stride = int(match.group(3) or 1)
-        if stride < 1 or last < first:
-            raise OIRInputError(
-                input_name, part, "ranges must ascend with a positive stride", "write e.g. '10-30:5'"
-            )
-        chosen.update(range(first, last + 1, stride))
-    outside = sorted(s for s in chosen if not 1 <= s <= steps)
-    if outside:
-        raise OIRInputError(input_name, outside, f"steps must lie in 1..{steps}", "drop them or raise steps")
-    return sorted(chosen)
-
-
-def coarse_steps(steps: int, stride: int) -> list[int]:
-    """Every ``stride``-th step ``stride, 2 stride, ... <= T`` (aligned with the stride sub-schedule)."""
-    if stride < 1:
-        raise OIRInputError("coarse_stride", stride, "must be at least 1", "use e.g. 5")
-    if stride > steps:
-        raise OIRInputError("coarse_stride", stride, f"larger than steps = {steps}", f"use at most {steps}")
-    return list(range(stride, steps + 1, stride))
-
-
-def refine_steps(best: int, radius: int, steps: int) -> list[int]:
-    """Steps within ``radius`` of ``best``, clipped to ``1..T``."""
-    if radius < 0:
-        raise OIRInputError("refine_radius", radius, "must not be negative", "use e.g. 2")
-    return list(range(max(1, best - radius), min(steps, best + radius) + 1))
-
-
-def coarse_round_steps(steps: int, stride: int) -> list[int]:
-    """Step 1 (the unedited end of both scores) and every ``stride``-th step."""
-    return sorted({1, *coarse_steps(steps, stride)})
+from .steps import (
+    SEARCH_MODES,
+    coarse_round_steps,
+    parse_steps,
+    refine_steps,
+)
 
 
 def generate_coarse_candidates(
@@ -313,41 +263,6 @@ def search_step_sets(mode: str, steps: int, pair_count: int, custom: str = "") -
     if mode == "custom":
         return [parse_steps(custom, steps)] * pair_count
     raise OIRInputError("search_mode", mode, "not a single-round mode", f"use one of {SEARCH_MODES}")
-
-
-def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | None]:
-    """Parse the manual per-pair override: ``""`` or ``"auto, 23"`` (one entry per pair).
-
-    ``auto`` (or an empty entry) keeps the search's choice. Fewer entries than pairs are padded
-    with ``auto``; more are refused.
-    """
-    entries = [entry.strip().lower() for entry in text.split(",")] if text.strip() else []
-    if len(entries) > pair_count:
-        raise OIRInputError(
-            "step_override",
-            text,
-            f"{len(entries)} entries for {pair_count} edit pairs",
-            "give one entry per pair",
-        )
-    overrides: list[int | None] = []
-    for pair, entry in enumerate(entries):
-        if entry in ("", "auto"):
-            overrides.append(None)
-            continue
-        if not entry.isdecimal() or not 1 <= int(entry) <= steps:
-            raise OIRInputError(
-                "step_override",
-                entry,
-                f"pair {pair + 1}: not 'auto' or a step in 1..{steps}",
-                "fix that entry",
-            )
-        overrides.append(int(entry))
-    return overrides + [None] * (pair_count - len(overrides))
-
-
-def format_step_overrides(overrides: Sequence[int | None]) -> str:
-    """The inverse of :func:`parse_step_overrides` (what the frontend writes into the widget)."""
-    return ", ".join("auto" if step is None else str(step) for step in overrides)
 
 
 @dataclass(frozen=True)

@@ -827,8 +827,7 @@ def _check_numbers(spec: EditSpec) -> tuple[int, int]:
 
     Returns the reassembly's ``(R, r)`` with auto (-1) resolved.
     """
-    from .reassembly import validate_reassembly
-    from .search import coarse_steps, parse_step_overrides, parse_steps
+    from .steps import coarse_steps, parse_step_overrides, parse_steps, validate_reassembly
 
     where = spec.name
     if spec.steps < 2:

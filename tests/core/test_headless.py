@@ -1280,8 +1280,9 @@ def test_headless_never_imports_comfy() -> None:
 
 
 def test_help_and_file_refusals_import_no_torch(files: dict[str, Path], tmp_path: Path) -> None:
-    """``oir-edit --help`` and the refusals of files, masks and phrases load no torch (the engine's
-    package exports are imported on first use), so they answer at once."""
+    """``oir-edit --help`` and the refusals of files, masks, phrases and step settings load no torch
+    (the engine's package exports are imported on first use; ``oir_core.steps`` is plain Python), so
+    they answer at once. Only the masks' check at the latent grid imports the engine."""
     probe = (
         "import sys, contextlib, io\n"
         "from oir_core import headless\n"
@@ -1291,12 +1292,20 @@ def test_help_and_file_refusals_import_no_torch(files: dict[str, Path], tmp_path
         "print(code, 'torch' in sys.modules)\n"
     )
     args = ["--image", str(files["image"]), "--prompt", PROMPT, "--out", str(tmp_path / "o")]
-    for edit in (f"dog=cat:{files['square']}", f"cow=cat:{files['dog']}", f"dog=cat:{tmp_path / 'no.png'}"):
+    good = ["--edit", f"dog=cat:{files['dog']}"]
+    cases = [
+        ["--edit", f"dog=cat:{files['square']}"],  # a mask of another aspect ratio
+        ["--edit", f"cow=cat:{files['dog']}"],  # a phrase not in the prompt
+        ["--edit", f"dog=cat:{tmp_path / 'no.png'}"],  # a missing file
+        [*good, "--steps", "1"],  # step settings (oir_core.steps)
+        [*good, "--steps", "5", "--reassembly-step", "7"],
+    ]
+    for case in cases:
         done = subprocess.run(
-            [sys.executable, "-c", probe, *args, "--edit", edit, "--server", _closed_url()],
+            [sys.executable, "-c", probe, *args, *case, "--server", _closed_url()],
             capture_output=True,
             text=True,
             check=False,
             cwd=str(Path(headless.__file__).resolve().parents[1]),
         )
-        assert done.stdout.strip() == "2 False", (edit, done.stdout, done.stderr[-2000:])
+        assert done.stdout.strip() == "2 False", (case, done.stdout, done.stderr[-2000:])

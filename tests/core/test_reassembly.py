@@ -8,8 +8,8 @@ from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_m
 
 from oir_core import FunctionHost, OIRInputError, invert, reassemble
 from oir_core.analytic import GaussianModel, ddim_uniform_schedule
-from oir_core.reassembly import AUTO, resolve_reassembly, validate_reassembly
 from oir_core.sampling import invert_levels, lockstep_denoise
+from oir_core.steps import AUTO, resolve_reassembly, validate_reassembly
 
 # Prompt ids: 0 = original P_o, 1..K = guided G_k, K+1 = target P_t.
 PAIRS = 2

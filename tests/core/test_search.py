@@ -8,14 +8,13 @@ from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_m
 
 from oir_core import FunctionHost, OIRInputError, invert
 from oir_core.analytic import GaussianModel, ddim_uniform_schedule
-from oir_core.search import (
+from oir_core.search import coarse_to_fine_candidates, search_step_sets
+from oir_core.steps import (
     coarse_steps,
-    coarse_to_fine_candidates,
     format_step_overrides,
     parse_step_overrides,
     parse_steps,
     refine_steps,
-    search_step_sets,
 )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from oir_core.errors import OIRInputError
-from oir_core.search import format_step_overrides, parse_step_overrides
+from oir_core.steps import format_step_overrides, parse_step_overrides
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "step_override_cases.json").read_text("utf-8"))
 
