@@ -39,6 +39,7 @@ from typing import Any
 from . import pictures
 from .errors import OIRInputError
 from .prompts import EditPairText, PromptPlan, build_prompts
+from .steps import coarse_steps, parse_step_overrides, parse_steps, validate_reassembly
 
 __all__ = [
     "Case",
@@ -752,7 +753,7 @@ def validate_local(spec: EditSpec) -> LocalCheck:
     prepared: dict[Path, bytes] = {
         spec.image: pictures.png_bytes(pictures.pad_picture(pictures.as_seen(image), padded))
     }
-    mask_sizes, rules = [], []
+    mask_sizes, rules, grid_masks = [], [], []
     for index, edit in enumerate(spec.edits, 1):
         label = f"{where}: mask of edit {index} ({edit.source} -> {edit.target})"
         mask = _open_image(edit.mask, label)
@@ -766,9 +767,9 @@ def validate_local(spec: EditSpec) -> LocalCheck:
             reading = pictures.read_mask(mask, f"{label} {edit.mask}")
         except pictures.PictureError as error:
             raise SpecError(str(error)) from None
-        prepared[edit.mask] = pictures.png_bytes(
-            pictures.mask_on_grid(reading.values, (width, height), padded)
-        )
+        on_grid = pictures.mask_on_grid(reading.values, (width, height), padded)
+        grid_masks.append(on_grid)
+        prepared[edit.mask] = pictures.png_bytes(on_grid)
         mask_sizes.append((mask_w, mask_h))
         rules.append(reading.rule)
     for index, net in enumerate(spec.controlnets, 1):
@@ -786,27 +787,27 @@ def validate_local(spec: EditSpec) -> LocalCheck:
     except OIRInputError as error:
         raise SpecError(f"{where}: {_cli_words(str(error))}") from None
     reassembly = _check_numbers(spec)
-    _check_masks_on_grid(spec, [prepared[edit.mask] for edit in spec.edits], padded)
+    _check_masks_on_grid(spec, grid_masks)
     uploads = {path: (upload_name(path, data), data) for path, data in prepared.items()}
     return LocalCheck((width, height), tuple(mask_sizes), plan, uploads, padded, tuple(rules), reassembly)
 
 
-def _check_masks_on_grid(spec: EditSpec, masks: Sequence[bytes], size: tuple[int, int]) -> None:
+def _check_masks_on_grid(spec: EditSpec, masks: Sequence[Any]) -> None:
     """The masks at the latent grid, by the rule the reassembly uses (``oir_core.masks.region_masks``).
 
-    Empty cells, a pair wholly covered by a later one, overlaps under ``overlap: error``: refused here,
-    before anything is queued (the search node would refuse them only after the inversion).
+    ``masks``: the ``L`` masks as uploaded (on the padded image's pixel grid). Empty cells, a pair
+    wholly covered by a later one, overlaps under ``overlap: error``: refused here, before anything
+    is queued (the search node would refuse them only after the inversion). The one local check that
+    imports torch.
     """
     import numpy as np
     import torch
 
     from .masks import region_masks
 
-    tensors = []
-    for data in masks:
-        with pictures.Image.open(pictures.io.BytesIO(data)) as opened:
-            tensors.append(torch.from_numpy(np.asarray(opened, dtype=np.float32) / 255.0))
-    grid = (size[1] // pictures.LATENT_FACTOR, size[0] // pictures.LATENT_FACTOR)
+    tensors = [torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0) for mask in masks]
+    width, height = masks[0].size
+    grid = (height // pictures.LATENT_FACTOR, width // pictures.LATENT_FACTOR)
     names = [
         f"mask of edit {k} ({e.source} -> {e.target}, {e.mask.name})" for k, e in enumerate(spec.edits, 1)
     ]
@@ -823,12 +824,10 @@ def _cli_words(message: str) -> str:
 
 
 def _check_numbers(spec: EditSpec) -> tuple[int, int]:
-    """Step settings, with the engine's own validators (imported here: they pull in torch).
+    """Step settings, with the engine's own validators (``oir_core.steps``, plain Python).
 
     Returns the reassembly's ``(R, r)`` with auto (-1) resolved.
     """
-    from .steps import coarse_steps, parse_step_overrides, parse_steps, validate_reassembly
-
     where = spec.name
     if spec.steps < 2:
         raise SpecError(f"{where}: steps = {spec.steps}: OIR needs at least 2 steps (the paper uses 50)")
