@@ -314,16 +314,24 @@ def comfy_report(name: str, args: argparse.Namespace, what: str) -> Report | Non
         report.skip(f"{what} needs ComfyUI: {reason}")
         report.emit(args.json_out)
         return None
-    setup_comfy(args.device)
+    mode = setup_comfy(args.device, getattr(args, "vram", "legacy"))
+    if hasattr(args, "vram"):
+        args.vram = mode  # "auto" resolved, for the script's labels
+    if mode == "dynamic":
+        report.machine += ", ComfyUI dynamic VRAM (comfy_aimdo)"
+        print("ComfyUI dynamic VRAM (comfy_aimdo) on, as ComfyUI's main.py turns it on for this GPU")
     return report
 
 
-def setup_comfy(device: str) -> None:
+def setup_comfy(device: str, vram: str = "legacy") -> str:
     """Make ``import comfy`` work for ``$COMFYUI_PATH`` on ``device`` and import the pack.
 
     Like ``tests/integration/comfy_env.setup_comfyui`` but for either device: ``--cpu`` mode is
     set before ``comfy.model_management`` is imported when ``device == "cpu"``; for ``cuda``
-    ComfyUI picks the GPU itself (its default flags).
+    ComfyUI picks the GPU itself (its default flags). ``vram``: ``"legacy"`` (ComfyUI's classic
+    model patcher), ``"dynamic"`` (ComfyUI 0.33's dynamic VRAM through ``comfy_aimdo``, as its
+    ``main.py`` sets it up) or ``"auto"`` (dynamic exactly where ``main.py`` would turn it on).
+    Returns the mode used.
     """
     path = comfy_env.comfyui_path()
     assert path is not None
@@ -336,9 +344,56 @@ def setup_comfy(device: str) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = device == "cpu"
+    if vram == "auto":
+        vram = "dynamic" if device == "cuda" and host_has_dynamic_vram() else "legacy"
+    if vram == "dynamic":
+        start_dynamic_vram_allocator()
     import comfy.model_management
 
+    if vram == "dynamic":
+        enable_dynamic_vram()
     comfy_env.load_pack()
+    return vram
+
+
+def host_has_dynamic_vram() -> bool:
+    """Whether this ComfyUI would turn on its dynamic VRAM (``comfy_aimdo``) on this machine by default.
+
+    ComfyUI 0.33's ``main.py`` does so on NVIDIA GPUs unless a VRAM flag says otherwise; 0.3.64 has no
+    such mode.
+    """
+    import comfy.cli_args
+
+    enables = getattr(comfy.cli_args, "enables_dynamic_vram", None)
+    return enables is not None and bool(enables()) and torch.cuda.is_available() and torch.version.hip is None
+
+
+def start_dynamic_vram_allocator() -> None:
+    """What ComfyUI's ``main.py`` does before it imports ``comfy.model_management`` (dynamic VRAM)."""
+    import comfy.cli_args
+    import comfy_aimdo.control
+
+    reserve = comfy.cli_args.args.reserve_vram
+    comfy_aimdo.control.init(
+        simple_vram_headroom=None if reserve is None else int(reserve * 1024**3),
+        nvml_pressure=not comfy.cli_args.args.disable_nvml_pressure,
+    )
+
+
+def enable_dynamic_vram() -> None:
+    """What ComfyUI's ``main.py`` does next: dynamic model patchers on every device comfy_aimdo takes."""
+    import comfy.cli_args
+    import comfy.memory_management
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy_aimdo.control
+
+    devices = comfy.model_management.get_all_torch_devices()
+    headroom = int(comfy.cli_args.args.vram_headroom * 1024**3)
+    if not comfy_aimdo.control.init_devices((d.index, headroom) for d in devices):
+        raise SystemExit("comfy_aimdo could not take this GPU: run with --vram legacy")
+    comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+    comfy.memory_management.aimdo_enabled = True
 
 
 def pack(dotted: str) -> ModuleType:

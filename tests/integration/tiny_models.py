@@ -11,6 +11,7 @@ ComfyUI builds layers with ``comfy.ops.disable_weight_init``, so parameters star
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import comfy.model_base
@@ -141,6 +142,43 @@ def init_weights_(module: torch.nn.Module, seed: int, gain: float = 1.0, bias_st
             param.copy_(values.to(dtype=param.dtype))
 
 
+def diffusion_patcher(
+    make_model: Callable[[], comfy.model_base.BaseModel],
+    seed: int | None,
+    load_device: torch.device,
+    offload_device: torch.device,
+) -> comfy.model_patcher.ModelPatcher:
+    """A MODEL with random weights, wrapped and loaded the way ComfyUI's checkpoint loaders do it.
+
+    The patcher is ``comfy.sd``'s ``CoreModelPatcher``: ``ModelPatcherDynamic`` once ComfyUI 0.33's
+    ``main.py`` has turned dynamic VRAM on, the classic ``ModelPatcher`` otherwise (0.3.64 has no
+    ``CoreModelPatcher``). Under dynamic VRAM ComfyUI's layers are built without weights and receive
+    them from ``load_model_weights(..., assign=True)``, so the weights are drawn (:func:`init_weights_`,
+    ``seed``; ``None`` keeps ``torch.empty``) in a second build with dynamic VRAM off and loaded.
+    """
+    memory_management = getattr(comfy, "memory_management", None)
+    lazy_layers = bool(getattr(memory_management, "aimdo_enabled", False))
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    if lazy_layers:
+        memory_management.aimdo_enabled = False
+        try:
+            source = make_model()
+        finally:
+            memory_management.aimdo_enabled = True
+    else:
+        source = make_model()
+    if seed is not None:
+        init_weights_(source.diffusion_model, seed)
+    model = make_model() if lazy_layers else source
+    patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
+    if lazy_layers:
+        model.load_model_weights(source.diffusion_model.state_dict(), "", assign=patcher.is_dynamic())
+        empty = [name for name, module in model.named_modules() if getattr(module, "weight", 0) is None]
+        assert not empty, f"layers left without weights: {empty[:5]}"
+    model.eval()
+    return patcher
+
+
 def build_full_size_unet(
     family: str,
     dtype: torch.dtype,
@@ -159,12 +197,11 @@ def build_full_size_unet(
     base_class = {"sd15": comfy.model_base.BaseModel, "sdxl": comfy.model_base.SDXL}[family]
     config = config_class({**FULL_SIZE_UNETS[family], "dtype": dtype})
     config.set_inference_dtype(dtype, None)
-    model = base_class(config, model_type=ModelType.EPS, device=device)
-    if seed is not None:
-        init_weights_(model.diffusion_model, seed)
-    model.eval()
-    return comfy.model_patcher.ModelPatcher(
-        model, load_device=load_device or device, offload_device=offload_device or device
+    return diffusion_patcher(
+        lambda: base_class(config, model_type=ModelType.EPS, device=device),
+        seed,
+        load_device or device,
+        offload_device or device,
     )
 
 
@@ -197,11 +234,11 @@ def build_tiny_unet(
     model_config = comfy.supported_models.SD15(dict(TINY_UNET_CONFIG))
     model_config.set_inference_dtype(torch.float32, None)
     offload = comfy.model_management.unet_offload_device()
-    model = comfy.model_base.BaseModel(model_config, model_type=model_type, device=offload)
-    init_weights_(model.diffusion_model, seed)
-    model.eval()
-    return comfy.model_patcher.ModelPatcher(
-        model, load_device=comfy.model_management.get_torch_device(), offload_device=offload
+    return diffusion_patcher(
+        lambda: comfy.model_base.BaseModel(model_config, model_type=model_type, device=offload),
+        seed,
+        comfy.model_management.get_torch_device(),
+        offload,
     )
 
 
