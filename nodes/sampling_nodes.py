@@ -17,11 +17,11 @@ from ..oir_core.edit import check_cfg, check_choice, check_masks_match
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids, pair_titles
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, choose_convention, invert
-from ..oir_core.masks import MASK_GEOMETRIES, region_masks
-from ..oir_core.pictures import LATENT_FACTOR, MIN_IMAGE_SIDE
+from ..oir_core.masks import region_masks
+from ..oir_core.options import CONVENTIONS, LATENT_FACTOR, MASK_GEOMETRIES, MIN_IMAGE_SIDE, SEARCH_MODES
 from ..oir_core.reassembly import reassemble
-from ..oir_core.sampling import INVERSION_CONVENTIONS, OFFICIAL_FAMILY
-from ..oir_core.search import SEARCH_MODES, run_search
+from ..oir_core.sampling import OFFICIAL_FAMILY
+from ..oir_core.search import run_search
 from .comfy_host import (
     ComfyHost,
     clean_sigma,
@@ -39,7 +39,6 @@ from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
 from .validation import mask_rules_downstream, refuse_unfit_reassembly, refuse_unknown_choices
 
 CATEGORY = "OIR/sampling"
-CONVENTIONS = ("auto", *INVERSION_CONVENTIONS)
 
 
 def model_facts(model: Any) -> dict[str, Any]:

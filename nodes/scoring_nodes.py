@@ -12,12 +12,19 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..oir_core.clip_backends import ClipModel, load_clip
-from ..oir_core.clip_scorer import ATTENTION_MODES, FIDELITY_SPACES, ClipScorer
+from ..oir_core.clip_scorer import ClipScorer
 from ..oir_core.edit import check_choice, fit_image
 from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids, pair_titles, score_plot, stack_images
-from ..oir_core.masks import MASK_GEOMETRIES
 from ..oir_core.metric import SearchMetric
+from ..oir_core.options import (
+    ATTENTION_MODES,
+    FIDELITY_SPACES,
+    MASK_GEOMETRIES,
+    SCORER_BACKENDS,
+    SCORER_DEVICES,
+    SCORER_PRECISIONS,
+)
 from ..oir_core.search import score_candidate_pairs
 from ..oir_core.steps import parse_step_overrides
 from .payloads import CandidateBundle, ChosenSteps
@@ -83,9 +90,6 @@ def resolve_scorer(name: str) -> str:
         f"put a transformers CLIP folder or an open_clip .safetensors checkpoint into models/{SCORER_FOLDER} "
         "and pick it from the list",
     )
-
-
-SCORER_DEVICES = ("auto", "cpu", "gpu")
 
 
 def scorer_device(choice: str) -> torch.device:
@@ -168,7 +172,7 @@ class OIRLoadCLIPScorer(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "backend",
-                    options=["auto", "transformers", "open_clip"],
+                    options=list(SCORER_BACKENDS),
                     default="auto",
                     tooltip="Loader to use.",
                 ),
@@ -182,7 +186,7 @@ class OIRLoadCLIPScorer(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "precision",
-                    options=["fp32", "fp16"],
+                    options=list(SCORER_PRECISIONS),
                     default="fp32",
                     tooltip="Scorer weights dtype: fp32 as in the paper; fp16 halves its memory (CPU too).",
                 ),
@@ -267,7 +271,7 @@ class OIRLoadCLIPScorer(io.ComfyNode):
         mask_geometry: str = "official",
     ) -> io.NodeOutput:
         check_choice(device, SCORER_DEVICES, "device")
-        check_choice(precision, ("fp32", "fp16"), "precision")
+        check_choice(precision, SCORER_PRECISIONS, "precision")
         check_choice(attention_mode, ATTENTION_MODES, "attention_mode")
         check_choice(fidelity_space, FIDELITY_SPACES, "fidelity_space")
         check_choice(mask_geometry, MASK_GEOMETRIES, "mask_geometry")

@@ -30,8 +30,8 @@ _EXPORTS: dict[str, str] = {
     "resize_mask": ".masks",
 }
 """The package's public names and their modules, imported on first use (PEP 562): the torch-free
-modules the ``oir-edit`` command needs (``prompts``, ``errors``, ``pictures``, ``specs``) load
-without importing torch."""
+modules the ``oir-edit`` client (:mod:`oir_cli`) uses (``options``, ``prompts``, ``steps``,
+``regions``, ``errors``) load without importing torch."""
 
 __all__ = sorted(_EXPORTS)
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import OIRInputError
+from .options import SCORER_BACKENDS
 
 __all__ = [
     "BACKENDS",
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 Backend = Literal["auto", "transformers", "open_clip"]
-BACKENDS: tuple[str, ...] = ("auto", "transformers", "open_clip")
+BACKENDS: tuple[str, ...] = SCORER_BACKENDS
 PICKLE_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".ckpt")
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)

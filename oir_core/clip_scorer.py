@@ -53,8 +53,9 @@ from torch import Tensor
 
 from .clip_backends import Backend, ClipModel, ClipPreprocess, load_clip
 from .errors import OIRInputError
-from .masks import MASK_GEOMETRIES, MaskGeometry, official_mask
+from .masks import MaskGeometry, official_mask
 from .metric import as_mask_batch, check_candidates, masked_mse, resize_mask_nearest
+from .options import ATTENTION_MODES, FIDELITY_SPACES, MASK_GEOMETRIES
 
 __all__ = [
     "ATTENTION_MODES",
@@ -76,8 +77,6 @@ __all__ = [
 
 AttentionMode = Literal["official", "hard"]
 FidelitySpace = Literal["official", "pixels"]
-ATTENTION_MODES: tuple[str, ...] = ("official", "hard")
-FIDELITY_SPACES: tuple[str, ...] = ("official", "pixels")
 
 
 # --------------------------------------------------------------------------------------------------

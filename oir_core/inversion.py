@@ -11,8 +11,8 @@ from torch import Tensor
 
 from .errors import OIRInputError
 from .host import Host, Stage
+from .options import CONVENTIONS, INVERSION_CONVENTIONS
 from .sampling import (
-    INVERSION_CONVENTIONS,
     OFFICIAL_FAMILY,
     CallStats,
     InversionConvention,
@@ -115,10 +115,8 @@ def choose_convention(
         requested: ``"auto"`` or one of :data:`oir_core.sampling.INVERSION_CONVENTIONS`.
         sigmas: ``[T+1]`` the descending schedule ending at 0.
     """
-    if requested not in ("auto", *INVERSION_CONVENTIONS):
-        raise OIRInputError(
-            "convention", requested, "unknown convention", f"use one of {('auto', *INVERSION_CONVENTIONS)}"
-        )
+    if requested not in CONVENTIONS:
+        raise OIRInputError("convention", requested, "unknown convention", f"use one of {CONVENTIONS}")
     levels = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
     positive = levels[levels > 0]
     first = float(positive.min()) if positive.numel() else 0.0

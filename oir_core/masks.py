@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import OIRInputError
+from .options import ASPECT_TOLERANCE
+from .regions import exclusive_regions, grid_inside
 
 OverlapRule = Literal["later_wins", "error"]
-OVERLAP_RULES: tuple[str, ...] = ("later_wins", "error")
 
 MaskGeometry = Literal["official", "centered"]
-MASK_GEOMETRIES: tuple[str, ...] = ("official", "centered")
 """How a mask is read and brought to a coarser grid (the latent grid here; CLIP's patch grid in
-:mod:`oir_core.clip_scorer`):
+:mod:`oir_core.clip_scorer`), one of :data:`oir_core.options.MASK_GEOMETRIES`:
 
 - ``official``: the OIR code. Any value >= 1/255 is inside (it reads mask PNGs as
   ``np.where(png >= 1, 1, 0)``), then ``F.interpolate(mode="nearest")``: each cell takes the pixel at
@@ -30,10 +30,6 @@ MASK_GEOMETRIES: tuple[str, ...] = ("official", "centered")
 - ``centered``: values > 0.5 are inside, each cell takes the pixel at its centre
   (``nearest-exact``), so the region stays centred on the object at any scale.
 """
-
-ASPECT_TOLERANCE = 0.02
-"""Relative aspect-ratio difference accepted between a mask and the image it belongs to: masks
-painted on the same image but saved at another resolution are fine, a mask of another image is not."""
 
 
 def as_mask_batch(mask: Tensor, input_name: str = "mask") -> Tensor:
@@ -123,13 +119,10 @@ def official_mask(mask: Tensor) -> Tensor:
 
 
 def grid_mask(mask: Tensor, size: tuple[int, int], geometry: MaskGeometry = "official") -> Tensor:
-    """A ``[H, W]`` mask (0..1, any resolution) as a binary ``[h, w]`` float mask on a grid."""
-    if geometry == "official":
-        resized = F.interpolate(official_mask(mask)[None, None], size=size, mode="nearest")[0, 0]
-        return (resized > 0.5).float()
-    if geometry == "centered":
-        return resize_mask(mask, size)
-    raise OIRInputError("mask_geometry", geometry, "unknown mask geometry", f"use one of {MASK_GEOMETRIES}")
+    """A ``[H, W]`` mask (0..1, any resolution) as a binary ``[h, w]`` float mask on a grid
+    (:func:`oir_core.regions.grid_inside`: ``F.interpolate``'s pixel choice, one rule for all callers)."""
+    grid = grid_inside(mask.detach().float().cpu().numpy(), size, geometry)
+    return torch.from_numpy(grid).to(device=mask.device, dtype=torch.float32)
 
 
 def region_masks(
@@ -156,40 +149,10 @@ def region_masks(
     Raises:
         OIRInputError: a mask is empty on the grid, or masks overlap with ``overlap="error"``.
     """
-    if overlap not in OVERLAP_RULES:
-        raise OIRInputError("overlap_rule", overlap, "unknown rule", f"use one of {OVERLAP_RULES}")
     labels = list(names) if names is not None else [f"mask of edit pair {k + 1}" for k in range(len(masks))]
-    binary = []
-    for label, mask in zip(labels, masks):
-        grid = grid_mask(as_single_mask(mask, label), grid_hw, geometry)
-        if grid.sum() == 0:
-            raise OIRInputError(
-                label,
-                f"mask with {int((mask > 0.5).sum())} pixels above 0.5",
-                f"empty at the {grid_hw[1]}x{grid_hw[0]} latent grid",
-                "paint the object's region (at least one latent cell, about 8x8 pixels)",
-            )
-        binary.append(grid)
-    regions = torch.stack(binary)
-    if overlap == "error":
-        claimed = regions.sum(0)
-        if (claimed > 1).any():
-            raise OIRInputError(
-                "edit_pairs",
-                f"{int((claimed > 1).sum())} overlapping latent cells",
-                "the masks of several edit pairs overlap",
-                "make the masks disjoint or use the 'later_wins' overlap rule",
-            )
-    exclusive = regions.clone()
-    for k in range(len(binary) - 2, -1, -1):
-        later = regions[k + 1 :].amax(0)
-        exclusive[k] = regions[k] * (1.0 - later)
-        if exclusive[k].sum() == 0:
-            raise OIRInputError(
-                labels[k],
-                "mask covered by later pairs",
-                "every cell of this pair is claimed by a later pair under 'later_wins'",
-                "shrink the later masks or reorder the edit pairs",
-            )
-    background = 1.0 - exclusive.sum(0)
-    return exclusive, background
+    singles = [as_single_mask(mask, label) for label, mask in zip(labels, masks)]
+    exclusive = exclusive_regions(
+        [m.detach().cpu().numpy() for m in singles], grid_hw, overlap, labels, geometry
+    )
+    regions = torch.from_numpy(exclusive).to(device=singles[0].device, dtype=torch.float32)
+    return regions, 1.0 - regions.sum(0)

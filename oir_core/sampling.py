@@ -19,9 +19,9 @@ from torch import Tensor
 
 from .errors import OIRInputError, OIRInterrupted
 from .host import Denoiser
+from .options import INVERSION_CONVENTIONS
 
 InversionConvention = Literal["official", "official_x0", "euler"]
-INVERSION_CONVENTIONS: tuple[str, ...] = ("official", "official_x0", "euler")
 """How the trajectory is made and where denoising ends (ARCHITECTURE.md, "Conventions"):
 
 - ``official``: the OIR code exactly. The VAE latent ``z0`` is the DDPM-normalised sample at the

@@ -38,13 +38,9 @@ from .errors import OIRInputError
 from .host import Host, Stage
 from .inversion import InversionTrajectory
 from .metric import DEFAULT_WEIGHTS, CandidateScorer, ScoreTable, SearchMetric, search_scores
+from .options import SEARCH_MODES
 from .sampling import CallStats, LevelCallback, lockstep_denoise, lockstep_rows
-from .steps import (
-    SEARCH_MODES,
-    coarse_round_steps,
-    parse_steps,
-    refine_steps,
-)
+from .steps import coarse_round_steps, parse_steps, refine_steps
 
 
 def generate_coarse_candidates(

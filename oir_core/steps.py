@@ -13,7 +13,6 @@ from typing import Literal
 from .errors import OIRInputError
 
 SearchMode = Literal["exhaustive", "coarse_to_fine", "custom"]
-SEARCH_MODES: tuple[str, ...] = ("exhaustive", "coarse_to_fine", "custom")
 
 _RANGE = re.compile(r"^(\d+)\s*(?:-\s*(\d+)\s*(?::\s*(\d+))?)?$")
 

@@ -1,4 +1,4 @@
-"""Picture and mask files read as a person sees them (``oir_core/pictures.py``).
+"""Picture and mask files read as a person sees them (``oir_cli/pictures.py``).
 
 Every expected picture is built independently with NumPy from the 8-bit values the file was made
 from (or the compositing formula), never by the code under test.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oir_core import pictures
+from oir_cli import pictures
 
 RNG = np.random.default_rng(5)
 RGB = RNG.integers(0, 256, size=(24, 40, 3), dtype=np.uint8)

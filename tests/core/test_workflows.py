@@ -1,7 +1,7 @@
 """Example workflows (ComfyUI UI format) and their API-format twins agree, without ComfyUI.
 
 ``example_workflows/<name>.json`` is what ComfyUI lists as a template and the frontend loads; its
-twin ``oir_core/workflows/<name>.api.json`` is what the server tests queue and ``oir-edit`` fills
+twin ``oir_cli/workflows/<name>.api.json`` is what the server tests queue and ``oir-edit`` fills
 (ComfyUI's template route only globs ``<pack>/example_workflows/*.json``, so the twins, shipped as
 package data, are never listed as templates).
 
@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 UI_DIR = REPO / "example_workflows"
-API_DIR = REPO / "oir_core" / "workflows"
+API_DIR = REPO / "oir_cli" / "workflows"
 WORKFLOWS = ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit")
 
 UI_ONLY_NODES = frozenset({"Note", "MarkdownNote"})

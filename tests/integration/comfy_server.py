@@ -13,7 +13,7 @@ What it sets up (ARCHITECTURE.md §7):
 - ComfyUI from ``$COMFYUI_PATH`` on CPU, on a free loopback port, with ``--disable-api-nodes``,
   temporary input/output/temp/user folders and an in-memory database (the checkout stays clean);
 - the repository linked into a temporary ``custom_nodes`` folder (through
-  :class:`oir_core.headless.ComfyServer`, the launcher ``oir-edit`` uses), plus this folder's
+  :class:`oir_cli.server.ComfyServer`, the launcher ``oir-edit`` uses), plus this folder's
   ``custom_nodes`` with the test node pack ``oir_test_models`` (tiny checkpoint loader);
 - a temporary models folder registered by an extra-model-paths YAML: ``oir_clip/tiny-clip`` (a
   tiny transformers CLIP scorer), ``loras/tiny-lora.safetensors`` and
@@ -36,7 +36,8 @@ from typing import Any
 import comfy_env
 import pytest
 
-from oir_core.headless import OIR_NODE_IDS, ComfyClient, ComfyServer
+from oir_cli.client import OIR_NODE_IDS, ComfyClient
+from oir_cli.server import ComfyServer
 
 HERE = Path(__file__).resolve().parent
 TEST_NODES_DIR = HERE / "custom_nodes"

@@ -51,7 +51,7 @@ from comfy_server import (
     write_test_images,
 )
 
-from oir_core.headless import PACK_FOLDER
+from oir_cli.server import PACK_FOLDER
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"

@@ -35,7 +35,7 @@ from comfy_server import (
 )
 from PIL import Image
 
-from oir_core.headless import pack_version
+from oir_cli.cli import pack_version
 
 STEPS = 5
 TINY_FLAGS = ["--steps", str(STEPS), "--reassembly-step", "2", "--reinversion-steps", "2"]

@@ -1,7 +1,7 @@
 """Example workflows (UI format) and their API twins agree with the nodes as ComfyUI defines them.
 
 ``example_workflows/<name>.json`` is what ComfyUI lists as a template and the frontend loads; its
-twin ``oir_core/workflows/<name>.api.json`` is what the server tests queue and ``oir-edit`` fills.
+twin ``oir_cli/workflows/<name>.api.json`` is what the server tests queue and ``oir-edit`` fills.
 The schemas they are checked against are never hand-kept (``node_schemas``): the OIR nodes' come
 from ``define_schema``, the core nodes' from the live host, so a renamed OIR input fails here and
 a core node that gains an output does not.
@@ -20,7 +20,7 @@ from node_schemas import UI_ONLY_NODES, UI_ONLY_WIDGETS, api_widgets, host_schem
 
 REPO = Path(__file__).resolve().parents[2]
 UI_DIR = REPO / "example_workflows"
-API_DIR = REPO / "oir_core" / "workflows"
+API_DIR = REPO / "oir_cli" / "workflows"
 WORKFLOWS = ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit")
 
 

@@ -72,8 +72,8 @@ def _run_and_interrupt(
     interrupt was sent.
     """
     client_id = uuid.uuid4().hex
-    socket = server.client.websocket(client_id)
-    assert socket is not None, "the websocket could not be opened"
+    events = server.client.events(client_id)
+    assert events is not None, "the websocket could not be opened"
     stage_id = _node_id(graph, stage)
     prompt_id = server.client.queue(graph, client_id=client_id)
     seen: list[int] = []
@@ -81,12 +81,11 @@ def _run_and_interrupt(
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
-            message = socket.receive(0.5)
-            if message is None:
+            event = events.receive(0.5)
+            if event is None:
                 if server.client.history(prompt_id) is not None:
                     break
                 continue
-            event = json.loads(message)
             data = event.get("data") or {}
             if data.get("prompt_id") != prompt_id:
                 continue
@@ -98,7 +97,7 @@ def _run_and_interrupt(
             if event["type"] in ("execution_interrupted", "execution_error", "execution_success"):
                 break
     finally:
-        socket.close()
+        events.close()
     entry = server.client.wait(prompt_id, None, 120, poll_every=0.5)
     assert sent_at is not None, f"{stage} reported no progress before the prompt ended"
     return entry, seen, sent_at

@@ -40,7 +40,8 @@ from comfy_server import (
 )
 from PIL import Image
 
-from oir_core.headless import OIR_NODE_IDS, PACK_FOLDER, HeadlessError
+from oir_cli.client import OIR_NODE_IDS, HeadlessError
+from oir_cli.server import PACK_FOLDER
 
 STEPS = 5
 HERE = Path(__file__).resolve().parent
@@ -61,7 +62,7 @@ def uploads(server: TestServer, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 def api_twin(name: str) -> dict[str, Any]:
     return json.loads(
-        (HERE.parents[1] / "oir_core" / "workflows" / f"{name}.api.json").read_text(encoding="utf-8")
+        (HERE.parents[1] / "oir_cli" / "workflows" / f"{name}.api.json").read_text(encoding="utf-8")
     )
 
 

@@ -1,9 +1,10 @@
 """``oir-edit``: run OIR edits through a ComfyUI server, one spec or a batch folder.
 
-An HTTP client (standard library only) plus a ComfyUI launcher; never imports ComfyUI. It fills
-the shipped API workflow (:mod:`oir_core.specs`), uploads the image and masks
-(``/upload/image``), queues the graph (``/prompt``), follows the progress on ComfyUI's websocket
-(``/ws``; polling ``/history`` when the socket is unavailable) and writes into the output folder:
+A client of ComfyUI's API (:mod:`oir_cli.client`) plus a ComfyUI launcher (:mod:`oir_cli.server`);
+never imports ComfyUI or torch. It fills the shipped API workflow (:mod:`oir_cli.specs`), uploads
+the image and masks (``/upload/image``), queues the graph (``/prompt``), follows the progress on
+ComfyUI's websocket (``/ws``; polling ``/history`` when the socket is unavailable;
+:mod:`oir_cli.progress`) and writes into the output folder:
 
 - ``edited.png``: the edited image;
 - ``candidates_<k>_<source>-<target>.png``: pair k's candidate grid (chosen step framed);
@@ -28,34 +29,34 @@ unreachable server, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import platform
 import re
-import shutil
-import socket
-import ssl
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from . import pictures
+from .client import (
+    OIR_NODE_IDS,
+    ComfyClient,
+    ExecutionFailed,
+    HeadlessError,
+    InputRefusedByNode,
+    ServerUnreachable,
+    one_line,
+)
+from .progress import Progress
+from .server import PACK_ROOT, ComfyServer
 from .specs import (
     BASE_TEMPLATE,
-    UPLOAD_SUBFOLDER,
     Case,
     EditSpec,
     LocalCheck,
@@ -74,36 +75,7 @@ from .specs import (
     validate_local,
 )
 
-__all__ = [
-    "OIR_NODE_IDS",
-    "ComfyClient",
-    "ComfyServer",
-    "EditRunner",
-    "ExecutionFailed",
-    "HeadlessError",
-    "main",
-    "run_batch",
-]
-
-OIR_NODE_IDS: tuple[str, ...] = (
-    "OIRLoadCLIPScorer",
-    "OIREditPair",
-    "OIRGuidedPromptBuilder",
-    "OIRDDIMInversion",
-    "OIRParallelStepSearch",
-    "OIRMaskMetricScorer",
-    "OIRObjectReassembly",
-)
-"""Node ids of the pack (nodes/__init__.py NODES)."""
-
-PACK_ROOT = Path(__file__).resolve().parents[1]
-"""The pack's folder when running from a checkout (it holds ``__init__.py`` and ``nodes/``)."""
-
-PACK_FOLDER = "oir-edit"
-"""Folder name the pack gets in a launched server's custom_nodes (= the project name, so ComfyUI's
-``/extensions/<name>/`` web path is the same as for a registry install)."""
-
-"""Sub-folder of ComfyUI's input folder the headless uploads go to."""
+__all__ = ["EditRunner", "main", "run_batch"]
 
 REPORT_NAME = "report.json"
 ERROR_NAME = "error.txt"
@@ -149,31 +121,6 @@ _UPLOADED_INPUTS = {("LoadImage", "image"), ("LoadImageMask", "image")}
 """Inputs whose values are uploaded files: the server lists only its top-level input files."""
 
 
-class HeadlessError(RuntimeError):
-    """A one-line, user-facing failure of the headless run (server unreachable, names unknown, ...)."""
-
-
-class ServerUnreachable(HeadlessError):
-    """No ComfyUI answers at the URL."""
-
-
-class ExecutionFailed(HeadlessError):
-    """ComfyUI ran the workflow and reported an error; ``details`` holds the traceback."""
-
-    def __init__(self, message: str, details: str = "") -> None:
-        super().__init__(message)
-        self.details = details
-
-
-class InputRefusedByNode(ExecutionFailed):
-    """A node refused an input (``OIRInputError``) before its heavy work: bad input, exit 2."""
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def pack_version() -> str:
     """The installed ``oir-edit`` distribution's version (``unknown`` when not installed)."""
     try:
@@ -191,705 +138,7 @@ def pack_version() -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# HTTP client
-
-
-class ComfyClient:
-    """A ComfyUI server's HTTP API, with the standard library only.
-
-    Args:
-        url: the server, e.g. ``http://127.0.0.1:8188``.
-        timeout: seconds for one HTTP request (waiting for a whole edit is :meth:`wait`'s job).
-    """
-
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        if "://" not in url:
-            url = f"http://{url}"
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self._object_info: dict[str, dict[str, Any] | None] = {}
-
-    # plain requests ------------------------------------------------------------------------------
-
-    def request(
-        self, method: str, path: str, data: bytes | None = None, headers: Mapping[str, str] | None = None
-    ) -> bytes:
-        """Raw request; raises :class:`ServerUnreachable` or :class:`HeadlessError` (HTTP status)."""
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=dict(headers or {}))
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as response:
-                return response.read()
-        except urllib.error.HTTPError as error:
-            body = error.read().decode("utf-8", "replace")
-            raise HTTPStatusError(error.code, path, body) from None
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise ServerUnreachable(
-                f"cannot reach ComfyUI at {self.url} ({_one_line(str(reason))})"
-            ) from None
-
-    def get_json(self, path: str) -> Any:
-        return json.loads(self.request("GET", path))
-
-    def post_json(self, path: str, payload: Any) -> Any:
-        body = self.request("POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-        return json.loads(body) if body.strip() else None
-
-    # ComfyUI routes ------------------------------------------------------------------------------
-
-    def system_stats(self) -> dict[str, Any]:
-        """``/system_stats``: ComfyUI, Python and PyTorch versions, devices."""
-        return self.get_json("/system_stats")
-
-    def object_info(self, class_type: str) -> dict[str, Any] | None:
-        """``/object_info/<class>`` (cached), or ``None`` when the server has no such node."""
-        if class_type not in self._object_info:
-            info = self.get_json(f"/object_info/{urllib.parse.quote(class_type)}")
-            self._object_info[class_type] = info.get(class_type) if isinstance(info, dict) else None
-        return self._object_info[class_type]
-
-    def upload_image(self, source: Path | bytes, name: str, subfolder: str = UPLOAD_SUBFOLDER) -> str:
-        """Upload a file (or its bytes) as ``<subfolder>/<name>`` into the input folder; returns the
-        LoadImage value."""
-        boundary = uuid.uuid4().hex
-        parts = []
-        for key, value in (("type", "input"), ("subfolder", subfolder), ("overwrite", "true")):
-            parts.append(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
-            )
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n".encode()
-            + (source if isinstance(source, bytes) else Path(source).read_bytes())
-            + b"\r\n"
-        )
-        parts.append(f"--{boundary}--\r\n".encode())
-        answer = json.loads(
-            self.request(
-                "POST",
-                "/upload/image",
-                b"".join(parts),
-                {"Content-Type": f"multipart/form-data; boundary={boundary}"},
-            )
-        )
-        folder = answer.get("subfolder") or ""
-        return f"{folder}/{answer['name']}" if folder else answer["name"]
-
-    def queue(self, workflow: Mapping[str, Any], client_id: str) -> str:
-        """``POST /prompt``; returns the prompt id or raises one line built from ``node_errors``.
-
-        ComfyUI queues a prompt as long as *one* output node validates and drops the branches whose
-        nodes were refused (listing them in ``node_errors``): an OIR edit without its reassembly is
-        no edit, so such a partial prompt is taken off the queue again and refused as a whole.
-        """
-        try:
-            answer = self.post_json("/prompt", {"prompt": workflow, "client_id": client_id})
-        except HTTPStatusError as error:
-            raise HeadlessError(
-                f"ComfyUI refused the workflow: {describe_refusal(error.body, workflow)}"
-            ) from None
-        prompt_id = str(answer["prompt_id"])
-        if answer.get("node_errors"):
-            self.interrupt(prompt_id)
-            body = json.dumps({"node_errors": answer["node_errors"]})
-            raise HeadlessError(f"ComfyUI refused the workflow: {describe_refusal(body, workflow)}")
-        return prompt_id
-
-    def history(self, prompt_id: str) -> dict[str, Any] | None:
-        """The ``/history/<id>`` entry, or ``None`` while the prompt has not finished."""
-        return self.get_json(f"/history/{prompt_id}").get(prompt_id)
-
-    def view(self, ref: Mapping[str, str]) -> bytes:
-        """An output/temp image (``{"filename", "subfolder", "type"}`` from the history)."""
-        query = urllib.parse.urlencode(
-            {
-                "filename": ref["filename"],
-                "subfolder": ref.get("subfolder", ""),
-                "type": ref.get("type", "output"),
-            }
-        )
-        return self.request("GET", f"/view?{query}")
-
-    def interrupt(self, prompt_id: str) -> None:
-        """Drop ``prompt_id`` from the queue and interrupt it if it runs (best effort)."""
-        with contextlib.suppress(HeadlessError):
-            self.post_json("/queue", {"delete": [prompt_id]})
-        with contextlib.suppress(HeadlessError):
-            self.post_json("/interrupt", {"prompt_id": prompt_id})
-
-    def websocket(self, client_id: str, timeout: float = 10.0) -> WebSocket | None:
-        """The ``/ws`` event stream for ``client_id``, or ``None`` if it cannot be opened."""
-        scheme = "wss" if self.url.startswith("https") else "ws"
-        url = f"{scheme}://{self.url.split('://', 1)[1]}/ws?clientId={client_id}"
-        try:
-            return WebSocket(url, timeout)
-        except (OSError, HeadlessError):
-            return None
-
-    def wait(
-        self,
-        prompt_id: str,
-        socket_: WebSocket | None,
-        timeout: float,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
-        poll_every: float = 2.0,
-    ) -> dict[str, Any]:
-        """Block until ``prompt_id`` finished; returns its history entry.
-
-        Events for this prompt go to ``on_event(type, data)`` as they arrive (with a socket);
-        ``/history`` is polled every ``poll_every`` seconds either way, so a lost message or a
-        closed socket only delays the answer. Raises :class:`HeadlessError` after ``timeout``
-        seconds (the prompt is then removed from the queue and interrupted).
-        """
-        deadline = time.monotonic() + timeout
-        next_poll = 0.0
-        while True:
-            now = time.monotonic()
-            if now >= next_poll:
-                entry = self.history(prompt_id)
-                if entry is not None:  # ComfyUI writes the history entry when the prompt is done
-                    return entry
-                next_poll = now + poll_every
-            if now >= deadline:
-                self.interrupt(prompt_id)
-                raise ExecutionFailed(f"the edit did not finish within {timeout:.0f} s (raise --timeout)")
-            if socket_ is None:
-                time.sleep(min(0.25, max(0.0, deadline - now)))
-                continue
-            try:
-                message = socket_.receive(min(0.5, max(0.01, next_poll - time.monotonic())))
-            except OSError:
-                socket_ = None  # the server closed the socket: keep polling
-                continue
-            if message is None:
-                continue
-            try:
-                event = json.loads(message)
-            except json.JSONDecodeError:
-                continue
-            data = event.get("data") or {}
-            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
-                continue  # queue status and other clients' prompts
-            kind = str(event.get("type"))
-            if on_event is not None:
-                on_event(kind, data)
-            finished = kind in ("execution_success", "execution_error", "execution_interrupted")
-            if finished or (kind == "executing" and data.get("node") is None):
-                next_poll = 0.0  # fetch the history now
-
-
-class HTTPStatusError(HeadlessError):
-    """An HTTP error answer (status and body kept for callers that parse it)."""
-
-    def __init__(self, status: int, path: str, body: str) -> None:
-        super().__init__(f"ComfyUI answered {status} to {path}: {_one_line(body, 200)}")
-        self.status = status
-        self.body = body
-
-
-def describe_refusal(body: str, workflow: Mapping[str, Any]) -> str:
-    """One line from a ``/prompt`` 400 answer: the first node error, or the top-level error."""
-    try:
-        answer = json.loads(body)
-    except json.JSONDecodeError:
-        return _one_line(body)
-    for node_id, entry in (answer.get("node_errors") or {}).items():
-        for error in entry.get("errors", []):
-            title = describe_nodes(workflow).get(str(node_id), entry.get("class_type", "?"))
-            detail = error.get("details") or error.get("message") or ""
-            return _one_line(f"node {node_id} ({title}): {error.get('message', '')}: {detail}")
-    error = answer.get("error") or {}
-    return _one_line(f"{error.get('message', '')} {error.get('details', '')}".strip() or body)
-
-
-# --------------------------------------------------------------------------------------------------
-# A minimal websocket client (RFC 6455, text messages; enough for ComfyUI's /ws progress events)
-
-
-class WebSocket:
-    """Client side of a websocket: handshake, unmasked server frames, masked client frames."""
-
-    _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        parts = urllib.parse.urlsplit(url)
-        secure = parts.scheme == "wss"
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or (443 if secure else 80)
-        sock = socket.create_connection((host, port), timeout=timeout)
-        if secure:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        key = base64.b64encode(os.urandom(16)).decode()
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        sock.sendall(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        buffer = b""
-        while b"\r\n\r\n" not in buffer:
-            chunk = sock.recv(4096)
-            if not chunk:
-                sock.close()
-                raise HeadlessError("websocket handshake: connection closed")
-            buffer += chunk
-        head, _, rest = buffer.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        accept = base64.b64encode(hashlib.sha1((key + self._GUID).encode()).digest()).decode()
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        if " 101 " not in f"{lines[0]} " or headers.get("sec-websocket-accept") != accept:
-            sock.close()
-            raise HeadlessError(f"websocket handshake refused: {lines[0]}")
-        self._sock = sock
-        self._buffer = rest
-        self._fragments: list[bytes] = []
-        self._fragment_opcode = 0
-
-    def _frame(self) -> tuple[bool, int, bytes] | None:
-        """Parse one complete frame off the buffer, or ``None`` if it is incomplete."""
-        data = self._buffer
-        if len(data) < 2:
-            return None
-        fin, opcode = bool(data[0] & 0x80), data[0] & 0x0F
-        masked, length = bool(data[1] & 0x80), data[1] & 0x7F
-        offset = 2
-        if length == 126:
-            if len(data) < 4:
-                return None
-            length, offset = int.from_bytes(data[2:4], "big"), 4
-        elif length == 127:
-            if len(data) < 10:
-                return None
-            length, offset = int.from_bytes(data[2:10], "big"), 10
-        mask = b""
-        if masked:
-            if len(data) < offset + 4:
-                return None
-            mask, offset = data[offset : offset + 4], offset + 4
-        if len(data) < offset + length:
-            return None
-        payload = data[offset : offset + length]
-        if masked:
-            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self._buffer = data[offset + length :]
-        return fin, opcode, payload
-
-    def _send(self, opcode: int, payload: bytes = b"") -> None:
-        mask = os.urandom(4)
-        header = bytes([0x80 | opcode])
-        if len(payload) < 126:
-            header += bytes([0x80 | len(payload)])
-        elif len(payload) < 1 << 16:
-            header += bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
-        else:
-            header += bytes([0x80 | 127]) + len(payload).to_bytes(8, "big")
-        self._sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-
-    def receive(self, timeout: float) -> str | None:
-        """The next text message, or ``None`` after ``timeout`` seconds; binary messages are skipped.
-
-        Raises:
-            ConnectionError: the server closed the connection.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = self._frame()
-            if frame is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._sock.settimeout(remaining)
-                try:
-                    chunk = self._sock.recv(65536)
-                except TimeoutError:  # socket.timeout is TimeoutError since Python 3.10
-                    return None
-                if not chunk:
-                    raise ConnectionError("websocket closed by the server")
-                self._buffer += chunk
-                continue
-            fin, opcode, payload = frame
-            if opcode == 0x8:
-                with contextlib.suppress(OSError):
-                    self._send(0x8)
-                raise ConnectionError("websocket closed by the server")
-            if opcode == 0x9:
-                self._send(0xA, payload)
-                continue
-            if opcode in (0x1, 0x2):
-                self._fragment_opcode, self._fragments = opcode, [payload]
-            elif opcode == 0x0:
-                self._fragments.append(payload)
-            else:
-                continue
-            if fin:
-                message, kind = b"".join(self._fragments), self._fragment_opcode
-                self._fragments = []
-                if kind == 0x1:
-                    return message.decode("utf-8", "replace")
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._send(0x8)
-        with contextlib.suppress(OSError):
-            self._sock.close()
-
-
-# --------------------------------------------------------------------------------------------------
-# Launching a ComfyUI server with the pack installed
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def pack_installed_in(comfyui: Path) -> Path | None:
-    """The entry of ``comfyui/custom_nodes`` that already is this pack (same folder or project), if any."""
-    folder = Path(comfyui) / "custom_nodes"
-    if not folder.is_dir():
-        return None
-    for entry in sorted(folder.iterdir()):
-        with contextlib.suppress(OSError):
-            if entry.resolve() == PACK_ROOT:
-                return entry
-            project = entry / "pyproject.toml"
-            if project.is_file() and re.search(
-                r'^name\s*=\s*"oir-edit"', project.read_text(encoding="utf-8"), re.MULTILINE
-            ):
-                return entry
-    return None
-
-
-def pack_is_checkout(root: Path = PACK_ROOT) -> bool:
-    """Whether ``root`` holds the ComfyUI pack itself (not just the ``oir_core`` library)."""
-    return (root / "__init__.py").is_file() and (root / "nodes" / "__init__.py").is_file()
-
-
-class ComfyServer:
-    """A ComfyUI server process started from a checkout, with the OIR pack installed.
-
-    The pack is linked into a temporary ``custom_nodes`` folder that an extra-model-paths YAML
-    registers (ComfyUI's own folders stay untouched); input, output and temp folders are
-    temporary too, and the database is in memory. :meth:`stop` ends the process (terminate, then
-    kill after a bounded wait) and removes the temporary folder.
-
-    Args:
-        comfyui: the ComfyUI checkout (holds ``main.py``).
-        python: interpreter with ComfyUI's requirements.
-        cpu: pass ``--cpu``.
-        port: TCP port; a free one by default.
-        front_end_root: a frontend build to serve; ``None`` = the installed comfyui-frontend-package.
-        extra_custom_nodes: node packs (folders with ``__init__.py``) or folders of packs to load too.
-        extra_model_paths: extra_model_paths YAML files (model folders, more custom nodes).
-        install_pack: link this pack (skipped automatically when ComfyUI already has it).
-        startup_timeout: seconds to wait for ``/system_stats``.
-        extra_args: more ``main.py`` arguments.
-    """
-
-    def __init__(
-        self,
-        comfyui: Path,
-        *,
-        python: str | None = None,
-        cpu: bool = False,
-        port: int | None = None,
-        front_end_root: Path | None = None,
-        extra_custom_nodes: Sequence[Path] = (),
-        extra_model_paths: Sequence[Path] = (),
-        install_pack: bool = True,
-        startup_timeout: float = 300.0,
-        extra_args: Sequence[str] = (),
-    ) -> None:
-        self.comfyui = Path(comfyui).expanduser().resolve()
-        self.python = python or sys.executable
-        self.cpu = cpu
-        self.port = port
-        self.front_end_root = front_end_root
-        self.extra_custom_nodes = [Path(p).resolve() for p in extra_custom_nodes]
-        self.extra_model_paths = [Path(p).resolve() for p in extra_model_paths]
-        self.install_pack = install_pack
-        self.startup_timeout = startup_timeout
-        self.extra_args = list(extra_args)
-        self.work_dir: Path | None = None
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start_seconds = 0.0
-        self.pack_location: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        assert self.work_dir is not None
-        return self.work_dir / "server.log"
-
-    def log_text(self) -> str:
-        """Everything the server printed so far."""
-        if self.work_dir is None or not self.log_path.is_file():
-            return ""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def command(self) -> list[str]:
-        """The ``main.py`` command line (after :meth:`prepare`)."""
-        assert self.work_dir is not None and self.port is not None
-        work = self.work_dir
-        args = [
-            self.python,
-            "main.py",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--disable-api-nodes",
-            "--extra-model-paths-config",
-            str(work / "extra_model_paths.yaml"),
-            *(str(p) for p in self.extra_model_paths),
-            "--input-directory",
-            str(work / "input"),
-            "--output-directory",
-            str(work / "output"),
-            "--temp-directory",
-            str(work),
-            "--user-directory",
-            str(work / "user"),
-        ]
-        if self.cpu:
-            args.append("--cpu")
-        if self.front_end_root is not None:
-            args += ["--front-end-root", str(Path(self.front_end_root).resolve())]
-        cli_args = self.comfyui / "comfy" / "cli_args.py"
-        if cli_args.is_file() and "--database-url" in cli_args.read_text(encoding="utf-8", errors="replace"):
-            args += ["--database-url", "sqlite:///:memory:"]  # never write a database into the checkout
-        return args + self.extra_args
-
-    def prepare(self) -> None:
-        """Create the temporary folders, link the pack and extra node packs, write the YAML."""
-        if not (self.comfyui / "main.py").is_file():
-            raise HeadlessError(
-                f"{self.comfyui} is not a ComfyUI checkout (no main.py): fix --comfyui / COMFYUI_PATH"
-            )
-        self.work_dir = Path(tempfile.mkdtemp(prefix="oir-edit-comfyui-"))
-        nodes_dir = self.work_dir / "custom_nodes"
-        for sub in ("custom_nodes", "input", "output", "user"):
-            (self.work_dir / sub).mkdir()
-        self.port = self.port or free_port()
-        already = pack_installed_in(self.comfyui)
-        if self.install_pack and already is None:
-            if not pack_is_checkout():
-                raise HeadlessError(
-                    f"the OIR nodes are not installed in {self.comfyui}/custom_nodes and this oir-edit "
-                    f"install ({PACK_ROOT}) is not a checkout of the pack: install the pack in ComfyUI first"
-                )
-            _link(PACK_ROOT, nodes_dir / PACK_FOLDER)
-            self.pack_location = nodes_dir / PACK_FOLDER
-        else:
-            self.pack_location = already
-        folders = ["custom_nodes"]
-        for extra in self.extra_custom_nodes:
-            if not extra.is_dir():
-                raise HeadlessError(f"--extra-custom-nodes {extra} is not a folder")
-            if (extra / "__init__.py").is_file():
-                _link(extra, nodes_dir / extra.name)
-            else:
-                folders.append(str(extra))
-        lines = ["oir_edit_headless:", f"  base_path: {json.dumps(str(self.work_dir))}", "  custom_nodes: |"]
-        lines += [f"    {folder}" for folder in folders]
-        (self.work_dir / "extra_model_paths.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-    def start(self) -> ComfyServer:
-        """Start ComfyUI and wait until ``/system_stats`` answers (bounded by ``startup_timeout``)."""
-        started = time.monotonic()
-        self.prepare()
-        assert self.work_dir is not None
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                cwd=self.comfyui,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # Ctrl-C in the terminal reaches oir-edit, which stops the server
-            )
-        client = ComfyClient(self.url, timeout=5.0)
-        deadline = started + self.startup_timeout
-        try:
-            while True:
-                code = self.process.poll()
-                if code is not None:
-                    raise HeadlessError(
-                        f"ComfyUI exited during startup (code {code}): {self.last_log_line()} "
-                        f"(full log: {self._kept_log()})"
-                    )
-                with contextlib.suppress(HeadlessError):
-                    client.system_stats()
-                    break
-                if time.monotonic() > deadline:
-                    raise HeadlessError(
-                        f"ComfyUI did not answer within {self.startup_timeout:.0f} s: {self.last_log_line()} "
-                        f"(full log: {self._kept_log()})"
-                    )
-                time.sleep(0.25)
-        except BaseException:
-            self.stop()
-            raise
-        self.start_seconds = time.monotonic() - started
-        return self
-
-    def last_log_line(self) -> str:
-        lines = [line for line in self.log_text().splitlines() if line.strip()]
-        return _one_line(lines[-1]) if lines else "(no output)"
-
-    def _kept_log(self) -> str:
-        """Copy the log out of the temporary folder (which :meth:`stop` removes)."""
-        kept = Path(tempfile.gettempdir()) / f"oir-edit-comfyui-{self.port}.log"
-        with contextlib.suppress(OSError):
-            shutil.copyfile(self.log_path, kept)
-        return str(kept)
-
-    def import_problems(self, names: Iterable[str] = ()) -> list[str]:
-        """Log lines where ComfyUI failed to import the pack (or the packs named in ``names``)."""
-        wanted = [PACK_FOLDER, *names]
-        if self.pack_location is not None:
-            wanted.append(str(self.pack_location))
-        problems = []
-        for line in self.log_text().splitlines():
-            failed = (
-                "IMPORT FAILED" in line
-                or "Cannot import" in line
-                or "Error while calling comfy_entrypoint" in line
-            )
-            if failed and any(name in line for name in wanted):
-                problems.append(line.strip())
-        return problems
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Terminate the server (kill after ``timeout`` s) and remove its temporary folder."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        if self.work_dir is not None:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-            self.work_dir = None
-
-    def __enter__(self) -> ComfyServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _link(target: Path, link: Path) -> None:
-    """Symlink ``link`` -> ``target`` (a directory junction-free copy is not attempted)."""
-    try:
-        link.symlink_to(target, target_is_directory=True)
-    except OSError as error:
-        raise HeadlessError(f"cannot link {target} into ComfyUI's custom nodes ({error})") from None
-
-
-# --------------------------------------------------------------------------------------------------
 # Running one edit
-
-
-def format_eta(seconds: float | None) -> str:
-    """``"ETA 1:05"`` (minutes:seconds, or hours:minutes:seconds), ``"ETA ?"`` when unknown."""
-    if seconds is None:
-        return "ETA ?"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"ETA {hours}:{minutes:02d}:{secs:02d}" if hours else f"ETA {minutes}:{secs:02d}"
-
-
-def describe_stage(data: Mapping[str, Any]) -> str:
-    """One ``oir_progress`` event (``nodes/progress.py``) as text: stage, level, rows, ETA."""
-    rows = f"rows {data.get('rows_done')}/{data.get('rows_total')}" if data.get("rows_total") else ""
-    level = f"level {data.get('level')}/{data.get('levels_total')}"
-    return ", ".join(p for p in (str(data.get("stage", "")), level, rows, format_eta(data.get("eta_s"))) if p)
-
-
-class Progress:
-    """Prints one line per node and live stage progress; records node timings.
-
-    On a terminal the current node's line is rewritten in place with ComfyUI's step counts and the
-    OIR stages' ``oir_progress`` events (level, rows, ETA); elsewhere (a log file, CI) one stage
-    line is printed at most every ``quiet_interval`` seconds, and when a stage finishes.
-    """
-
-    def __init__(
-        self, titles: Mapping[str, str], stream: TextIO | None, label: str = "", quiet_interval: float = 10.0
-    ) -> None:
-        self.titles = dict(titles)
-        self.quiet_interval = quiet_interval
-        self._last_line = 0.0
-        self.stream = stream
-        self.label = f"[{label}] " if label else ""
-        self.live = bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
-        self.current: str | None = None
-        self.started = 0.0
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self.count = 0
-
-    def _print(self, text: str, end: str = "\n") -> None:
-        if self.stream is not None:
-            self.stream.write(text + end)
-            self.stream.flush()
-
-    def _finish_current(self) -> None:
-        if self.current is not None:
-            self.nodes[self.current]["seconds"] = round(time.monotonic() - self.started, 3)
-            if self.live:
-                self._print("")
-            self.current = None
-
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "execution_cached":
-            for node in data.get("nodes") or []:
-                self.nodes[str(node)] = {
-                    "title": self.titles.get(str(node), str(node)),
-                    "cached": True,
-                    "seconds": 0.0,
-                }
-        elif kind == "executing":
-            self._finish_current()
-            node = data.get("node")
-            if node is None:
-                return
-            node = str(node)
-            self.count += 1
-            self.current, self.started = node, time.monotonic()
-            title = self.titles.get(node, node)
-            self.nodes[node] = {"title": title, "cached": False, "seconds": None}
-            self._print(
-                f"{self.label}{self.count:>2}/{len(self.titles)} {title}", end="" if self.live else "\n"
-            )
-        elif kind == "progress" and self.live and self.current is not None:
-            title = self.titles.get(self.current, self.current)
-            step = f"{data.get('value')}/{data.get('max')}"
-            self._print(f"\r{self.label}{self.count:>2}/{len(self.titles)} {title}: {step}", "")
-        elif kind == "oir_progress" and self.current is not None:
-            title = self.titles.get(self.current, self.current)
-            text = f"{self.label}{self.count:>2}/{len(self.titles)} {title}: {describe_stage(data)}"
-            if self.live:
-                self._print(f"\r{text}\x1b[K", "")
-                return
-            now = time.monotonic()
-            finished = data.get("rows_total") and data.get("rows_done") == data.get("rows_total")
-            if finished or now - self._last_line >= self.quiet_interval:
-                self._last_line = now
-                self._print(f"    {describe_stage(data)}")
-        elif kind in ("execution_success", "execution_error", "execution_interrupted"):
-            self._finish_current()
 
 
 @dataclass
@@ -980,7 +229,7 @@ class EditRunner:
                 hint = ""
                 if self.launched is not None:
                     problems = self.launched.import_problems()
-                    hint = f"; ComfyUI log: {_one_line(problems[-1])}" if problems else ""
+                    hint = f"; ComfyUI log: {one_line(problems[-1])}" if problems else ""
                 raise HeadlessError(
                     f"ComfyUI at {self.client.url} has no OIR nodes ({', '.join(missing)} missing): install "
                     f"the pack in its custom_nodes, or let oir-edit start ComfyUI with --comfyui{hint}"
@@ -1073,7 +322,7 @@ class EditRunner:
 
         clock = time.monotonic()
         client_id = uuid.uuid4().hex
-        events = self.client.websocket(client_id)
+        events = self.client.events(client_id)
         progress = Progress(describe_nodes(workflow), self.stream, spec.name)
         try:
             prompt_id = self.client.queue(workflow, client_id)
@@ -1150,7 +399,7 @@ class EditRunner:
         """Save the edited image, candidate grids and score plots; returns their file names by role.
 
         ``image_size``: the input's ``(width, height)``; the edited image is cropped back to it (the
-        upload was padded to a multiple of 8, ``oir_core/pictures.py``).
+        upload was padded to a multiple of 8, ``oir_cli/pictures.py``).
         """
         metric = nodes_of(workflow, "OIRMaskMetricScorer")[0]
         roles: dict[str, str] = {}
@@ -1203,9 +452,9 @@ def _execution_failure(status: Mapping[str, Any], workflow: Mapping[str, Any]) -
             details = json.dumps(data, indent=2, default=str)
             if str(data.get("exception_type", "")).endswith("OIRInputError"):
                 return InputRefusedByNode(
-                    f"node {node} ({title}) refused an input: {_one_line(first)}", details
+                    f"node {node} ({title}) refused an input: {one_line(first)}", details
                 )
-            return ExecutionFailed(f"ComfyUI failed in node {node} ({title}): {_one_line(first)}", details)
+            return ExecutionFailed(f"ComfyUI failed in node {node} ({title}): {one_line(first)}", details)
         if kind == "execution_interrupted":
             return ExecutionFailed("the edit was interrupted on the server")
     return ExecutionFailed(

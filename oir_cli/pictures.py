@@ -29,12 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-LATENT_FACTOR = 8
-"""Pixels per latent cell of every supported VAE."""
-
-MIN_IMAGE_SIDE = 32
-"""Smallest image side OIR accepts: 4 latent cells. Below it an object's mask and its surroundings
-can hardly both exist on the latent grid reassembly works on (the VAE itself fails below 8 px)."""
+from oir_core.options import LATENT_FACTOR
 
 MASK_THRESHOLD = 127
 """A mask pixel belongs to the object when its 8-bit value is above this (above one half)."""

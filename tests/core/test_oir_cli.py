@@ -7,9 +7,7 @@ launcher. ``tests/integration/test_cli.py`` runs the real thing against ComfyUI.
 
 from __future__ import annotations
 
-import base64
 import copy
-import hashlib
 import io
 import json
 import re
@@ -27,22 +25,19 @@ import sample_files
 import yaml
 from PIL import Image
 
-from oir_core import headless, specs
-from oir_core.headless import (
+from oir_cli import cli, specs
+from oir_cli import server as launcher
+from oir_cli.cli import EditRunner, build_parser, run_batch, spec_from_args
+from oir_cli.client import (
     ComfyClient,
-    ComfyServer,
-    EditRunner,
     ExecutionFailed,
     HeadlessError,
-    Progress,
     ServerUnreachable,
-    WebSocket,
-    build_parser,
     describe_refusal,
-    run_batch,
-    spec_from_args,
 )
-from oir_core.specs import (
+from oir_cli.progress import Progress
+from oir_cli.server import ComfyServer
+from oir_cli.specs import (
     Case,
     ControlNetItem,
     EditItem,
@@ -209,6 +204,9 @@ def test_spec_file_paths_are_relative_to_the_file(files: dict[str, Path], tmp_pa
         ({"search_mode": "fast"}, "'search_mode' = 'fast' is not one of exhaustive"),
         ({"steps": "many"}, "'steps' = 'many' is not a whole number"),
         ({"cfg": "high"}, "'cfg' = 'high' is not a number"),
+        ({"steps": 5.5}, "'steps' = 5.5 is not a whole number"),
+        ({"max_batch": True}, "'max_batch' = True is not a whole number"),  # YAML's yes
+        ({"scorer_precision": "fp8"}, "'scorer_precision' = 'fp8' is not one of fp32, fp16"),
         ({"edits": [{"source": "dog", "target": "cat"}]}, "lacks mask"),
         ({"edits": [{"source": "dog", "target": "cat", "mask": "m.png", "colour": 1}]}, "unknown edit field"),
         ({"edits": [{"source": "dog", "target": "cat", "mask": "m.png", "occurrence": -1}]}, "occurrence -1"),
@@ -221,6 +219,21 @@ def test_bad_spec_fields_are_named(
     with pytest.raises(SpecError, match=message) as caught:
         spec_from_mapping(data, tmp_path, "case")
     assert "\n" not in str(caught.value) and str(caught.value).startswith("case: ")
+
+
+def test_spec_settings_take_what_yaml_and_flags_give(files: dict[str, Path], tmp_path: Path) -> None:
+    data = dict(
+        _spec_mapping(files, tmp_path),
+        steps="20",  # a flag's text
+        reassembly_step=8.0,  # a whole float
+        cfg=7,
+        step_override=12,  # YAML reads a bare 12 as a number
+        checkpoint=" sd15.safetensors ",
+        target_prompt="  ",  # empty: built from the pairs
+    )
+    spec = spec_from_mapping(data, tmp_path, "case")
+    assert (spec.steps, spec.reassembly_step, spec.cfg) == (20, 8, 7.0)
+    assert (spec.step_override, spec.checkpoint, spec.target_prompt) == ("12", "sd15.safetensors", None)
 
 
 def test_flags_alone_make_a_spec(
@@ -291,7 +304,7 @@ def test_batch_flags_are_defaults_and_cases_win(files: dict[str, Path], tmp_path
     )
     (folder / "b.yaml").write_text(yaml.safe_dump(_spec_mapping(files, tmp_path)), encoding="utf-8")
     args = build_parser("batch").parse_args([str(folder), "--out", str(tmp_path / "out"), "--steps", "7"])
-    defaults = headless.spec_fields_from_args(args)
+    defaults = cli.spec_fields_from_args(args)
     cases = {c.name: c.spec for c in discover_cases(folder, defaults)}
     assert cases["a"] is not None and cases["a"].steps == 9
     assert cases["b"] is not None and cases["b"].steps == 7
@@ -446,11 +459,11 @@ def test_output_folder_problems_are_one_line(
     a_file = tmp_path / "taken.txt"
     a_file.write_text("x", encoding="utf-8")
     with pytest.raises(SpecError, match=r"taken\.txt is a file: give a folder"):
-        headless.writable_folder(a_file)
+        cli.writable_folder(a_file)
     with pytest.raises(SpecError, match="cannot write there"):
-        headless.writable_folder(a_file / "below")
+        cli.writable_folder(a_file / "below")
     common = ["--image", str(files["image"]), "--prompt", PROMPT, "--edit", f"dog=cat:{files['dog']}"]
-    code = headless.main([*common, "--out", str(a_file), "--server", _closed_url()])
+    code = cli.main([*common, "--out", str(a_file), "--server", _closed_url()])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "is a file: give a folder" in err  # before the server
 
@@ -530,7 +543,7 @@ def test_every_local_refusal_is_exit_2_through_the_command(
     del fields["name"]
     spec = tmp_path / "case.yaml"
     spec.write_text(yaml.safe_dump(fields), encoding="utf-8")
-    code = headless.main(["--spec", str(spec), "--server", _closed_url(), "--out", str(tmp_path / "out")])
+    code = cli.main(["--spec", str(spec), "--server", _closed_url(), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert re.search(message, err) and "cannot reach ComfyUI" not in err
@@ -553,14 +566,14 @@ def test_cli_stops_at_local_errors_before_contacting_the_server(
         "--server",
         closed,
     ]
-    code = headless.main([*common, "--edit", f"dog=cat:{files['square']}"])
+    code = cli.main([*common, "--edit", f"dog=cat:{files['square']}"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "aspect ratios differ" in err  # not the server's error
-    code = headless.main([*common, "--edit", f"dog=cat:{files['dog']}"])
+    code = cli.main([*common, "--edit", f"dog=cat:{files['dog']}"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and f"cannot reach ComfyUI at {closed}" in err
     monkeypatch.delenv("COMFYUI_PATH", raising=False)
-    code = headless.main([*common[:-2], "--edit", f"dog=cat:{files['dog']}"])
+    code = cli.main([*common[:-2], "--edit", f"dog=cat:{files['dog']}"])
     err = capsys.readouterr().err
     assert code == 2 and "no ComfyUI: give --server URL, or --comfyui PATH" in err
 
@@ -844,111 +857,74 @@ def test_refusals_and_failures_become_one_line() -> None:
                                  "exception_message": "OIR: input 'steps' bad.\nmore", "traceback": ["t"]}],
         ],
     }  # fmt: skip
-    failure = headless._execution_failure(status, workflow)
+    failure = cli._execution_failure(status, workflow)
     assert isinstance(failure, ExecutionFailed)
     assert str(failure) == "ComfyUI failed in node 9 (OIR DDIM Inversion): OIR: input 'steps' bad."
     assert '"traceback"' in failure.details
 
 
 # --------------------------------------------------------------------------------------------------
-# websocket client and progress
+# websocket events and progress
 
 
-def _server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if len(payload) < 126:
-        return head + bytes([len(payload)]) + payload
-    return head + bytes([126]) + len(payload).to_bytes(2, "big") + payload
+class _WebsocketServer:
+    """A real websocket server (aiohttp, on the loopback, in a thread) that sends ``messages`` in
+    order after the handshake (``bytes`` as binary, anything else as text), then closes."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        import asyncio
+
+        from aiohttp import web
+
+        async def handler(request: web.Request) -> web.WebSocketResponse:
+            socket_ = web.WebSocketResponse()
+            await socket_.prepare(request)
+            for message in messages:
+                if isinstance(message, bytes):
+                    await socket_.send_bytes(message)
+                else:
+                    await socket_.send_str(message if isinstance(message, str) else json.dumps(message))
+            await socket_.close()
+            return socket_
+
+        self.loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_get("/ws", handler)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
 
 
-def test_websocket_client_handshake_fragments_pings_and_close() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    received: dict[str, bytes] = {}
-
-    def serve() -> None:
-        connection, _ = listener.accept()
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += connection.recv(4096)
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + WebSocket._GUID.encode()).digest())
-        head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        connection.sendall(head + b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        connection.sendall(_server_frame(0x2, b"\x00\x01binary preview"))
-        connection.sendall(_server_frame(0x9, b"hi"))
-        connection.sendall(_server_frame(0x1, b'{"type": "prog', fin=False) + _server_frame(0x0, b'ress"}'))
-        connection.sendall(_server_frame(0x1, json.dumps({"data": "x" * 300}).encode()))
-        received["pong"] = connection.recv(64)
-        connection.sendall(_server_frame(0x8, b""))
-        received["close"] = connection.recv(64)
-        connection.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ws = WebSocket(f"ws://127.0.0.1:{port}/ws?clientId=abc", timeout=5)
-    assert ws.receive(5) == '{"type": "progress"}'  # binary skipped, fragments joined
-    assert json.loads(ws.receive(5) or "{}") == {"data": "x" * 300}  # 16-bit length
-    with pytest.raises(ConnectionError):
-        ws.receive(5)
-    ws.close()
-    thread.join(5)
-    listener.close()
-    pong = received["pong"]
-    assert pong[0] == 0x8A and pong[1] & 0x80  # a masked pong answering the ping
-    mask = pong[2:6]
-    assert bytes(b ^ mask[i % 4] for i, b in enumerate(pong[6:8])) == b"hi"
-    assert received["close"][0] == 0x88
-
-
-def test_websocket_refused_handshake_and_timeout() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        connection, _ = listener.accept()
-        connection.recv(4096)
-        connection.sendall(b"HTTP/1.1 404 Not Found\r\n\r\n")
-        connection.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    with pytest.raises(HeadlessError, match=r"handshake refused: HTTP/1\.1 404"):
-        WebSocket(f"ws://127.0.0.1:{listener.getsockname()[1]}/ws", timeout=5)
-    thread.join(5)
-    listener.close()
-    assert ComfyClient(_closed_url()).websocket("x", timeout=1) is None  # falls back to polling
-
-
-def _serve_websocket(messages: list[dict[str, Any]]) -> tuple[int, threading.Thread]:
-    """A one-shot websocket server on the loopback that sends ``messages`` after the handshake."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        connection, _ = listener.accept()
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += connection.recv(4096)
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + WebSocket._GUID.encode()).digest())
-        head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        connection.sendall(head + b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        for message in messages:
-            connection.sendall(_server_frame(0x1, json.dumps(message).encode()))
-        connection.recv(64)  # the client's close frame
-        connection.close()
-        listener.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return listener.getsockname()[1], thread
+def test_event_stream_skips_binary_and_malformed_messages_and_reports_the_close() -> None:
+    server = _WebsocketServer(
+        [b"\x00\x01binary preview", "not json", {"type": "progress"}, {"data": "x" * 70000}]
+    )
+    try:
+        stream = ComfyClient(server.url).events("abc", timeout=5)
+        assert stream is not None
+        received = [stream.receive(5) for _ in range(4)]
+        assert received == [None, None, {"type": "progress"}, {"data": "x" * 70000}]  # 64-bit length
+        with pytest.raises(ConnectionError):
+            stream.receive(5)
+        stream.close()
+    finally:
+        server.stop()
+    assert ComfyClient(_closed_url()).events("x", timeout=1) is None  # oir-edit then polls /history
 
 
 class HistoryClient(FakeClient):
@@ -971,7 +947,7 @@ class HistoryClient(FakeClient):
 
 
 def test_wait_follows_this_prompts_events_then_reads_the_history() -> None:
-    port, thread = _serve_websocket(
+    server = _WebsocketServer(
         [
             {"type": "status", "data": {"status": {}}},
             {"type": "executing", "data": {"node": "9", "prompt_id": "mine"}},
@@ -982,12 +958,15 @@ def test_wait_follows_this_prompts_events_then_reads_the_history() -> None:
     )
     client = HistoryClient(ready_after=1)
     events: list[tuple[str, Any]] = []
-    socket_ = WebSocket(f"ws://127.0.0.1:{port}/ws?clientId=c", timeout=5)
-    entry = client.wait(
-        "mine", socket_, timeout=30, on_event=lambda kind, data: events.append((kind, data)), poll_every=30
-    )
-    socket_.close()
-    thread.join(5)
+    try:
+        stream = ComfyClient(server.url).events("c", timeout=5)
+        entry = client.wait(
+            "mine", stream, timeout=30, on_event=lambda kind, data: events.append((kind, data)), poll_every=30
+        )
+        assert stream is not None
+        stream.close()
+    finally:
+        server.stop()
     assert entry["status"]["status_str"] == "success"
     assert [kind for kind, _ in events] == ["executing", "progress", "execution_success"]
     assert events[1][1]["value"] == 2 and client.calls == 2  # the success event triggered the second poll
@@ -1123,22 +1102,22 @@ def test_batch_command_exit_codes(
         mapping["edits"] = [f"dog=cat:{files['dog']}"]
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(mapping), encoding="utf-8")
     runner = FakeRunner(fail={"two"})
-    monkeypatch.setattr(headless, "connect", lambda args, stream: headless.Connection(FakeClient()))
-    monkeypatch.setattr(headless, "_runner", lambda connection, args, stream: runner)
+    monkeypatch.setattr(cli, "connect", lambda args, stream: cli.Connection(FakeClient()))
+    monkeypatch.setattr(cli, "_runner", lambda connection, args, stream: runner)
     args = ["batch", str(folder), "--out", str(tmp_path / "out"), "--server", "http://x", "--steps", "5",
             "--reassembly-step", "2", "--reinversion-steps", "2"]  # fmt: skip
-    assert headless.main(args) == 1
+    assert cli.main(args) == 1
     assert "1 done, 0 skipped, 1 failed" in capsys.readouterr().err
     runner.fail.clear()
-    assert headless.main(args) == 0 and runner.calls == ["one", "two", "two"]
-    assert headless.main(["batch", str(tmp_path / "masks"), "--out", str(tmp_path / "o2")]) == 2
+    assert cli.main(args) == 0 and runner.calls == ["one", "two", "two"]
+    assert cli.main(["batch", str(tmp_path / "masks"), "--out", str(tmp_path / "o2")]) == 2
     assert "no edit specs" in capsys.readouterr().err
 
 
 def test_report_is_written_last_and_atomically(tmp_path: Path) -> None:
-    headless.write_error(tmp_path, "earlier failure")
-    headless.write_report(tmp_path, {"status": "ok"})
-    assert headless.is_finished(tmp_path) and not (tmp_path / "error.txt").exists()
+    cli.write_error(tmp_path, "earlier failure")
+    cli.write_report(tmp_path, {"status": "ok"})
+    assert cli.is_finished(tmp_path) and not (tmp_path / "error.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no partial file left behind
 
 
@@ -1169,7 +1148,7 @@ def test_launcher_links_the_pack_and_builds_the_command(tmp_path: Path) -> None:
     work = server.work_dir
     assert work is not None
     try:
-        assert (work / "custom_nodes" / "oir-edit").resolve() == headless.PACK_ROOT
+        assert (work / "custom_nodes" / "oir-edit").resolve() == cli.PACK_ROOT
         assert (work / "custom_nodes" / "other_pack").resolve() == pack.resolve()
         config = yaml.safe_load((work / "extra_model_paths.yaml").read_text())
         assert config["oir_edit_headless"]["base_path"] == str(work)
@@ -1194,7 +1173,7 @@ def test_launcher_links_the_pack_and_builds_the_command(tmp_path: Path) -> None:
 
 def test_launcher_does_not_install_the_pack_twice(tmp_path: Path) -> None:
     comfy = _fake_comfyui(tmp_path / "ComfyUI", "")
-    (comfy / "custom_nodes" / "OIR").symlink_to(headless.PACK_ROOT)
+    (comfy / "custom_nodes" / "OIR").symlink_to(cli.PACK_ROOT)
     server = ComfyServer(comfy, port=1)
     server.prepare()
     try:
@@ -1211,7 +1190,7 @@ def test_launcher_finds_the_pack_by_project_name_and_reads_import_failures(tmp_p
     installed = comfy / "custom_nodes" / "comfyui-oir"
     installed.mkdir()
     (installed / "pyproject.toml").write_text('[project]\nname = "oir-edit"\n', encoding="utf-8")
-    assert headless.pack_installed_in(comfy) == installed
+    assert launcher.pack_installed_in(comfy) == installed
     server = ComfyServer(comfy, port=1)
     server.prepare()
     try:
@@ -1253,23 +1232,11 @@ def test_launcher_reports_a_crash_and_a_hang_in_one_line(
 # guards
 
 
-def test_local_constants_equal_the_engines() -> None:
-    from oir_core import clip_scorer, masks, sampling, search
-
-    assert specs.ASPECT_TOLERANCE == masks.ASPECT_TOLERANCE
-    assert specs.SEARCH_MODES == search.SEARCH_MODES
-    assert specs.ATTENTION_MODES == clip_scorer.ATTENTION_MODES
-    assert specs.FIDELITY_SPACES == clip_scorer.FIDELITY_SPACES
-    assert specs.OVERLAP_RULES == masks.OVERLAP_RULES
-    assert specs.MASK_GEOMETRIES == masks.MASK_GEOMETRIES
-    assert specs.CONVENTIONS == ("auto", *sampling.INVERSION_CONVENTIONS)
-
-
-def test_headless_never_imports_comfy() -> None:
+def test_the_client_imports_neither_comfy_nor_torch() -> None:
     code = (
-        "import sys, oir_core.headless, oir_core.specs; "
-        "bad = [m for m in sys.modules if m == 'comfy' "
-        "or m.startswith(('comfy.', 'comfy_api', 'folder_paths'))]; "
+        "import sys, oir_cli.cli; "
+        "bad = [m for m in sys.modules if m in ('comfy', 'torch') "
+        "or m.startswith(('comfy.', 'comfy_api', 'folder_paths', 'torch.'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     repo = Path(__file__).resolve().parents[2]  # importable from the checkout even when not installed
@@ -1281,14 +1248,14 @@ def test_headless_never_imports_comfy() -> None:
 
 def test_help_and_file_refusals_import_no_torch(files: dict[str, Path], tmp_path: Path) -> None:
     """``oir-edit --help`` and the refusals of files, masks, phrases and step settings load no torch
-    (the engine's package exports are imported on first use; ``oir_core.steps`` is plain Python), so
-    they answer at once. Only the masks' check at the latent grid imports the engine."""
+    (the client uses only the engine's torch-free modules: options, prompts, steps, regions), so
+    they answer at once, the masks' check at the latent grid included."""
     probe = (
         "import sys, contextlib, io\n"
-        "from oir_core import headless\n"
+        "from oir_cli import cli\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "    headless.main(['--help'])\n"
-        "code = headless.main(sys.argv[1:])\n"
+        "    cli.main(['--help'])\n"
+        "code = cli.main(sys.argv[1:])\n"
         "print(code, 'torch' in sys.modules)\n"
     )
     args = ["--image", str(files["image"]), "--prompt", PROMPT, "--out", str(tmp_path / "o")]
@@ -1299,6 +1266,8 @@ def test_help_and_file_refusals_import_no_torch(files: dict[str, Path], tmp_path
         ["--edit", f"dog=cat:{tmp_path / 'no.png'}"],  # a missing file
         [*good, "--steps", "1"],  # step settings (oir_core.steps)
         [*good, "--steps", "5", "--reassembly-step", "7"],
+        ["--edit", f"dog=cat:{files['speck']}"],  # empty at the latent grid (oir_core.regions)
+        [*good, "--edit", f"gift=cake:{files['dog']}"],  # covered by the later pair
     ]
     for case in cases:
         done = subprocess.run(
@@ -1306,6 +1275,6 @@ def test_help_and_file_refusals_import_no_torch(files: dict[str, Path], tmp_path
             capture_output=True,
             text=True,
             check=False,
-            cwd=str(Path(headless.__file__).resolve().parents[1]),
+            cwd=str(Path(cli.__file__).resolve().parents[1]),
         )
         assert done.stdout.strip() == "2 False", (case, done.stdout, done.stderr[-2000:])

@@ -6,7 +6,7 @@ It comes from command-line flags, from a spec file (YAML or JSON, same field nam
 OIR-Bench configuration (``image_path``, ``origin_prompt``, ``guided_prompt`` templates, ...).
 
 This module is host-agnostic and never imports ComfyUI: it turns specs into a filled API-format
-workflow (one of the templates shipped in ``oir_core/workflows``) that :mod:`oir_core.headless`
+workflow (one of the templates shipped in ``oir_cli/workflows``) that :mod:`oir_cli.cli`
 queues on a ComfyUI server. Everything that can be checked without a server (files, image/mask
 sizes, prompt phrases, step ranges) is checked here, before any heavy work.
 
@@ -34,12 +34,31 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from oir_core.errors import OIRInputError
+from oir_core.options import (
+    ASPECT_TOLERANCE,
+    ATTENTION_MODES,
+    CONVENTIONS,
+    FIDELITY_SPACES,
+    LATENT_FACTOR,
+    MASK_GEOMETRIES,
+    MIN_IMAGE_SIDE,
+    OVERLAP_RULES,
+    SCORER_BACKENDS,
+    SCORER_DEVICES,
+    SCORER_PRECISIONS,
+    SEARCH_MODES,
+)
+from oir_core.prompts import EditPairText, PromptPlan, build_prompts
+from oir_core.regions import exclusive_regions
+from oir_core.steps import coarse_steps, parse_step_overrides, parse_steps, validate_reassembly
 
 from . import pictures
-from .errors import OIRInputError
-from .prompts import EditPairText, PromptPlan, build_prompts
-from .steps import coarse_steps, parse_step_overrides, parse_steps, validate_reassembly
 
 __all__ = [
     "Case",
@@ -68,23 +87,10 @@ WORKFLOW_DIR = Path(__file__).resolve().parent / "workflows"
 BASE_TEMPLATE = "oir_two_object_edit"
 """The template every headless edit starts from; pairs, LoRAs and ControlNets are adapted in it."""
 
-ASPECT_TOLERANCE = 0.02
-"""Same value as :data:`oir_core.masks.ASPECT_TOLERANCE` (a test keeps them equal); duplicated so
-that checking files needs no torch import."""
 
 MASK_CHANNEL = "red"
 """LoadImageMask channel the headless workflows read: a mask file is white (object) on black."""
 
-SEARCH_MODES = ("exhaustive", "coarse_to_fine", "custom")
-ATTENTION_MODES = ("official", "hard")
-FIDELITY_SPACES = ("official", "pixels")
-CONVENTIONS = ("auto", "official", "official_x0", "euler")
-OVERLAP_RULES = ("later_wins", "error")
-MASK_GEOMETRIES = ("official", "centered")
-SCORER_BACKENDS = ("auto", "transformers", "open_clip")
-SCORER_DEVICES = ("auto", "cpu", "gpu")
-SCORER_PRECISIONS = ("fp32", "fp16")
-"""Choices of the OIR nodes' combo inputs (tests keep them equal to the engine's constants)."""
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -205,16 +211,6 @@ class EditSpec:
 SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(EditSpec) if f.name != "name")
 """Keys a spec file may use (dashes are accepted for underscores)."""
 
-_INT_FIELDS = {
-    "steps",
-    "reassembly_step",
-    "reinversion_steps",
-    "seed",
-    "coarse_stride",
-    "refine_radius",
-    "max_batch",
-}
-_FLOAT_FIELDS = {"cfg", "editing_weight"}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "search_mode": SEARCH_MODES,
     "attention_mode": ATTENTION_MODES,
@@ -226,6 +222,83 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "scorer_device": SCORER_DEVICES,
     "scorer_precision": SCORER_PRECISIONS,
 }
+
+
+def _choice(field: str) -> Any:
+    """A pydantic validator of one setting's choices (``oir_core.options``), naming them on refusal."""
+    choices = _CHOICES[field]
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"is not one of {', '.join(choices)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # YAML's yes/no: pydantic would read True as 1
+        raise ValueError("is not a whole number")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_no_bool)]
+"""A spec's INT setting: ``5``, ``5.0`` and ``"5"`` are fine; ``5.5``, ``"many"`` and booleans are not."""
+
+
+class SpecSettings(BaseModel):
+    """The scalar fields of a spec, typed: a whole number where the nodes take an INT (``"5"`` and 5
+    are fine, ``5.5`` and ``"many"`` are not), a number for FLOATs, a text for the rest, and each
+    setting one of the choices its node offers. Pairs, LoRAs and ControlNets are parsed separately
+    (they also come in the ``--edit``/``--lora``/``--controlnet`` shorthand)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, coerce_numbers_to_str=True)
+
+    target_prompt: str | None = None
+    checkpoint: str | None = None
+    steps: WholeNumber | None = None
+    cfg: float | None = None
+    reassembly_step: WholeNumber | None = None
+    reinversion_steps: WholeNumber | None = None
+    seed: WholeNumber | None = None
+    scheduler: str | None = None
+    convention: Annotated[str, _choice("convention")] | None = None
+    scorer: str | None = None
+    scorer_backend: Annotated[str, _choice("scorer_backend")] | None = None
+    scorer_device: Annotated[str, _choice("scorer_device")] | None = None
+    scorer_precision: Annotated[str, _choice("scorer_precision")] | None = None
+    search_mode: Annotated[str, _choice("search_mode")] | None = None
+    custom_steps: str | None = None
+    coarse_stride: WholeNumber | None = None
+    refine_radius: WholeNumber | None = None
+    editing_weight: float | None = None
+    attention_mode: Annotated[str, _choice("attention_mode")] | None = None
+    fidelity_space: Annotated[str, _choice("fidelity_space")] | None = None
+    step_override: str | None = None
+    overlap: Annotated[str, _choice("overlap")] | None = None
+    mask_geometry: Annotated[str, _choice("mask_geometry")] | None = None
+    max_batch: WholeNumber | None = None
+
+
+_ITEM_FIELDS = ("image", "prompt", "edits", "loras", "controlnets")
+"""Spec fields parsed outside :class:`SpecSettings` (paths, pairs and their shorthand)."""
+
+_TYPE_WORDS = {"int": "is not a whole number", "float": "is not a number", "string": "is not a text"}
+
+
+def _settings(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """:class:`SpecSettings` of ``values`` (unset fields left out), or one line naming the field."""
+    try:
+        return SpecSettings.model_validate(values).model_dump(exclude_none=True)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        kind = str(first["type"]).split("_")[0]
+        if first["type"] == "value_error":
+            problem = str(first["ctx"]["error"])
+        else:
+            problem = _TYPE_WORDS.get(kind, first["msg"])
+        raise SpecError(f"{where}: '{field}' = {first['input']!r} {problem}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,9 +479,9 @@ def spec_from_mapping(
         if merged.get(key) in (None, "", [], ()):
             flag = {"image": "--image", "prompt": "--prompt", "edits": "--edit"}[key]
             raise SpecError(f"{where}: missing '{key}' (spec field '{key}' or flag {flag})")
-    values: dict[str, Any] = {}
+    values = _settings({k: v for k, v in merged.items() if k not in _ITEM_FIELDS}, where)
     for key, value in merged.items():
-        if value is None:
+        if value is None or key not in _ITEM_FIELDS:
             continue
         if key == "image":
             values[key] = _resolve(str(value), base)
@@ -425,23 +498,8 @@ def spec_from_mapping(
                 _controlnet_from(item, base, f"{where}: controlnet {k}")
                 for k, item in enumerate(_as_list(value), 1)
             )
-        elif key in _INT_FIELDS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                try:
-                    value = int(str(value).strip())
-                except ValueError:
-                    raise SpecError(f"{where}: '{key}' = {value!r} is not a whole number") from None
-            values[key] = value
-        elif key in _FLOAT_FIELDS:
-            try:
-                values[key] = float(value)
-            except (TypeError, ValueError):
-                raise SpecError(f"{where}: '{key}' = {value!r} is not a number") from None
         else:
             values[key] = str(value)
-    for key, choices in _CHOICES.items():
-        if key in values and values[key] not in choices:
-            raise SpecError(f"{where}: '{key}' = {values[key]!r} is not one of {', '.join(choices)}")
     if "target_prompt" in values and not values["target_prompt"].strip():
         del values["target_prompt"]  # an empty target prompt means "build it from the pairs"
     return EditSpec(name=name, **values)
@@ -703,7 +761,7 @@ class LocalCheck:
             ``edited.png`` is written).
         mask_sizes: each mask file's ``(width, height)``.
         plan: the prompts.
-        uploads: per local file, the 8-bit PNG ComfyUI gets (``oir_core/pictures.py``'s rules) and its
+        uploads: per local file, the 8-bit PNG ComfyUI gets (``oir_cli/pictures.py``'s rules) and its
             content-addressed upload name.
         padded_size: the size ComfyUI works at: ``image_size`` rounded up to multiples of 8.
         mask_rules: per mask, ``"alpha"`` or ``"luminance"``: what it was read by.
@@ -738,15 +796,15 @@ def validate_local(spec: EditSpec) -> LocalCheck:
     documented rule and is not empty; every source phrase occurs in the prompt (the same matching as
     the Guided Prompt Builder node); targets are given and differ from their sources; step settings
     are consistent. Also prepares the uploads: every file as the 8-bit PNG a person would see,
-    padded to a multiple of 8 (``oir_core/pictures.py``).
+    padded to a multiple of 8 (``oir_cli/pictures.py``).
     """
     where = spec.name
     image = _open_image(spec.image, f"{where}: image")
     width, height = image.size
-    if min(width, height) < pictures.MIN_IMAGE_SIDE:
+    if min(width, height) < MIN_IMAGE_SIDE:
         raise SpecError(
-            f"{where}: image {spec.image} is {width}x{height}: OIR needs at least {pictures.MIN_IMAGE_SIDE} "
-            f"pixels on each side ({pictures.MIN_IMAGE_SIDE // pictures.LATENT_FACTOR} latent cells); "
+            f"{where}: image {spec.image} is {width}x{height}: OIR needs at least {MIN_IMAGE_SIDE} "
+            f"pixels on each side ({MIN_IMAGE_SIDE // LATENT_FACTOR} latent cells); "
             "use a larger image (SD models work best from 512 on)"
         )
     padded = pictures.padded_size(width, height)
@@ -793,26 +851,20 @@ def validate_local(spec: EditSpec) -> LocalCheck:
 
 
 def _check_masks_on_grid(spec: EditSpec, masks: Sequence[Any]) -> None:
-    """The masks at the latent grid, by the rule the reassembly uses (``oir_core.masks.region_masks``).
+    """The masks at the latent grid, by the rule the reassembly uses (``oir_core.regions``, NumPy).
 
     ``masks``: the ``L`` masks as uploaded (on the padded image's pixel grid). Empty cells, a pair
     wholly covered by a later one, overlaps under ``overlap: error``: refused here, before anything
-    is queued (the search node would refuse them only after the inversion). The one local check that
-    imports torch.
+    is queued (the search node would refuse them only after the inversion).
     """
-    import numpy as np
-    import torch
-
-    from .masks import region_masks
-
-    tensors = [torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0) for mask in masks]
+    arrays = [np.asarray(mask, dtype=np.float32) / 255.0 for mask in masks]
     width, height = masks[0].size
-    grid = (height // pictures.LATENT_FACTOR, width // pictures.LATENT_FACTOR)
+    grid = (height // LATENT_FACTOR, width // LATENT_FACTOR)
     names = [
         f"mask of edit {k} ({e.source} -> {e.target}, {e.mask.name})" for k, e in enumerate(spec.edits, 1)
     ]
     try:
-        region_masks(tensors, grid, spec.overlap, names, spec.mask_geometry)  # type: ignore[arg-type]
+        exclusive_regions(arrays, grid, spec.overlap, names, spec.mask_geometry)
     except OIRInputError as error:
         raise SpecError(f"{spec.name}: {_cli_words(str(error))}") from None
 
@@ -856,7 +908,7 @@ def _check_numbers(spec: EditSpec) -> tuple[int, int]:
 
 
 def load_template(name: str = BASE_TEMPLATE) -> dict[str, Any]:
-    """A fresh copy of a shipped API-format workflow (``oir_core/workflows/<name>.api.json``)."""
+    """A fresh copy of a shipped API-format workflow (``oir_cli/workflows/<name>.api.json``)."""
     path = WORKFLOW_DIR / f"{name}.api.json"
     if not path.is_file():
         known = sorted(p.name.removesuffix(".api.json") for p in WORKFLOW_DIR.glob("*.api.json"))

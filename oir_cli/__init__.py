@@ -1,0 +1,12 @@
+"""``oir-edit``: the command-line client of the OIR node pack.
+
+It runs OIR edits on a ComfyUI server (one it starts, or one already running) through ComfyUI's
+HTTP and websocket API, so it imports neither ComfyUI nor torch: ``oir-edit --help`` and every
+refusal of a bad input answer at once. The engine is :mod:`oir_core`; from it the client uses only
+its torch-free modules (option vocabularies, prompt plans, step checks, errors).
+
+Modules: :mod:`oir_cli.cli` (the command), :mod:`oir_cli.specs` (edit specs and the workflows they
+fill), :mod:`oir_cli.pictures` (reading image and mask files as a person sees them),
+:mod:`oir_cli.client` (ComfyUI's API), :mod:`oir_cli.server` (launching ComfyUI),
+:mod:`oir_cli.progress` (what the terminal shows).
+"""

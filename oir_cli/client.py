@@ -1,0 +1,305 @@
+"""A ComfyUI server's HTTP and websocket API, as ``oir-edit`` uses it.
+
+HTTP through ``requests`` (one session, JSON and multipart uploads), ComfyUI's ``/ws`` event stream
+through ``websocket-client``. Errors are one line for the user: :class:`ServerUnreachable` when no
+server answers, :class:`HTTPStatusError` for an error status, :class:`HeadlessError` for a refused
+workflow (the first node error, named by the node's title).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+import websocket
+
+from .specs import UPLOAD_SUBFOLDER, describe_nodes
+
+__all__ = [
+    "OIR_NODE_IDS",
+    "ComfyClient",
+    "EventStream",
+    "ExecutionFailed",
+    "HTTPStatusError",
+    "HeadlessError",
+    "InputRefusedByNode",
+    "ServerUnreachable",
+    "describe_refusal",
+    "one_line",
+]
+
+OIR_NODE_IDS: tuple[str, ...] = (
+    "OIRLoadCLIPScorer",
+    "OIREditPair",
+    "OIRGuidedPromptBuilder",
+    "OIRDDIMInversion",
+    "OIRParallelStepSearch",
+    "OIRMaskMetricScorer",
+    "OIRObjectReassembly",
+)
+"""Node ids of the pack (``nodes/__init__.py``'s ``NODES``) a server must know to run an edit."""
+
+
+class HeadlessError(RuntimeError):
+    """A one-line, user-facing failure of the headless run (server unreachable, names unknown, ...)."""
+
+
+class ServerUnreachable(HeadlessError):
+    """No ComfyUI answers at the URL."""
+
+
+class ExecutionFailed(HeadlessError):
+    """ComfyUI ran the workflow and reported an error; ``details`` holds the traceback."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class InputRefusedByNode(ExecutionFailed):
+    """A node refused an input (``OIRInputError``) before its heavy work: bad input, exit 2."""
+
+
+class HTTPStatusError(HeadlessError):
+    """An HTTP error answer (status and body kept for callers that parse it)."""
+
+    def __init__(self, status: int, path: str, body: str) -> None:
+        super().__init__(f"ComfyUI answered {status} to {path}: {one_line(body, 200)}")
+        self.status = status
+        self.body = body
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def describe_refusal(body: str, workflow: Mapping[str, Any]) -> str:
+    """One line from a ``/prompt`` 400 answer: the first node error, or the top-level error."""
+    try:
+        answer = json.loads(body)
+    except json.JSONDecodeError:
+        return one_line(body)
+    for node_id, entry in (answer.get("node_errors") or {}).items():
+        for error in entry.get("errors", []):
+            title = describe_nodes(workflow).get(str(node_id), entry.get("class_type", "?"))
+            detail = error.get("details") or error.get("message") or ""
+            return one_line(f"node {node_id} ({title}): {error.get('message', '')}: {detail}")
+    error = answer.get("error") or {}
+    return one_line(f"{error.get('message', '')} {error.get('details', '')}".strip() or body)
+
+
+def _reason(error: requests.RequestException) -> str:
+    """The cause of a failed request in a few words (``requests`` nests it inside pool messages)."""
+    if isinstance(error, requests.Timeout):
+        return f"no answer within the timeout: {type(error).__name__}"
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", str(error))
+    return errno.group(0).strip() if errno else one_line(str(error), 200)
+
+
+class EventStream:
+    """ComfyUI's ``/ws`` event stream for one client id (text messages as parsed JSON)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self._socket = websocket.create_connection(url, timeout=timeout)
+
+    def receive(self, timeout: float) -> dict[str, Any] | None:
+        """The next event (``{"type", "data"}``), or ``None`` after ``timeout`` seconds.
+
+        Binary messages (preview images) and malformed text are skipped.
+
+        Raises:
+            ConnectionError: the server closed the connection.
+        """
+        self._socket.settimeout(max(timeout, 0.001))
+        try:
+            opcode, payload = self._socket.recv_data()
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (websocket.WebSocketConnectionClosedException, OSError) as error:
+            raise ConnectionError(f"websocket closed by the server ({error})") from None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise ConnectionError("websocket closed by the server")
+        if opcode != websocket.ABNF.OPCODE_TEXT:
+            return None
+        try:
+            event = json.loads(payload.decode("utf-8", "replace"))
+        except json.JSONDecodeError:
+            return None
+        return event if isinstance(event, dict) else None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._socket.close()
+
+
+class ComfyClient:
+    """A ComfyUI server's HTTP API.
+
+    Args:
+        url: the server, e.g. ``http://127.0.0.1:8188``.
+        timeout: seconds for one HTTP request (waiting for a whole edit is :meth:`wait`'s job).
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        if "://" not in url:
+            url = f"http://{url}"
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self._object_info: dict[str, dict[str, Any] | None] = {}
+
+    # plain requests ------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> bytes:
+        """One request (``kwargs`` as ``requests`` takes them); the answer's body.
+
+        Raises:
+            ServerUnreachable: no server answers.
+            HTTPStatusError: the server answered with an error status.
+        """
+        try:
+            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as error:
+            raise ServerUnreachable(f"cannot reach ComfyUI at {self.url} ({_reason(error)})") from None
+        if response.status_code >= 400:
+            raise HTTPStatusError(response.status_code, path, response.text)
+        return response.content
+
+    def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        return json.loads(self.request("GET", path, params=params))
+
+    def post_json(self, path: str, payload: Any) -> Any:
+        body = self.request("POST", path, json=payload)
+        return json.loads(body) if body.strip() else None
+
+    # ComfyUI routes ------------------------------------------------------------------------------
+
+    def system_stats(self) -> dict[str, Any]:
+        """``/system_stats``: ComfyUI, Python and PyTorch versions, devices."""
+        return self.get_json("/system_stats")
+
+    def object_info(self, class_type: str) -> dict[str, Any] | None:
+        """``/object_info/<class>`` (cached), or ``None`` when the server has no such node."""
+        if class_type not in self._object_info:
+            info = self.get_json(f"/object_info/{requests.utils.quote(class_type, safe='')}")
+            self._object_info[class_type] = info.get(class_type) if isinstance(info, dict) else None
+        return self._object_info[class_type]
+
+    def upload_image(self, source: Path | bytes, name: str, subfolder: str = UPLOAD_SUBFOLDER) -> str:
+        """Upload a file (or its bytes) as ``<subfolder>/<name>`` into the input folder; returns the
+        LoadImage value."""
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        answer = json.loads(
+            self.request(
+                "POST",
+                "/upload/image",
+                data={"type": "input", "subfolder": subfolder, "overwrite": "true"},
+                files={"image": (name, data, "application/octet-stream")},
+            )
+        )
+        folder = answer.get("subfolder") or ""
+        return f"{folder}/{answer['name']}" if folder else answer["name"]
+
+    def queue(self, workflow: Mapping[str, Any], client_id: str) -> str:
+        """``POST /prompt``; returns the prompt id or raises one line built from ``node_errors``.
+
+        ComfyUI queues a prompt as long as *one* output node validates and drops the branches whose
+        nodes were refused (listing them in ``node_errors``): an OIR edit without its reassembly is
+        no edit, so such a partial prompt is taken off the queue again and refused as a whole.
+        """
+        try:
+            answer = self.post_json("/prompt", {"prompt": workflow, "client_id": client_id})
+        except HTTPStatusError as error:
+            raise HeadlessError(
+                f"ComfyUI refused the workflow: {describe_refusal(error.body, workflow)}"
+            ) from None
+        prompt_id = str(answer["prompt_id"])
+        if answer.get("node_errors"):
+            self.interrupt(prompt_id)
+            body = json.dumps({"node_errors": answer["node_errors"]})
+            raise HeadlessError(f"ComfyUI refused the workflow: {describe_refusal(body, workflow)}")
+        return prompt_id
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The ``/history/<id>`` entry, or ``None`` while the prompt has not finished."""
+        return self.get_json(f"/history/{prompt_id}").get(prompt_id)
+
+    def view(self, ref: Mapping[str, str]) -> bytes:
+        """An output/temp image (``{"filename", "subfolder", "type"}`` from the history)."""
+        params = {
+            "filename": ref["filename"],
+            "subfolder": ref.get("subfolder", ""),
+            "type": ref.get("type", "output"),
+        }
+        return self.request("GET", "/view", params=params)
+
+    def interrupt(self, prompt_id: str) -> None:
+        """Drop ``prompt_id`` from the queue and interrupt it if it runs (best effort)."""
+        with contextlib.suppress(HeadlessError):
+            self.post_json("/queue", {"delete": [prompt_id]})
+        with contextlib.suppress(HeadlessError):
+            self.post_json("/interrupt", {"prompt_id": prompt_id})
+
+    def events(self, client_id: str, timeout: float = 10.0) -> EventStream | None:
+        """The ``/ws`` event stream for ``client_id``, or ``None`` if it cannot be opened."""
+        scheme = "wss" if self.url.startswith("https") else "ws"
+        url = f"{scheme}://{self.url.split('://', 1)[1]}/ws?clientId={client_id}"
+        try:
+            return EventStream(url, timeout)
+        except (OSError, websocket.WebSocketException):
+            return None
+
+    def wait(
+        self,
+        prompt_id: str,
+        stream: EventStream | None,
+        timeout: float,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        poll_every: float = 2.0,
+    ) -> dict[str, Any]:
+        """Block until ``prompt_id`` finished; returns its history entry.
+
+        Events for this prompt go to ``on_event(type, data)`` as they arrive (with a stream);
+        ``/history`` is polled every ``poll_every`` seconds either way, so a lost message or a
+        closed socket only delays the answer. Raises :class:`ExecutionFailed` after ``timeout``
+        seconds (the prompt is then removed from the queue and interrupted).
+        """
+        deadline = time.monotonic() + timeout
+        next_poll = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_poll:
+                entry = self.history(prompt_id)
+                if entry is not None:  # ComfyUI writes the history entry when the prompt is done
+                    return entry
+                next_poll = now + poll_every
+            if now >= deadline:
+                self.interrupt(prompt_id)
+                raise ExecutionFailed(f"the edit did not finish within {timeout:.0f} s (raise --timeout)")
+            if stream is None:
+                time.sleep(min(0.25, max(0.0, deadline - now)))
+                continue
+            try:
+                event = stream.receive(min(0.5, max(0.01, next_poll - time.monotonic())))
+            except ConnectionError:
+                stream = None  # the server closed the socket: keep polling
+                continue
+            if event is None:
+                continue
+            data = event.get("data") or {}
+            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
+                continue  # queue status and other clients' prompts
+            kind = str(event.get("type"))
+            if on_event is not None:
+                on_event(kind, data)
+            finished = kind in ("execution_success", "execution_error", "execution_interrupted")
+            if finished or (kind == "executing" and data.get("node") is None):
+                next_poll = 0.0  # fetch the history now
