@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -167,14 +168,131 @@ def fit_max_batch(
 # --------------------------------------------------------------------------------------------------
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two processed-conditioning values are the same (identity, equal tensors, plain data).
+
+    Conservative: anything it cannot compare counts as different (the caller then keeps pairs apart).
+    """
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (str, int, float, bool)):
+        return a == b
+    if hasattr(a, "cond") and hasattr(a, "_copy_with"):  # comfy.conds.CONDRegular and its kin
+        return _same_value(a.cond, b.cond)
+    return False
+
+
+_FORWARD_KEYS = (
+    "control",
+    "hooks",
+    "gligen",
+    "area",
+    "strength",
+    "mask",
+    "mask_strength",
+    "timestep_start",
+    "timestep_end",
+)
+"""The keys of a processed cond entry that ComfyUI's forward reads besides ``model_conds`` and
+``uuid`` (``comfy.samplers.get_area_and_mult``, same in 0.3.64 and 0.33); the rest (``cross_attn``,
+``pooled_output``, sizes, ...) were turned into ``model_conds`` by ``process_conds``."""
+
+
+def _same_entries(first: Sequence[dict], other: Sequence[dict], with_model_conds: bool) -> bool:
+    """Whether two processed conditionings give the forward the same inputs, entry by entry
+    (:data:`_FORWARD_KEYS`, and ``model_conds`` too when ``with_model_conds``)."""
+    if len(first) != len(other):
+        return False
+    keys = (*_FORWARD_KEYS, "model_conds") if with_model_conds else _FORWARD_KEYS
+    for a, b in zip(first, other):
+        for key in keys:
+            if (key in a) != (key in b) or (key in a and not _same_value(a[key], b[key])):
+                return False
+    return True
+
+
+class RowwisePlan:
+    """How the K guided prompts become one positive whose row ``i`` carries pair ``cond_ids[i]``.
+
+    Possible when the prompts differ only in the tensors of their ``model_conds`` (the text
+    embedding, SDXL's pooled output and size conditioning, ...), each of batch 1 and of equal
+    shape: every other key (ControlNet, hooks, areas, masks, start/end percents) must be the same.
+    ComfyUI's conds repeat a batch-1 tensor to the batch and keep a tensor that already has it
+    (``repeat_to_batch_size``), so a stacked ``[B, ...]`` tensor is used row by row.
+
+    Attributes:
+        template: pair 0's processed entries.
+        stacked: per entry, ``{model_cond name: [K, ...] stacked tensor}`` for the conds that differ.
+    """
+
+    def __init__(self, template: list[dict], stacked: list[dict[str, Tensor]]) -> None:
+        self.template = template
+        self.stacked = stacked
+
+    @classmethod
+    def build(cls, positives: Sequence[Sequence[dict] | None]) -> RowwisePlan | None:
+        """The plan for processed positives ``G_0..G_{K-1}``, or ``None`` when they cannot share rows."""
+        first = positives[0]
+        if first is None or any(p is None or len(p) != len(first) for p in positives):
+            return None
+        stacked: list[dict[str, Tensor]] = []
+        for index, entry in enumerate(first):
+            entries = [p[index] for p in positives]  # type: ignore[index]
+            if not all(_same_entries([entry], [e], with_model_conds=False) for e in entries[1:]):
+                return None
+            conds = entry.get("model_conds", {})
+            if any(e.get("model_conds", {}).keys() != conds.keys() for e in entries):
+                return None
+            differing: dict[str, Tensor] = {}
+            for name, cond in conds.items():
+                others = [e["model_conds"][name] for e in entries]
+                if all(_same_value(other, cond) for other in others):
+                    continue
+                tensors = [getattr(other, "cond", None) for other in others]
+                if not all(
+                    type(other) is type(cond)
+                    and isinstance(t, Tensor)
+                    and t.shape[0] == 1
+                    and t.shape == tensors[0].shape
+                    and t.device == tensors[0].device
+                    for other, t in zip(others, tensors)
+                ):
+                    return None  # e.g. guided prompts of different token lengths
+                differing[name] = torch.cat(tensors)  # type: ignore[arg-type]
+            stacked.append(differing)
+        return cls(list(first), stacked)
+
+    def positive(self, cond_ids: Tensor) -> list[dict]:
+        """The processed positive for rows guided by ``cond_ids [B]``."""
+        entries = []
+        for entry, differing in zip(self.template, self.stacked):
+            conds = dict(entry["model_conds"])
+            for name, stacked in differing.items():
+                conds[name] = conds[name]._copy_with(stacked.index_select(0, cond_ids.to(stacked.device)))
+            entries.append({**entry, "model_conds": conds, "uuid": uuid.uuid4()})
+        return entries
+
+
 class GuidedCFGGuider(comfy.samplers.CFGGuider):
     """CFG with a per-row positive prompt: row ``i`` uses guided prompt ``cond_ids[i]``.
 
     Registers the conds ``{"negative": N, "positive_0": G_0, ..., "positive_{K-1}": G_{K-1}}`` so
     each gets ComfyUI's full ``process_conds`` treatment (masks, areas, start/end percents,
-    ``extra_conds``, ControlNet ``pre_run``). ``predict_noise`` groups the rows of ``x`` by pair and
-    runs ``comfy.samplers.sampling_function(inner_model, x_k, t_k, N, G_k, cfg)`` per group, so
-    each row gets exactly what a plain ``CFGGuider(G_k, N)`` would give it.
+    ``extra_conds``, ControlNet ``pre_run``). ``predict_noise`` runs
+    ``comfy.samplers.sampling_function(inner_model, x, t, N, G, cfg)`` once for all rows with a
+    row-wise positive ``G`` (:class:`RowwisePlan`: the pairs' embeddings stacked per row), so the
+    rows of every pair, cond and uncond, share one UNet forward per chunk (ComfyUI batches cond and
+    uncond of equal shapes). Where the pairs differ beyond those tensors (another ControlNet,
+    hooks, areas, token lengths) it runs one ``sampling_function`` per pair instead. Either way
+    each row gets what a plain ``CFGGuider(G_k, N)`` would give it.
 
     One known difference: for conds carrying an ``area`` (ConditioningSetArea, or a mask with
     ``set_area_to_bounds``) ``process_conds`` adds same-area copies across *all* registered keys,
@@ -189,6 +307,9 @@ class GuidedCFGGuider(comfy.samplers.CFGGuider):
         self.num_pairs = 0
         self.cond_ids: Tensor | None = None
         self._pair_negatives: list[Any] | None = None
+        self._plan: RowwisePlan | bool | None = False  # False: not built for this sample yet
+        self.shared_forwards = 0
+        """Model calls whose pairs shared one ``sampling_function`` (a counter for tests and reports)."""
 
     def set_guided_conds(self, guided: Sequence[Conditioning], negative: Conditioning) -> None:
         """Register the K guided prompts and the shared negative (the user's objects, unchanged)."""
@@ -201,12 +322,23 @@ class GuidedCFGGuider(comfy.samplers.CFGGuider):
         self.inner_set_conds(conds)
 
     def sample(self, *args: Any, **kwargs: Any) -> Tensor:
-        self._pair_negatives = None
+        self._pair_negatives, self._plan = None, False
         try:
             return super().sample(*args, **kwargs)
         finally:
-            self._pair_negatives = None
+            self._pair_negatives, self._plan = None, False
             self.cond_ids = None
+
+    def _rowwise_plan(self) -> RowwisePlan | None:
+        """The plan for sharing forwards between pairs in this sample, or ``None`` (built once)."""
+        if self._plan is False:
+            negatives = [self._negative_for_pair(k) for k in range(self.num_pairs)]
+            same_negative = all(
+                n is not None and _same_entries(negatives[0], n, with_model_conds=True) for n in negatives[1:]
+            )
+            positives = [self.conds.get(f"positive_{k}", None) for k in range(self.num_pairs)]
+            self._plan = RowwisePlan.build(positives) if same_negative else None
+        return self._plan  # type: ignore[return-value]
 
     def _negative_for_pair(self, k: int) -> Any:
         """The processed negative as a plain ``CFGGuider(G_k, N)`` would see it.
@@ -254,6 +386,19 @@ class GuidedCFGGuider(comfy.samplers.CFGGuider):
         per_row_t = timestep.ndim > 0 and timestep.shape[0] == batch
         ids_cpu = ids.to("cpu")
         pairs = torch.unique(ids_cpu).tolist()
+        plan = self._rowwise_plan() if len(pairs) > 1 else None
+        if plan is not None:
+            self.shared_forwards += 1
+            return comfy.samplers.sampling_function(
+                self.inner_model,
+                x,
+                timestep,
+                self._negative_for_pair(0),
+                plan.positive(ids_cpu),
+                self.cfg,
+                model_options=model_options,
+                seed=seed,
+            )
         if len(pairs) == 1:
             k = int(pairs[0])
             return comfy.samplers.sampling_function(
