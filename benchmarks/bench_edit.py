@@ -10,13 +10,15 @@
   scored between the rounds, and the final choice made over the run's pool with its eligible
   flags, as the Parallel Step Search and Mask Metric Scorer nodes do).
 
-Reported: wall-clock ratios and UNet-row ratios (cond and uncond rows, counted at the UNet through
-ComfyUI's ``model_function_wrapper``), with a per-phase breakdown. Targets: ≤ 55× exhaustive,
-≤ 15× coarse-to-fine. Row ratios transfer to a GPU with a full-size model; wall ratios on CPU
-with tiny models weigh the VAE and scorer far more than on a GPU. Because the rows depend on where
-the search lands (deep choices cost more reassembly; deep coarse bests cost more refinement), the
-mean and worst case over all landing points are counted too, with the engine's own search on the
-analytic model.
+Reported: UNet-row ratios (cond and uncond rows, counted at the UNet through ComfyUI's
+``model_function_wrapper``) and wall-clock ratios, each with a per-phase breakdown (VAE encode,
+inversion, search, candidate decode, scoring, reassembly, result decode). The search keeps its
+candidates' latents at ``R`` and the reassembly reuses them (as the nodes do), so the reassembly
+spends rows only on the shared re-inversion and final denoise. Targets (UNet rows): exhaustive at
+most the search's own ``K·T(T+1)/2`` candidate rows plus the inversion, re-inversion and final
+denoise; coarse-to-fine mean ≤ 6× and worst case ≤ 10× over where the search can land (counted
+with the engine's own search on the analytic model). Row ratios transfer to a GPU with a full-size
+model; wall ratios on CPU with tiny models weigh the VAE and scorer far more than on a GPU.
 
 Run: ``COMFYUI_PATH=/path/to/ComfyUI python benchmarks/bench_edit.py``
 """
@@ -192,9 +194,13 @@ def main() -> None:
             )
             return [table.chosen_step for table in tables]
 
+        keep = [args.reassembly_step]  # the nodes keep the search's latents at the reassembly's R
         if mode == "exhaustive":
             found = clock(
-                "search", lambda: generate_candidates(host, trajectory, [exhaustive_steps(args.steps)] * 2)
+                "search",
+                lambda: generate_candidates(
+                    host, trajectory, [exhaustive_steps(args.steps)] * 2, keep_levels=keep
+                ),
             )
             chosen = score(found)
         else:
@@ -209,24 +215,33 @@ def main() -> None:
                 return [table.chosen_step for table in tables]
 
             # Both sampling rounds run inside: their time and rows go to "search" (by the caller).
-            run = coarse_to_fine_candidates(host, trajectory, 2, rank, stride=args.stride, radius=args.radius)
-            pool = getattr(run, "pool", None)
-            if pool is None:  # an engine without the anchored pool: choose from the refined round
-                chosen = score(run.refined)
-            else:  # as the Parallel Step Search + Mask Metric Scorer nodes do
-                refined_images = clock("VAE decode candidates", lambda: decode(run.refined.latents))
-                images = torch.cat([refined_images, coarse_images[0][run.kept_coarse]])
-                tables = clock(
-                    "scoring",
-                    lambda: score_candidate_pairs(
-                        scorer, pool, images, image[0], masks, texts, eligible=run.eligible
-                    ),
-                )
-                chosen = [table.chosen_step for table in tables]
+            run = coarse_to_fine_candidates(
+                host, trajectory, 2, rank, stride=args.stride, radius=args.radius, keep_levels=keep
+            )
+            found = run.pool  # as the Parallel Step Search + Mask Metric Scorer nodes do
+            refined_images = clock("VAE decode candidates", lambda: decode(run.refined.latents))
+            images = torch.cat([refined_images, coarse_images[0][run.kept_coarse]])
+            tables = clock(
+                "scoring",
+                lambda: score_candidate_pairs(
+                    scorer, found, images, image[0], masks, texts, eligible=run.eligible
+                ),
+            )
+            chosen = [table.chosen_step for table in tables]
+        searched = [found.kept_latent(k, t, args.reassembly_step) for k, t in enumerate(chosen)]
         result = clock(
             "reassembly",
-            lambda: reassemble(host, trajectory, chosen, masks, args.reassembly_step, args.reinversion_steps),
+            lambda: reassemble(
+                host,
+                trajectory,
+                chosen,
+                masks,
+                args.reassembly_step,
+                args.reinversion_steps,
+                searched=searched,
+            ),
         )
+        print(f"  reassembly pairs: {', '.join(result.pair_sources)}")
         clock("VAE decode result", lambda: decode(result.latent[None]))
         return clock.phases, chosen
 
@@ -243,7 +258,12 @@ def main() -> None:
             print(f"  {name:22s} {phases.seconds[name]:8.2f} s  {phases.rows.get(name, 0):6d} UNet rows")
 
     label = "full-size SD1.5" if args.full_size else f"tiny SD1.5-arch, {size}² image"
-    targets = {"exhaustive": 55.0, "coarse_to_fine": 15.0}
+    base = 2 * args.steps
+    shared = shared_rows(args.steps, args.reassembly_step, args.reinversion_steps)
+    # exhaustive: the search's own K·T(T+1)/2 candidate rows (two UNet rows each) plus what every edit
+    # shares (inversion, re-inversion, final denoise): the reassembly adds no pair rows
+    exhaustive_budget = (2 * 2 * benchlib.triangular(args.steps) + shared) / base
+    targets = {"exhaustive": exhaustive_budget, "coarse_to_fine": 10.0}
     for mode, (phases, _chosen, seconds) in results.items():
         wall = seconds / base_seconds
         rows = phases.total_rows / base_rows
@@ -253,32 +273,45 @@ def main() -> None:
             Metric(
                 f"4. two-object edit vs plain T-step generation, {name}: UNet rows ({label}, T={args.steps})",
                 f"{fmt_ratio(rows)} ({phases.total_rows} vs {base_rows})",
-                f"≤ {targets[mode]:.0f}×",
-                rows <= targets[mode],
+                f"≤ {fmt_ratio(targets[mode])}",
+                rows <= targets[mode] + 1e-9,
+                "UNet rows by phase: " + ", ".join(f"{k} {v}" for k, v in phases.rows.items() if v),
             ),
             Metric(
                 f"4. … same, wall clock ({args.scorer} scorer)",
                 f"{fmt_ratio(wall)} ({seconds:.1f} s vs {base_seconds:.2f} s)",
-                f"≤ {targets[mode]:.0f}×",
-                wall <= targets[mode],
+                "-",
+                None,
                 f"wall by phase, in baseline units: {breakdown}",
             ),
         )
-    base = 2 * args.steps
     bounds = row_bounds(args.steps, 2, args.stride, args.radius, args.reassembly_step, args.reinversion_steps)
     for mode, (mean, worst) in bounds.items():
         name = "exhaustive" if mode == "exhaustive" else f"coarse-to-fine {args.stride}/{args.radius}"
+        goal = f"≤ {fmt_ratio(exhaustive_budget)} both" if mode == "exhaustive" else "mean ≤ 6×, worst ≤ 10×"
+        met = (
+            worst / base <= exhaustive_budget + 1e-9
+            if mode == "exhaustive"
+            else mean / base <= 6.0 and worst / base <= 10.0
+        )
         report.add(
             Metric(
                 f"4. UNet rows over where the search lands, {name} (T={args.steps}, K=2): mean / worst",
                 f"{fmt_ratio(mean / base)} / {fmt_ratio(worst / base)}",
-                f"≤ {targets[mode]:.0f}×",
-                worst / base <= targets[mode],
+                goal,
+                met,
                 "counted with the engine's own search on the analytic model: mean over the coarse best "
-                "step and chosen steps 1..T (uniform); worst: costliest refinement, both pairs from t = T.",
+                "step (uniform); worst: the costliest. The reassembly reuses the search's latents at R "
+                "(every chosen step is an exact candidate), so it adds no pair rows.",
             )
         )
     report.emit(args.json_out)
+
+
+def shared_rows(steps: int, reassembly_step: int, reinversion_steps: int) -> int:
+    """UNet rows every edit spends besides the search: inversion (cfg 1), re-inversion (cfg off) and
+    the final target-prompt denoise of ``R + r`` levels (CFG: two rows a level)."""
+    return steps + reinversion_steps + 2 * (reassembly_step + reinversion_steps)
 
 
 def row_bounds(
@@ -304,16 +337,11 @@ def row_bounds(
         guided.reset()
         coarse_to_fine_candidates(host, trajectory, pairs, lambda c, b=best: [b] * pairs, stride, radius)
         search.append(guided.rows)
-    shared = steps + reinversion_steps + 2 * (reassembly_step + reinversion_steps)  # inversion cfg 1
-    objects = [2 * pairs * max(t - reassembly_step, 0) for t in range(1, steps + 1)]
-    mean_objects, worst_objects = sum(objects) / steps, max(objects)
+    shared = shared_rows(steps, reassembly_step, reinversion_steps)
     exhaustive = 2 * pairs * benchlib.triangular(steps)
     return {
-        "exhaustive": (shared + exhaustive + mean_objects, shared + exhaustive + worst_objects),
-        "coarse_to_fine": (
-            shared + 2 * sum(search) / len(search) + mean_objects,
-            shared + 2 * max(search) + worst_objects,
-        ),
+        "exhaustive": (shared + exhaustive, shared + exhaustive),
+        "coarse_to_fine": (shared + 2 * sum(search) / len(search), shared + 2 * max(search)),
     }
 
 

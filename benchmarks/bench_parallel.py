@@ -219,10 +219,11 @@ def comfy_part(
             f"1. guider chains / UNet forwards serial → lockstep, {label} (T={steps}, K={pairs})",
             f"{s['chains']} / {s['forwards']} → {p['chains']} / {p['forwards']}"
             f" (UNet rows {s['unet_rows']} = {p['unet_rows']})",
-            "K·T / K·T(T+1)/2 → 1 / K·T (T=50, K=2: 100 / 2550 → 1 / 100)",
-            p["chains"] == 1 and s["unet_rows"] == p["unet_rows"],
-            "GuidedCFGGuider runs one sampling_function (one UNet forward, cond+uncond) per pair "
-            "present at a level, so K pairs give K forwards per level, not 1.",
+            f"K·T / K·T(T+1)/2 → 1 / T (T={steps}, K={pairs}: "
+            f"{pairs * steps} / {pairs * triangular(steps)} → 1 / {steps})",
+            p["chains"] == 1 and p["forwards"] == steps and s["unet_rows"] == p["unet_rows"],
+            "GuidedCFGGuider gives the rows of all pairs one row-wise positive (their embeddings stacked "
+            "per row), so each level is one UNet forward holding every pair's cond and uncond rows.",
         ),
         Metric(
             f"1. wall speed-up lockstep vs serial, {label} via ComfyHost (T={steps}, K={pairs})",

@@ -599,6 +599,7 @@ class ComfyHost:
     Attributes:
         last_max_batch: the chunk size given to the most recent body.
         last_call_rows: rows per model call the call sizer settled on in the most recent stage.
+        last_model_calls: model calls (``sampling_function`` rounds) of the most recent stage.
         free_memory_override: set to a byte count to simulate free memory (tests, benchmarks).
     """
 
@@ -627,6 +628,7 @@ class ComfyHost:
         self.call_budget_s = call_budget_s
         self.last_max_batch: int | None = None
         self.last_call_rows: int | None = None
+        self.last_model_calls = 0
         self.free_memory_override: float | None = None
 
     def _cfg1_skips_uncond(self) -> bool:
@@ -699,4 +701,5 @@ class ComfyHost:
         )
         self.last_max_batch = sampler.max_batch
         self.last_call_rows = sampler.sizer.rows if sampler.sizer is not None else sampler.max_batch
+        self.last_model_calls = sampler.calls
         return sampler.result

@@ -39,6 +39,26 @@ class OIREdit:
 
 
 @dataclass(frozen=True)
+class SearchRecipe:
+    """What the search's candidates were made with, held by reference (ComfyUI's cache holds these
+    objects anyway). The reassembly reuses the search's latents only when it was given the very same
+    objects and numbers: anything else may change the path, and it then denoises as before."""
+
+    model: Any
+    trajectory: Any
+    edit: Any
+    original: Any
+    negative: Any
+    cfg: float
+
+    def differences(self, other: SearchRecipe) -> list[str]:
+        """The inputs (by name) that are not the same objects / values in ``other``."""
+        names = ("model", "trajectory", "edit", "original", "negative")
+        found = [name for name in names if getattr(self, name) is not getattr(other, name)]
+        return found + (["cfg"] if self.cfg != other.cfg else [])
+
+
+@dataclass(frozen=True)
 class CandidateBundle:
     """Output of the Parallel Step Search (socket ``OIR_CANDIDATES``).
 
@@ -54,6 +74,7 @@ class CandidateBundle:
         eligible: per candidate, whether it may be chosen (coarse-to-fine keeps its approximate
             coarse candidates to anchor the score ranges); ``None``: all.
         grid_layout: per pair, the grid geometry of the preview image (for the frontend).
+        recipe: the search's inputs, for the reassembly's reuse check (``None``: reuse nothing).
     """
 
     edit: OIREdit
@@ -65,6 +86,7 @@ class CandidateBundle:
     coarse_best: tuple[int, ...] = ()
     eligible: tuple[bool, ...] | None = None
     grid_layout: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    recipe: SearchRecipe | None = None
 
     def float_images(self) -> Tensor:
         """``[N, H, W, 3]`` float32 0..1 (ComfyUI's IMAGE layout) of the stored 8-bit candidates."""
@@ -80,12 +102,47 @@ class ChosenSteps:
         searched: the search's own choice for each pair.
         tables: the full score table per pair.
         overridden: per pair, whether a manual override replaced the search's choice.
+        search: the candidates the steps were chosen from (the reassembly reuses their latents).
     """
 
     steps: tuple[int, ...]
     searched: tuple[int, ...]
     tables: tuple[ScoreTable, ...]
     overridden: tuple[bool, ...]
+    search: CandidateBundle | None = None
+
+    def searched_latents(self, recipe: SearchRecipe, level: int) -> tuple[list[Tensor | None], list[str]]:
+        """Per pair, the search's latent of the chosen candidate at reassembly level ``level``, and
+        per pair why there is none (``""`` when there is one).
+
+        A latent is reused only when the reassembly has exactly the search's inputs
+        (:class:`SearchRecipe`), the search kept that level, and the chosen step was computed
+        exactly (an override to a step the coarse-to-fine search only approximated is not).
+        """
+        count = len(self.steps)
+        bundle = self.search
+        if bundle is None or bundle.recipe is None:
+            return [None] * count, ["the search kept no latents"] * count
+        differing = bundle.recipe.differences(recipe)
+        if differing:
+            reason = f"the reassembly's {', '.join(differing)} differ from the search's"
+            return [None] * count, [reason] * count
+        kept = sorted(bundle.candidates.kept)
+        if not kept:
+            reason = "the search kept no latents (no reassembly with constant R and r in its prompt)"
+            return [None] * count, [reason] * count
+        if level not in kept:
+            reason = f"the search kept level(s) {kept}, not R = {level} (re-run the search to reuse)"
+            return [None] * count, [reason] * count
+        latents: list[Tensor | None] = []
+        reasons: list[str] = []
+        for pair, step in enumerate(self.steps):
+            latent = bundle.candidates.kept_latent(pair, step, level)
+            latents.append(latent)
+            reasons.append(
+                "" if latent is not None else f"step {step} was not computed exactly by the search"
+            )
+        return latents, reasons
 
     def to_dict(self) -> dict[str, Any]:
         return {

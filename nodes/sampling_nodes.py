@@ -22,6 +22,7 @@ from ..oir_core.options import CONVENTIONS, LATENT_FACTOR, MASK_GEOMETRIES, MIN_
 from ..oir_core.reassembly import reassemble
 from ..oir_core.sampling import OFFICIAL_FAMILY
 from ..oir_core.search import run_search
+from ..oir_core.steps import validate_reassembly
 from .comfy_host import (
     ComfyHost,
     clean_sigma,
@@ -32,11 +33,16 @@ from .comfy_host import (
     model_space_out,
 )
 from .conditioning import check_conditioning, inherit_conditioning
-from .payloads import CandidateBundle, ChosenSteps, OIREdit
+from .payloads import CandidateBundle, ChosenSteps, OIREdit, SearchRecipe
 from .progress import level_progress
 from .scoring_nodes import check_metric
 from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
-from .validation import mask_rules_downstream, refuse_unfit_reassembly, refuse_unknown_choices
+from .validation import (
+    mask_rules_downstream,
+    reassembly_levels_downstream,
+    refuse_unfit_reassembly,
+    refuse_unknown_choices,
+)
 
 CATEGORY = "OIR/sampling"
 
@@ -335,6 +341,9 @@ class OIRParallelStepSearch(io.ComfyNode):
             masks=[pair.mask for pair in edit.pairs],
             score_texts=edit.plan.score_texts,
             on_level=level_progress(),
+            keep_levels=reassembly_levels_downstream(
+                getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), trajectory.steps
+            ),
         )
         candidates, images, eligible = result.candidates, result.images, result.eligible
         stored = quantize_images(images)
@@ -351,6 +360,7 @@ class OIRParallelStepSearch(io.ComfyNode):
             coarse_best=result.coarse_best,
             eligible=None if eligible is None else tuple(eligible),
             grid_layout=tuple(layouts),
+            recipe=SearchRecipe(model, trajectory, oir_edit, original, negative, float(cfg)),
         )
         preview = ui.PreviewImage(grid, cls=cls).as_dict()
         return io.NodeOutput(
@@ -369,10 +379,12 @@ class OIRObjectReassembly(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "OIR step 5: each pair is denoised from its chosen step with its guided prompt down to the "
-                "reassembly step R; the pair latents are merged by mask over the inverted background x_R, "
-                "re-inverted r steps with the original prompt and denoised with the target prompt. A chosen "
-                "step <= R starts from x_R itself (as if it were R). Overlapping masks: the later pair wins "
-                "(or error)."
+                "reassembly step R, or taken from the search, which keeps every exact candidate's latent at "
+                "R when the queued graph gives this node's R and r as numbers (the same model, prompts and "
+                "cfg needed; the UI reports which); the pair latents are merged by mask over the inverted "
+                "background x_R, re-inverted r steps with the original prompt and denoised with the target "
+                "prompt. A chosen step <= R starts from x_R itself (as if it were R). Overlapping masks: the "
+                "later pair wins (or error)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (LoRA and patches apply)."),
@@ -474,6 +486,10 @@ class OIRObjectReassembly(io.ComfyNode):
             check_cfg(cfg),
             max_batch=max_batch or None,
         )
+        level, _ = validate_reassembly(trajectory.steps, reassembly_step, reinversion_steps)
+        searched, reasons = chosen_steps.searched_latents(
+            SearchRecipe(model, trajectory, oir_edit, original, negative, float(cfg)), level
+        )
         result = reassemble(
             host,
             trajectory,
@@ -484,6 +500,7 @@ class OIRObjectReassembly(io.ComfyNode):
             overlap,  # type: ignore[arg-type]
             on_level=level_progress(),
             mask_geometry=mask_geometry,  # type: ignore[arg-type]
+            searched=searched,
         )
         if not torch.isfinite(result.latent).all():
             raise OIRInputError(
@@ -492,4 +509,11 @@ class OIRObjectReassembly(io.ComfyNode):
                 "the reassembled latent is not finite",
                 "lower cfg or check the model/LoRA",
             )
-        return io.NodeOutput({"samples": model_space_out(model, result.latent[None].clone())})
+        pairs = [
+            {"step": step, "source": source, "why_denoised": reason if source == "denoised" else ""}
+            for step, source, reason in zip(chosen_steps.steps, result.pair_sources, reasons)
+        ]
+        report = {"reassembly_step": result.reassembly_step, "pairs": pairs}
+        return io.NodeOutput(
+            {"samples": model_space_out(model, result.latent[None].clone())}, ui={"oir_reassembly": [report]}
+        )

@@ -365,6 +365,7 @@ class OIRMaskMetricScorer(io.ComfyNode):
             searched=searched,
             tables=tuple(tables),
             overridden=tuple(o is not None for o in overrides),
+            search=candidates,
         )
         plots = stack_images(
             [

@@ -17,7 +17,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..oir_core.errors import OIRInputError
-from ..oir_core.steps import validate_reassembly
+from ..oir_core.steps import AUTO, validate_reassembly
 
 
 def refuse_unknown_choices(node: type[io.ComfyNode], **values: Any) -> bool | str:
@@ -61,6 +61,25 @@ def refuse_unfit_reassembly(prompt: dict[str, Any] | None, inversion_id: str | N
         reassembly, reinversion = inputs.get("reassembly_step"), inputs.get("reinversion_steps")
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (reassembly, reinversion)):
             validate_reassembly(levels, reassembly, reinversion)
+
+
+def reassembly_levels_downstream(
+    prompt: dict[str, Any] | None, search_id: str | None, steps: int
+) -> list[int]:
+    """The levels ``R`` (``auto`` resolved for ``T = steps``) of every reassembly that shares this
+    search's trajectory and gives ``reassembly_step`` and ``reinversion_steps`` as constants: the
+    search keeps its candidates' latents there, so the reassembly need not denoise the pairs again.
+    A linked or unfit value keeps nothing (the reassembly then denoises, as it always could)."""
+    own = ((prompt or {}).get(str(search_id)) or {}).get("inputs") or {}
+    levels = set()
+    for inputs in reassemblies_of(prompt, own.get("trajectory")):
+        reassembly, reinversion = inputs.get("reassembly_step", AUTO), inputs.get("reinversion_steps", AUTO)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (reassembly, reinversion)):
+            try:
+                levels.add(validate_reassembly(steps, reassembly, reinversion)[0])
+            except OIRInputError:
+                continue
+    return sorted(levels)
 
 
 def mask_rules_downstream(prompt: dict[str, Any] | None, search_id: str | None) -> tuple[str, str]:

@@ -349,6 +349,8 @@ class EditRunner:
         search = nodes_of(workflow, "OIRParallelStepSearch")[0]
         scores = entry.get("outputs", {}).get(metric, {}).get("oir_scores", [])
         search_ui = entry.get("outputs", {}).get(search, {})
+        reassembly = nodes_of(workflow, "OIRObjectReassembly")[0]
+        reused = (entry.get("outputs", {}).get(reassembly, {}).get("oir_reassembly") or [{}])[0]
         report = {
             "oir_edit_report": 1,
             "case": spec.name,
@@ -357,7 +359,12 @@ class EditRunner:
             "spec": spec.to_dict(),
             "prompts": check.plan.to_dict(),
             "image_size": list(check.image_size),
-            "reassembly": {"reassembly_step": check.reassembly[0], "reinversion_steps": check.reassembly[1]},
+            "reassembly": {
+                "reassembly_step": check.reassembly[0],
+                "reinversion_steps": check.reassembly[1],
+                # per pair: "search" (the search's latent at R reused), "denoised" (and why), "inverted"
+                "pairs": reused.get("pairs", []),
+            },
             "worked_at_size": list(check.padded_size),
             "mask_rules": list(check.mask_rules),
             "chosen_steps": [int(s["chosen"]) for s in scores],

@@ -39,6 +39,12 @@ class CandidateSet:
         stats: exact model use (``rows`` per CFG branch, ``levels`` = sequential model calls before
             chunking, ``calls`` after chunking).
         stride: the sub-schedule stride the candidates were denoised with (1 = full schedule).
+        kept: ``{R: [N, *latent_shape]}``: each candidate's latent at reassembly level ``R``, i.e.
+            what the reassembly's own pair denoise from ``max(t, R)`` to ``R`` gives (step 5 reuses
+            it instead of denoising again). Only for exact candidates (``stride == 1``); memory: one
+            more latent per candidate and level.
+        kept_rows: which rows' ``kept`` latents are real (``None``: all; a coarse-to-fine pool holds
+            approximate coarse rows too).
     """
 
     pair_ids: list[int]
@@ -46,6 +52,17 @@ class CandidateSet:
     latents: Tensor
     stats: CallStats = field(default_factory=CallStats)
     stride: int = 1
+    kept: dict[int, Tensor] = field(default_factory=dict)
+    kept_rows: tuple[bool, ...] | None = None
+
+    def kept_latent(self, pair: int, step: int, level: int) -> Tensor | None:
+        """``[*latent_shape]`` candidate ``(pair, step)``'s latent at level ``level``, if kept."""
+        if level not in self.kept:
+            return None
+        for i, (p, s) in enumerate(zip(self.pair_ids, self.steps)):
+            if p == pair and s == step and (self.kept_rows is None or self.kept_rows[i]):
+                return self.kept[level][i]
+        return None
 
     @property
     def pair_count(self) -> int:
@@ -124,6 +141,7 @@ def generate_candidates(
     stride: int = 1,
     max_batch: int | None = None,
     on_level: LevelCallback | None = None,
+    keep_levels: Sequence[int] = (),
 ) -> CandidateSet:
     """Denoise every candidate ``c_{k,t}`` to level 0 in lockstep (OIR steps 2-3).
 
@@ -133,6 +151,8 @@ def generate_candidates(
         stride: sub-schedule stride; 1 (default) is the paper's full ``t``-step denoise.
         max_batch: rows per model call (``None``: the host's limit).
         on_level: progress callback after each level; may abort.
+        keep_levels: reassembly levels ``R`` (``1..T-1``) at which to keep every candidate's latent
+            (:attr:`CandidateSet.kept`); ignored for ``stride > 1`` (approximate candidates).
 
     Returns:
         A :class:`CandidateSet` ordered pair-major, then by step, of clean latents
@@ -151,11 +171,20 @@ def generate_candidates(
     cond_ids = torch.tensor([pair_ids[i] for i in walked], dtype=torch.long, device=latents.device)
     level_sigmas = trajectory.level_sigmas.to(latents.device)
     stats = CallStats()
+    keep = (
+        sorted({int(level) for level in keep_levels if 0 < int(level) < trajectory.steps})
+        if stride == 1
+        else []
+    )
+    walked_kept: dict[int, Tensor] = {}
     clean = torch.empty((len(steps), *trajectory.latent_shape), dtype=latents.dtype, device=latents.device)
     if source_rows:
         clean[source_rows] = trajectory.source_latent().to(latents.dtype)
     if not walked:
-        return CandidateSet(pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, stride=stride)
+        kept = {level: _kept_at(level, trajectory, steps, walked, walked_kept) for level in keep}
+        return CandidateSet(
+            pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, stride=stride, kept=kept
+        )
     stage = Stage(
         role="guided",
         sigmas=descending_walk(level_sigmas.cpu(), max(walk_steps), 0, stride),
@@ -177,7 +206,29 @@ def generate_candidates(
             max_batch=max_batch or host_max_batch,
             stats=stats,
             on_level=on_level,
+            keep_levels=keep,
+            kept=walked_kept,
         )
 
     clean[walked] = trajectory.to_clean(host.run(stage, body))
-    return CandidateSet(pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, stride=stride)
+    kept = {level: _kept_at(level, trajectory, steps, walked, walked_kept) for level in keep}
+    return CandidateSet(pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, stride=stride, kept=kept)
+
+
+def _kept_at(
+    level: int,
+    trajectory: InversionTrajectory,
+    steps: Sequence[int],
+    walked: Sequence[int],
+    walked_kept: dict[int, Tensor],
+) -> Tensor:
+    """``[N, *latent_shape]`` every candidate's latent at ``level`` by the reassembly's rule: the
+    walked state for a start above ``level``, the inverted ``x_level`` itself otherwise."""
+    latents = trajectory.latents
+    out = latents[level].unsqueeze(0).repeat(len(steps), *([1] * (latents.ndim - 1)))
+    above = [row for row, i in enumerate(walked) if steps[i] > level]
+    if above:
+        rows = torch.tensor(above, dtype=torch.long, device=latents.device)
+        targets = torch.tensor([walked[row] for row in above], dtype=torch.long, device=latents.device)
+        out.index_copy_(0, targets, walked_kept[level].index_select(0, rows).to(out.dtype))
+    return out

@@ -51,6 +51,9 @@ class ReassemblyResult:
         pair_regions: ``[K, h, w]`` exclusive binary pair regions on the latent grid.
         background: ``[h, w]`` binary background region.
         stats: model use of all four stages.
+        pair_sources: per pair, where its ``z_k`` came from: ``"search"`` (the search's own latent
+            at ``R``, no model call), ``"denoised"`` (denoised here from ``t_k*``) or ``"inverted"``
+            (``t_k* <= R``: ``x_R`` itself).
     """
 
     latent: Tensor
@@ -62,6 +65,7 @@ class ReassemblyResult:
     stats: CallStats = field(default_factory=CallStats)
     reassembly_step: int = 0
     reinversion_steps: int = 0
+    pair_sources: tuple[str, ...] = ()
 
 
 def effective_starts(chosen_steps: Sequence[int], reassembly_step: int) -> list[int]:
@@ -96,6 +100,7 @@ def reassemble(
     max_batch: int | None = None,
     on_level: LevelCallback | None = None,
     mask_geometry: MaskGeometry = "official",
+    searched: Sequence[Tensor | None] | None = None,
 ) -> ReassemblyResult:
     """Run OIR's reassembly: per-pair guided denoise to ``R``, merge, re-invert ``r``, target denoise.
 
@@ -109,6 +114,10 @@ def reassemble(
         mask_geometry: how masks reach the latent grid (``official``: binarised at >= 1/255 and
             sampled at each cell's top-left pixel, as the OIR code; ``centered``: > 0.5, cell centres).
         on_level: called after every level of every stage with ``(done, total)`` over all stages.
+        searched: per pair, the search's latent ``[*latent_shape]`` of candidate ``(k, t_k*)`` at
+            level ``R`` (:attr:`oir_core.candidates.CandidateSet.kept`), or ``None``. A pair with one
+            skips step 1: the search already walked exactly that path (same model, prompts and
+            levels), so ``z_k`` is that latent.
     """
     steps = trajectory.steps
     reassembly_step, reinversion_steps = validate_reassembly(steps, reassembly_step, reinversion_steps)
@@ -129,40 +138,53 @@ def reassemble(
     latents = trajectory.latents
     level_sigmas = trajectory.level_sigmas.to(latents.device)
     starts = effective_starts(chosen_steps, reassembly_step)
+    reuse = list(searched) if searched is not None else [None] * len(starts)
+    if len(reuse) != len(starts):
+        raise ValueError(f"{len(reuse)} searched latents for {len(starts)} pairs")
+    sources = tuple(
+        "inverted" if start == reassembly_step else ("search" if kept is not None else "denoised")
+        for start, kept in zip(starts, reuse)
+    )
+    walking = [k for k, source in enumerate(sources) if source == "denoised"]
     top = reassembly_step + reinversion_steps
-    pair_levels = max(starts) - reassembly_step
+    pair_levels = max((starts[k] for k in walking), default=reassembly_step) - reassembly_step
     total_levels = pair_levels + reinversion_steps + top
     stats = CallStats()
     progress = _StageProgress(on_level, total_levels)
 
-    # 1. Each pair from its own start down to R, all pairs sharing calls (lockstep).
-    initial = latents.index_select(0, torch.tensor(starts, dtype=torch.long, device=latents.device))
-    cond_ids = torch.arange(len(starts), dtype=torch.long, device=latents.device)
+    # 1. Each pair from its own start down to R, all pairs sharing calls (lockstep); a pair the
+    # search already brought to R exactly is taken from it.
+    index = torch.tensor(starts, dtype=torch.long, device=latents.device)
+    pair_latents = latents.index_select(0, index).clone()
+    for k, kept in enumerate(reuse):
+        if sources[k] == "search":
+            pair_latents[k] = kept.to(pair_latents)  # type: ignore[union-attr]
     if pair_levels > 0:
+        walk_starts = [starts[k] for k in walking]
+        rows = torch.tensor(walking, dtype=torch.long, device=latents.device)
         stage = Stage(
             role="guided",
-            sigmas=descending_walk(level_sigmas.cpu(), max(starts), reassembly_step),
-            rows=lockstep_rows(starts, reassembly_step),
+            sigmas=descending_walk(level_sigmas.cpu(), max(walk_starts), reassembly_step),
+            rows=lockstep_rows(walk_starts, reassembly_step),
             latent_shape=trajectory.latent_shape,
             label="reassembly: objects",
-            total_rows=lockstep_total_rows(starts, reassembly_step),
+            total_rows=lockstep_total_rows(walk_starts, reassembly_step),
         )
-        pair_latents = host.run(
+        walked = host.run(
             stage,
             lambda denoiser, host_max: lockstep_denoise(
                 denoiser,
                 level_sigmas,
-                initial,
-                starts,
+                pair_latents.index_select(0, rows),
+                walk_starts,
                 end_level=reassembly_step,
-                cond_ids=cond_ids,
+                cond_ids=rows,
                 max_batch=max_batch or host_max,
                 stats=stats,
                 on_level=progress,
             ),
         )
-    else:
-        pair_latents = initial.clone()
+        pair_latents.index_copy_(0, rows, walked.to(pair_latents.dtype))
 
     # 2. Reassemble by masks at level R.
     merged = merge_regions(latents[reassembly_step], pair_latents, pair_regions, background)
@@ -230,6 +252,7 @@ def reassemble(
         stats=stats,
         reassembly_step=reassembly_step,
         reinversion_steps=reinversion_steps,
+        pair_sources=sources,
     )
 
 

@@ -278,6 +278,8 @@ def lockstep_denoise(
     max_batch: int | None = None,
     stats: CallStats | None = None,
     on_level: LevelCallback | None = None,
+    keep_levels: Sequence[int] = (),
+    kept: dict[int, Tensor] | None = None,
 ) -> Tensor:
     """Denoise many rows that start at different levels, in lockstep (ARCHITECTURE.md §4.3).
 
@@ -296,6 +298,10 @@ def lockstep_denoise(
         start_levels: ``N`` start levels, each in ``end_level..T``.
         end_level: the level every row is brought to (0 = fully denoised).
         cond_ids: ``[N]`` int64 conditioning index per row (``"guided"`` role) or ``None``.
+        keep_levels: levels (above ``end_level``) at which to keep a copy of every row into
+            ``kept[level]`` (``[N, *latent_shape]``): rows walked down to that level hold the state
+            there, rows starting at or below it their initial latent. The reassembly reuses them
+            (a row's state at a level does not depend on where its walk ends).
 
     Returns:
         ``[N, *latent_shape]`` every row at ``end_level`` (rows that start there are returned as is).
@@ -310,6 +316,12 @@ def lockstep_denoise(
     chunked = ChunkedDenoiser(denoiser, max_batch, stats)
     top = int(starts.max()) if starts.numel() else end_level
     levels = list(range(top, end_level, -stride))
+    wanted = {int(level) for level in keep_levels}
+    if wanted and (kept is None or stride != 1 or min(wanted) <= end_level):
+        raise ValueError("keep_levels needs stride 1, a kept dict and levels above end_level")
+    for level in wanted:
+        if level >= top:  # no row walks down to it: every row is still at its start
+            kept[level] = x.clone()  # type: ignore[index]
     for done, level in enumerate(levels, start=1):
         active = torch.nonzero(starts >= level).flatten()
         rows = x.index_select(0, active.to(x.device))
@@ -320,6 +332,8 @@ def lockstep_denoise(
         next_rows = x0_hat.clone() if float(sigma_next) == 0.0 else ode_step(rows, x0_hat, sigma, sigma_next)
         check_finite(next_rows, "denoising", float(sigma))
         x.index_copy_(0, active.to(x.device), next_rows.to(x.dtype))
+        if level - stride in wanted:
+            kept[level - stride] = x.clone()  # type: ignore[index]
         stats.levels += 1
         report_level(on_level, done, len(levels))
     return x

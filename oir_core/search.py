@@ -153,12 +153,16 @@ def merge_rounds(
     have = set(zip(refined.pair_ids, refined.steps))
     kept = [i for i, key in enumerate(zip(coarse.pair_ids, coarse.steps)) if key not in have]
     index = torch.tensor(kept, dtype=torch.long, device=coarse.latents.device)
+    coarse_rows = coarse.latents.index_select(0, index)
     pool = CandidateSet(
         pair_ids=refined.pair_ids + [coarse.pair_ids[i] for i in kept],
         steps=refined.steps + [coarse.steps[i] for i in kept],
-        latents=torch.cat([refined.latents, coarse.latents.index_select(0, index)]),
+        latents=torch.cat([refined.latents, coarse_rows]),
         stats=coarse.stats.add(refined.stats),
         stride=1,
+        # only the refined (exact) rows carry the search's latents at the reassembly levels
+        kept={level: torch.cat([at, torch.zeros_like(coarse_rows)]) for level, at in refined.kept.items()},
+        kept_rows=(True,) * len(refined.steps) + (False,) * len(kept),
     )
     eligible = [True] * len(refined.steps) + [coarse.steps[i] <= stride for i in kept]
     return pool, eligible, kept
@@ -173,6 +177,7 @@ def coarse_to_fine_candidates(
     radius: int = 2,
     max_batch: int | None = None,
     on_level: LevelCallback | None = None,
+    keep_levels: Sequence[int] = (),
 ) -> CoarseToFineRun:
     """Coarse-to-fine candidate search (see the module docstring).
 
@@ -183,6 +188,7 @@ def coarse_to_fine_candidates(
         stride: coarse step spacing and sub-schedule stride.
         radius: refinement half-width around the best coarse step.
         on_level: progress over both rounds; ``total`` is the sum of both rounds' levels.
+        keep_levels: reassembly levels at which the refined (exact) candidates keep their latents.
     """
     if pair_count < 1:
         raise OIRInputError("edit_pairs", pair_count, "no edit pairs to search", "connect an OIR Edit Pair")
@@ -209,7 +215,13 @@ def coarse_to_fine_candidates(
         return None if on_level is None else on_level(coarse_levels + done, coarse_levels + refine_levels)
 
     refined = generate_candidates(
-        host, trajectory, refine_sets, stride=1, max_batch=max_batch, on_level=refine_progress
+        host,
+        trajectory,
+        refine_sets,
+        stride=1,
+        max_batch=max_batch,
+        on_level=refine_progress,
+        keep_levels=keep_levels,
     )
     pool, eligible, kept = merge_rounds(coarse, refined, stride)
     return CoarseToFineRun(
@@ -295,6 +307,7 @@ def run_search(
     masks: Sequence[Tensor] = (),
     score_texts: Sequence[str] = (),
     on_level: LevelCallback | None = None,
+    keep_levels: Sequence[int] = (),
 ) -> SearchResult:
     """OIR steps 2-3 in any mode; coarse-to-fine also ranks its coarse round (step 4) in between.
 
@@ -308,12 +321,14 @@ def run_search(
             refinement window centres on the step that choice would make.
         original: coarse-to-fine only: the source image ``[H, W, 3]`` or ``[1, H, W, 3]``.
         masks, score_texts: coarse-to-fine only: each pair's mask and target phrase.
+        keep_levels: reassembly levels ``R`` at which exactly computed candidates keep their latents
+            (:attr:`oir_core.candidates.CandidateSet.kept`), so step 5 can skip its pair denoise.
     """
     if mode not in SEARCH_MODES:
         raise OIRInputError("search_mode", mode, "unknown mode", f"use one of {SEARCH_MODES}")
     if mode != "coarse_to_fine":
         starts = search_step_sets(mode, trajectory.steps, pair_count, custom_steps)
-        candidates = generate_candidates(host, trajectory, starts, on_level=on_level)
+        candidates = generate_candidates(host, trajectory, starts, on_level=on_level, keep_levels=keep_levels)
         return SearchResult(candidates=candidates, images=decode(candidates.latents))
     if metric is None or original is None:
         raise OIRInputError(
@@ -331,7 +346,7 @@ def run_search(
         return [table.chosen_step for table in tables]
 
     run = coarse_to_fine_candidates(
-        host, trajectory, pair_count, best_steps, stride, radius, on_level=on_level
+        host, trajectory, pair_count, best_steps, stride, radius, on_level=on_level, keep_levels=keep_levels
     )
     images = torch.cat([decode(run.refined.latents), coarse_images[0][run.kept_coarse]])
     return SearchResult(

@@ -235,3 +235,66 @@ def test_empty_mask_is_refused_with_the_pair_named() -> None:
     masks[1] = torch.zeros(64, 64)
     with pytest.raises(OIRInputError, match="edit pair 2"):
         reassemble(host, trajectory, [15, 12], masks, 5, 4)
+
+
+# --------------------------------------------------------------------------------------------------
+# reusing the search's latents (step 5 after steps 2-3)
+
+
+def _nonlinear_setup(steps: int = 12):  # type: ignore[no-untyped-def]
+    """A host whose guided role is a small nonlinear network (batch composition matters to it)."""
+    from engine_fixtures import TinyConditionedNet
+
+    net = TinyConditionedNet(prompts=PAIRS + 2, seed=3)
+    _, host, trajectory = _setup(steps=steps)
+    recorder = CallRecorder(lambda x, sigma, ids: net(x, sigma, ids))
+    return host, trajectory, recorder
+
+
+@pytest.mark.parametrize("reassembly_step", [1, 4, 7])
+def test_the_searchs_kept_latents_are_what_the_reassembly_computes(reassembly_step: int) -> None:
+    """Candidate (k, t) kept at R equals the reassembly's own pair denoise from max(t, R) to R, and a
+    reassembly fed those latents runs no guided rows and gives the same latent."""
+    from oir_core import generate_candidates
+
+    host, trajectory, recorder = _nonlinear_setup()
+    guided_host = FunctionHost(original=host.original, guided=recorder, target=host.target)
+    steps = list(range(1, trajectory.steps + 1))
+    found = generate_candidates(guided_host, trajectory, [steps, steps], keep_levels=[reassembly_step])
+    chosen = [9, 3]
+    plain = reassemble(guided_host, trajectory, chosen, _image_masks(), reassembly_step, 2)
+    kept = [found.kept_latent(k, t, reassembly_step) for k, t in enumerate(chosen)]
+    recorder.calls.clear()
+    reused = reassemble(guided_host, trajectory, chosen, _image_masks(), reassembly_step, 2, searched=kept)
+    assert recorder.calls == []  # no pair-denoise row
+    expected = tuple("inverted" if t <= reassembly_step else "search" for t in chosen)
+    assert reused.pair_sources == expected
+    assert plain.pair_sources == tuple("inverted" if t <= reassembly_step else "denoised" for t in chosen)
+    scale = float(plain.latent.abs().max())
+    assert float((reused.pair_latents - plain.pair_latents).abs().max()) <= 1e-5 * scale
+    assert float((reused.latent - plain.latent).abs().max()) <= 1e-5 * scale
+
+
+def test_a_pair_without_a_kept_latent_is_denoised_alone() -> None:
+    host, trajectory, recorder = _nonlinear_setup()
+    guided_host = FunctionHost(original=host.original, guided=recorder, target=host.target)
+    from oir_core import generate_candidates
+
+    found = generate_candidates(guided_host, trajectory, [[10], [8]], keep_levels=[4])
+    plain = reassemble(guided_host, trajectory, [10, 8], _image_masks(), 4, 2)
+    recorder.calls.clear()
+    mixed = reassemble(
+        guided_host, trajectory, [10, 8], _image_masks(), 4, 2, searched=[found.kept_latent(0, 10, 4), None]
+    )
+    assert mixed.pair_sources == ("search", "denoised")
+    assert sum(call["rows"] for call in recorder.calls) == 8 - 4  # pair 1 only
+    assert {i for call in recorder.calls for i in call["ids"]} == {1}
+    torch.testing.assert_close(mixed.latent, plain.latent, rtol=1e-5, atol=1e-5)
+
+
+def test_approximate_candidates_keep_nothing() -> None:
+    from oir_core import generate_candidates
+
+    _, host, trajectory = _setup(steps=12)
+    coarse = generate_candidates(host, trajectory, [[4, 8, 12]] * PAIRS, stride=4, keep_levels=[4])
+    assert coarse.kept == {} and coarse.kept_latent(0, 8, 4) is None

@@ -126,6 +126,11 @@ def test_single_edit_against_a_running_server(
         assert len(table["table"]["combined"]) == STEPS and table["chosen"] == pair["chosen_step"]
     # official convention (auto): each pair's step-1 candidate is the source latent, no rows for it
     assert report["search"]["stats"][0]["rows"] == 2 * (STEPS * (STEPS + 1) // 2 - 1)
+    # the search saw the reassembly's constant R in the queued workflow and kept its latents there:
+    # the reassembly reused them instead of denoising the pairs again
+    assert [p["source"] for p in report["reassembly"]["pairs"]] == [
+        "search" if t > 2 else "inverted" for t in report["chosen_steps"]
+    ]
     stats = server.client.system_stats()
     assert report["versions"]["comfyui"] == stats["system"]["comfyui_version"]
     assert report["versions"]["oir_edit"] == pack_version()

@@ -125,7 +125,7 @@ def run_graph(
         image=image,
         step_override=override,
     )
-    (edited,), _ = _run(
+    (edited,), reassembly_ui = _run(
         nodes["OIRObjectReassembly"],
         model=model,
         trajectory=trajectory,
@@ -152,6 +152,7 @@ def run_graph(
         "report": json.loads(report),
         "score_ui": score_ui,
         "edited": edited,
+        "reassembly_ui": reassembly_ui,
         "image": vae.decode(edited["samples"]),
         "original": original,
         "target": target,
@@ -187,6 +188,102 @@ def test_two_object_graph_runs_every_node(nodes, tiny_unet, tiny_clip, tiny_vae,
     assert out["edited"]["samples"].shape == (1, 4, 8, 8)
     assert out["image"].shape == (1, IMAGE, IMAGE, 3)
     assert torch.isfinite(out["image"]).all()
+
+
+REASSEMBLY_STEP = 2  # run_graph's R
+
+
+def _queued_prompt() -> dict[str, Any]:
+    """The part of a queued prompt the search reads: its own trajectory link and the reassembly's
+    constant R and r on the same trajectory (as ComfyUI hands it to the node as a hidden input)."""
+    return {
+        "9": {"class_type": "OIRParallelStepSearch", "inputs": {"trajectory": ["7", 0]}},
+        "12": {
+            "class_type": "OIRObjectReassembly",
+            "inputs": {"trajectory": ["7", 0], "reassembly_step": REASSEMBLY_STEP, "reinversion_steps": 2},
+        },
+    }
+
+
+def _hidden_inputs() -> Any:
+    """What ComfyUI hands the search node as ``cls.hidden`` for :func:`_queued_prompt`."""
+    from comfy_api.latest import io
+
+    return io.HiddenHolder.from_dict({io.Hidden.prompt: _queued_prompt(), io.Hidden.unique_id: "9"})
+
+
+@pytest.mark.parametrize("search_mode", ["exhaustive", "coarse_to_fine"])
+def test_reassembly_reuses_the_searchs_latents(
+    nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, search_mode: str
+) -> None:
+    """With the queued prompt in view the search keeps every exact candidate's latent at R; the
+    reassembly then runs no pair-denoise rows for those pairs and gives the same edit."""
+    rows: list[int] = []
+    model = tiny_unet.clone()
+    model.set_model_unet_function_wrapper(
+        lambda apply, args: (
+            rows.append(int(args["input"].shape[0])),
+            apply(args["input"], args["timestep"], **args["c"]),
+        )[1]
+    )
+    search = nodes["OIRParallelStepSearch"]
+    plain = run_graph(nodes, model, tiny_clip, tiny_vae, scorer_folder, search_mode=search_mode)
+    plain_rows = sum(rows)
+    rows.clear()
+    saved = search.__dict__.get("hidden", None)
+    search.hidden = _hidden_inputs()
+    try:
+        reused = run_graph(nodes, model, tiny_clip, tiny_vae, scorer_folder, search_mode=search_mode)
+    finally:
+        search.hidden = saved
+    chosen = reused["chosen"].steps
+    assert chosen == plain["chosen"].steps
+    sources = [p["source"] for p in reused["reassembly_ui"]["oir_reassembly"][0]["pairs"]]
+    assert sources == ["search" if t > REASSEMBLY_STEP else "inverted" for t in chosen]
+    before = plain["reassembly_ui"]["oir_reassembly"][0]["pairs"]
+    assert [p["source"] for p in before] == [
+        "denoised" if t > REASSEMBLY_STEP else "inverted" for t in chosen
+    ]
+    assert all("kept no latents" in p["why_denoised"] for p in before if p["source"] == "denoised")
+    # the pair-denoise rows are gone: (t_k - R) levels per pair, cond and uncond
+    assert plain_rows - sum(rows) == 2 * sum(max(t - REASSEMBLY_STEP, 0) for t in chosen)
+    # The kept latents are the reassembly's own pair latents up to fp32 rounding of other batch
+    # compositions (≤ 1e-5 relative: tests/core/test_reassembly.py); the random tiny UNet then
+    # amplifies that through the re-inversion and the cfg-5 target denoise (seen: 1.2e-5 on 0.33).
+    scale = float(plain["edited"]["samples"].detach().abs().max())
+    diff = float((reused["edited"]["samples"] - plain["edited"]["samples"]).detach().abs().max())
+    assert diff <= 5e-5 * scale
+
+
+def test_reassembly_denoises_when_its_inputs_are_not_the_searchs(
+    nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder
+) -> None:
+    """Another cfg (or model, prompt, trajectory) in the reassembly: the search's latents are not
+    its path, so it denoises and says why."""
+    search = nodes["OIRParallelStepSearch"]
+    saved = search.__dict__.get("hidden", None)
+    search.hidden = _hidden_inputs()
+    try:
+        out = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder)
+    finally:
+        search.hidden = saved
+    _, ui = _run(
+        nodes["OIRObjectReassembly"],
+        model=tiny_unet,
+        trajectory=out["trajectory"],
+        oir_edit=out["candidates"].edit,
+        chosen_steps=out["chosen"],
+        original=out["original"],
+        target=out["target"],
+        cfg=4.0,  # the search ran at 5.0
+        reassembly_step=REASSEMBLY_STEP,
+        reinversion_steps=2,
+        overlap="later_wins",
+        max_batch=0,
+    )
+    pairs = ui["oir_reassembly"][0]["pairs"]
+    denoised = [p for p in pairs if p["source"] == "denoised"]
+    assert denoised and all("cfg differ" in p["why_denoised"] for p in denoised)
 
 
 def test_graph_is_deterministic_and_inputs_unchanged(
