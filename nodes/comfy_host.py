@@ -308,8 +308,6 @@ class GuidedCFGGuider(comfy.samplers.CFGGuider):
         self.cond_ids: Tensor | None = None
         self._pair_negatives: list[Any] | None = None
         self._plan: RowwisePlan | bool | None = False  # False: not built for this sample yet
-        self.shared_forwards = 0
-        """Model calls whose pairs shared one ``sampling_function`` (a counter for tests and reports)."""
 
     def set_guided_conds(self, guided: Sequence[Conditioning], negative: Conditioning) -> None:
         """Register the K guided prompts and the shared negative (the user's objects, unchanged)."""
@@ -388,7 +386,6 @@ class GuidedCFGGuider(comfy.samplers.CFGGuider):
         pairs = torch.unique(ids_cpu).tolist()
         plan = self._rowwise_plan() if len(pairs) > 1 else None
         if plan is not None:
-            self.shared_forwards += 1
             return comfy.samplers.sampling_function(
                 self.inner_model,
                 x,

@@ -220,3 +220,21 @@ def test_run_search_refuses_before_any_model_call() -> None:
     with pytest.raises(OIRInputError, match="connect 'scorer' and 'image'"):
         run_search(host, trajectory, "coarse_to_fine", 1, _as_images)
     assert recorder.calls == []
+
+
+def test_coarse_to_fine_keeps_latents_for_its_refined_candidates_only() -> None:
+    """The refined (exact) candidates carry their latent at R; the approximate coarse rows of the
+    pool carry none, so an override to one of them makes the reassembly denoise."""
+    from oir_core import generate_candidates
+
+    steps, pairs, level = 50, 2, 10
+    host, _, trajectory = _analytic(steps, pairs)
+    run = coarse_to_fine_candidates(
+        host, trajectory, pairs, lambda c: [50, 15], stride=5, radius=2, keep_levels=[level]
+    )
+    exact = generate_candidates(host, trajectory, [[49], [14]], keep_levels=[level])
+    torch.testing.assert_close(run.pool.kept_latent(0, 49, level), exact.kept_latent(0, 49, level))
+    torch.testing.assert_close(run.pool.kept_latent(1, 14, level), exact.kept_latent(1, 14, level))
+    assert run.pool.kept_latent(1, 30, level) is None  # a coarse row: approximate
+    assert run.pool.kept_latent(0, 49, level + 1) is None  # a level the search did not keep
+    assert run.coarse.kept == {}
