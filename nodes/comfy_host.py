@@ -206,17 +206,16 @@ _FORWARD_KEYS = (
 ``pooled_output``, sizes, ...) were turned into ``model_conds`` by ``process_conds``."""
 
 
-def _same_entries(first: Sequence[dict], other: Sequence[dict], with_model_conds: bool) -> bool:
-    """Whether two processed conditionings give the forward the same inputs, entry by entry
-    (:data:`_FORWARD_KEYS`, and ``model_conds`` too when ``with_model_conds``)."""
-    if len(first) != len(other):
-        return False
-    keys = (*_FORWARD_KEYS, "model_conds") if with_model_conds else _FORWARD_KEYS
-    for a, b in zip(first, other):
-        for key in keys:
-            if (key in a) != (key in b) or (key in a and not _same_value(a[key], b[key])):
-                return False
-    return True
+def _same_entry(a: dict, b: dict, keys: Sequence[str] = _FORWARD_KEYS) -> bool:
+    """Whether two processed cond entries give the forward the same ``keys`` (present in both or
+    neither, and the same)."""
+    return all((key in a) == (key in b) and (key not in a or _same_value(a[key], b[key])) for key in keys)
+
+
+def _same_conditioning(first: Sequence[dict], other: Sequence[dict]) -> bool:
+    """Whether two processed conditionings give the forward the same inputs, ``model_conds`` included."""
+    keys = (*_FORWARD_KEYS, "model_conds")
+    return len(first) == len(other) and all(_same_entry(a, b, keys) for a, b in zip(first, other))
 
 
 class RowwisePlan:
@@ -246,7 +245,7 @@ class RowwisePlan:
         stacked: list[dict[str, Tensor]] = []
         for index, entry in enumerate(first):
             entries = [p[index] for p in positives]  # type: ignore[index]
-            if not all(_same_entries([entry], [e], with_model_conds=False) for e in entries[1:]):
+            if not all(_same_entry(entry, e) for e in entries[1:]):
                 return None
             conds = entry.get("model_conds", {})
             if any(e.get("model_conds", {}).keys() != conds.keys() for e in entries):
@@ -331,9 +330,7 @@ class GuidedCFGGuider(comfy.samplers.CFGGuider):
         """The plan for sharing forwards between pairs in this sample, or ``None`` (built once)."""
         if self._plan is False:
             negatives = [self._negative_for_pair(k) for k in range(self.num_pairs)]
-            same_negative = all(
-                n is not None and _same_entries(negatives[0], n, with_model_conds=True) for n in negatives[1:]
-            )
+            same_negative = all(n is not None and _same_conditioning(negatives[0], n) for n in negatives[1:])
             positives = [self.conds.get(f"positive_{k}", None) for k in range(self.num_pairs)]
             self._plan = RowwisePlan.build(positives) if same_negative else None
         return self._plan  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .errors import OIRInputError
 from .options import ASPECT_TOLERANCE
-from .regions import exclusive_regions, grid_inside
+from .regions import exclusive_regions
 
 OverlapRule = Literal["later_wins", "error"]
 
@@ -116,13 +116,6 @@ def resize_mask(mask: Tensor, size: tuple[int, int], threshold: float | None = 0
 def official_mask(mask: Tensor) -> Tensor:
     """``[..., h, w]`` -> 0/1: the official code's reading of a mask file (``np.where(png >= 1, 1, 0)``)."""
     return (torch.round(mask.float() * 255.0) >= 1.0).float()
-
-
-def grid_mask(mask: Tensor, size: tuple[int, int], geometry: MaskGeometry = "official") -> Tensor:
-    """A ``[H, W]`` mask (0..1, any resolution) as a binary ``[h, w]`` float mask on a grid
-    (:func:`oir_core.regions.grid_inside`: ``F.interpolate``'s pixel choice, one rule for all callers)."""
-    grid = grid_inside(mask.detach().float().cpu().numpy(), size, geometry)
-    return torch.from_numpy(grid).to(device=mask.device, dtype=torch.float32)
 
 
 def region_masks(

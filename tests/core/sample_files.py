@@ -27,3 +27,28 @@ def grey16_photo_and_alpha_mask(folder: Path, seed: int) -> tuple[Path, Path, np
     mask = folder / "alpha_mask.png"
     Image.fromarray(np.dstack([np.full((height, width, 3), 255, np.uint8), shape]), mode="RGBA").save(mask)
     return photo, mask, grey, shape
+
+
+def oir_bench_multi_object(reassembly_step: int) -> dict[str, object]:
+    """The official ``multi_object.yaml`` schema, one case (``multi_object_009``): a template per pair
+    (``guided_prompt``), the changes, mask paths relative to the OIR repository, R and r."""
+    return {
+        "multi_object_009": {
+            "image_path": "OIR-Bench/multi_object/dataset/multi_object_009.png",
+            "origin_prompt": "a bowl of dumplings on the left and chopsticks on the right",
+            "target_prompt": "a bowl of fry rice on the left and knife on the right",
+            "guided_prompt": [
+                ["a bowl of ", " on the left and chopsticks on the right"],
+                ["a bowl of dumplings on the left and ", " on the right"],
+            ],
+            "origin_change": ["dumplings", "chopsticks"],
+            "prompt_change": ["fry rice", "knife"],
+            "prompt_change_mask": [
+                "OIR-Bench/multi_object/mask/multi_object_009/dumplings.png",
+                "OIR-Bench/multi_object/mask/multi_object_009/chopsticks.png",
+            ],
+            "reassembly_step": reassembly_step,
+            "reinversion_steps": reassembly_step,
+            "generation_image_path": "multi_object_edit_results/",
+        }
+    }

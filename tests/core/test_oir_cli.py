@@ -324,26 +324,7 @@ def _oir_bench(root: Path) -> Path:
     _save(bench / "multi_object" / "mask" / "multi_object_009" / "chopsticks.png", (64, 64), (34, 34, 60, 60))
     _save(bench / "single_object" / "dataset" / "bird_0001_0.png", (64, 64), rgb=True)
     _save(bench / "single_object" / "mask" / "bird_0001_0" / "bird.png", (64, 64), (10, 10, 40, 40))
-    multi = {
-        "multi_object_009": {
-            "image_path": "OIR-Bench/multi_object/dataset/multi_object_009.png",
-            "origin_prompt": "a bowl of dumplings on the left and chopsticks on the right",
-            "target_prompt": "a bowl of fry rice on the left and knife on the right",
-            "guided_prompt": [
-                ["a bowl of ", " on the left and chopsticks on the right"],
-                ["a bowl of dumplings on the left and ", " on the right"],
-            ],
-            "origin_change": ["dumplings", "chopsticks"],
-            "prompt_change": ["fry rice", "knife"],
-            "prompt_change_mask": [
-                "OIR-Bench/multi_object/mask/multi_object_009/dumplings.png",
-                "OIR-Bench/multi_object/mask/multi_object_009/chopsticks.png",
-            ],
-            "reassembly_step": 10,
-            "reinversion_steps": 10,
-            "generation_image_path": "multi_object_edit_results/",
-        }
-    }
+    multi = sample_files.oir_bench_multi_object(reassembly_step=10)
     single = {
         "bird_0001_0": {
             "image_path": "OIR-Bench/single_object/dataset/bird_0001_0.png",

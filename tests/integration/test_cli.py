@@ -189,26 +189,7 @@ def _bench_layout(root: Path, images: dict[str, Path]) -> Path:
     shutil.copy(images["image"], bench / "dataset" / "multi_object_009.png")
     shutil.copy(images["dog"], bench / "mask" / "multi_object_009" / "dumplings.png")
     shutil.copy(images["gift"], bench / "mask" / "multi_object_009" / "chopsticks.png")
-    config = {
-        "multi_object_009": {
-            "image_path": "OIR-Bench/multi_object/dataset/multi_object_009.png",
-            "origin_prompt": "a bowl of dumplings on the left and chopsticks on the right",
-            "target_prompt": "a bowl of fry rice on the left and knife on the right",
-            "guided_prompt": [
-                ["a bowl of ", " on the left and chopsticks on the right"],
-                ["a bowl of dumplings on the left and ", " on the right"],
-            ],
-            "origin_change": ["dumplings", "chopsticks"],
-            "prompt_change": ["fry rice", "knife"],
-            "prompt_change_mask": [
-                "OIR-Bench/multi_object/mask/multi_object_009/dumplings.png",
-                "OIR-Bench/multi_object/mask/multi_object_009/chopsticks.png",
-            ],
-            "reassembly_step": 2,
-            "reinversion_steps": 2,
-            "generation_image_path": "multi_object_edit_results/",
-        }
-    }
+    config = sample_files_module().oir_bench_multi_object(reassembly_step=2)
     (root / "OIR-Bench" / "multi_object.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return root
 
