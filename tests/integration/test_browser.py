@@ -290,12 +290,22 @@ OPEN_TEMPLATE = """
   };
   await app.extensionManager.command.execute("Comfy.BrowseTemplates");
   // The pack's category in the dialog's side navigation: an element whose own text is the module.
-  const category = await until(() => [...(dialog()?.querySelectorAll("*") ?? [])]
-    .find((e) => e.children.length === 0 && e.textContent.trim() === module), `the ${module} category`);
-  category.scrollIntoView();
-  category.click();
-  const card = await until(() => dialog()?.querySelector(`[data-testid="template-workflow-${name}"]`),
-    `the ${name} card`);
+  const findCategory = () => [...(dialog()?.querySelectorAll("*") ?? [])]
+    .find((e) => e.children.length === 0 && e.textContent.trim() === module);
+  await until(findCategory, `the ${module} category`);
+  // A click that lands while the dialog is still settling can be lost (seen once with frontend
+  // 1.27.10 on a loaded CI machine: "All" stayed selected), so click again until the card shows.
+  let clicked = 0;
+  const card = await until(() => {
+    const found = dialog()?.querySelector(`[data-testid="template-workflow-${name}"]`);
+    if (!found && Date.now() - clicked > 2000) {
+      const category = findCategory();
+      category?.scrollIntoView();
+      category?.click();
+      clicked = Date.now();
+    }
+    return found;
+  }, `the ${name} card`);
   const title = card.querySelector("h3") ?? card;
   const label = title.textContent.trim();
   title.click();
