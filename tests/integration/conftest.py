@@ -9,6 +9,8 @@ ComfyUI imports a custom node folder, and provides tiny deterministic models as 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -57,6 +59,14 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"ComfyUI for integration tests: {_PATH} (CPU mode); pack imported as {comfy_env.PACK_NAME}"
 
 
+def _import_core_helper(name: str) -> ModuleType:
+    """A helper module of ``tests/core`` (that folder is not a package)."""
+    core = str(Path(__file__).resolve().parents[1] / "core")
+    if core not in sys.path:
+        sys.path.insert(0, core)
+    return __import__(name)
+
+
 def _tiny() -> ModuleType:
     """``tiny_models``, imported only once ComfyUI is set up (it imports ``comfy``)."""
     import tiny_models
@@ -88,6 +98,29 @@ def comfy_host(pack: ModuleType) -> ModuleType:
 def oir_host(pack: ModuleType) -> ModuleType:
     """The engine's ``oir_core.host`` module, as imported inside the pack."""
     return comfy_env.import_pack_module("oir_core.host")
+
+
+@pytest.fixture(scope="session")
+def nodes(pack: ModuleType) -> dict[str, Any]:
+    """The pack's nodes by node id, as ComfyUI registers them."""
+    module = sys.modules[f"{pack.__name__}.nodes"]
+    return {cls.define_schema().node_id: cls for cls in module.NODES}
+
+
+@pytest.fixture(scope="session")
+def scorer_folder(tmp_path_factory: pytest.TempPathFactory, pack: ModuleType) -> str:
+    """A tiny transformers CLIP inside a registered oir_clip folder; returns its listed name."""
+    import folder_paths
+
+    tiny_clip = _import_core_helper("tiny_clip")
+
+    root = tmp_path_factory.mktemp("oir_clip")
+    tiny_clip.make_transformers_clip(root / "tiny-clip", image_size=32, patch_size=8)
+    scoring = sys.modules[f"{pack.__name__}.nodes.scoring_nodes"]
+    scoring.register_scorer_folder()
+    paths, extensions = folder_paths.folder_names_and_paths[scoring.SCORER_FOLDER]
+    folder_paths.folder_names_and_paths[scoring.SCORER_FOLDER] = ([*paths, str(root)], extensions)
+    return "tiny-clip"
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,6 @@ IMAGE = 64
 
 
 @pytest.fixture(scope="module")
-def nodes(pack: ModuleType) -> dict[str, Any]:
-    module = sys.modules[f"{pack.__name__}.nodes"]
-    return {cls.define_schema().node_id: cls for cls in module.NODES}
-
-
-@pytest.fixture(scope="module")
 def errors(pack: ModuleType) -> type[Exception]:
     return sys.modules[f"{pack.__name__}.oir_core.errors"].OIRInputError
 

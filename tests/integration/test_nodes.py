@@ -3,160 +3,15 @@
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-import tiny_clip
-
-STEPS = 5  # divides 1000, so ComfyUI's ddim_uniform gives exactly STEPS levels
-IMAGE = 64  # pixels; the tiny VAE is 8x, so latents are 8x8
-
-
-@pytest.fixture(scope="module")
-def nodes(pack: ModuleType) -> dict[str, Any]:
-    module = sys.modules[f"{pack.__name__}.nodes"]
-    return {cls.define_schema().node_id: cls for cls in module.NODES}
-
-
-@pytest.fixture(scope="module")
-def scorer_folder(tmp_path_factory: pytest.TempPathFactory, pack: ModuleType) -> str:
-    """A tiny transformers CLIP inside a registered oir_clip folder; returns its listed name."""
-    import folder_paths
-
-    root = tmp_path_factory.mktemp("oir_clip")
-    tiny_clip.make_transformers_clip(root / "tiny-clip", image_size=32, patch_size=8)
-    scoring = sys.modules[f"{pack.__name__}.nodes.scoring_nodes"]
-    scoring.register_scorer_folder()
-    paths, extensions = folder_paths.folder_names_and_paths[scoring.SCORER_FOLDER]
-    folder_paths.folder_names_and_paths[scoring.SCORER_FOLDER] = ([*paths, str(root)], extensions)
-    return "tiny-clip"
-
-
-def _masks() -> tuple[torch.Tensor, torch.Tensor]:
-    left = torch.zeros(1, IMAGE, IMAGE)
-    left[:, 8:40, 4:28] = 1.0
-    right = torch.zeros(1, IMAGE, IMAGE)
-    right[:, 24:56, 36:60] = 1.0
-    return left, right
-
-
-def _image() -> torch.Tensor:
-    generator = torch.Generator().manual_seed(11)
-    return torch.rand(1, IMAGE, IMAGE, 3, generator=generator)
-
-
-def _run(node: Any, **inputs: Any) -> tuple:
-    output = node.execute(**inputs)
-    return tuple(output.args), output.ui
-
-
-def run_graph(
-    nodes: dict[str, Any],
-    model: Any,
-    clip: Any,
-    vae: Any,
-    scorer_name: str,
-    search_mode: str = "exhaustive",
-    max_batch: int = 0,
-    override: str = "",
-    conditioning_hook: Any = None,
-    metric: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The two-object OIR graph, node by node, exactly as the example workflow wires it."""
-    left, right = _masks()
-    (pairs,), _ = _run(nodes["OIREditPair"], mask=left, source="dog", target="cat", occurrence=0)
-    (pairs,), _ = _run(
-        nodes["OIREditPair"], mask=right, source="gift", target="cake", occurrence=0, edit_pairs=pairs
-    )
-    (original, target, edit, prompts), _ = _run(
-        nodes["OIRGuidedPromptBuilder"],
-        clip=clip,
-        original_prompt="a dog sitting next to a gift",
-        edit_pairs=pairs,
-    )
-    if conditioning_hook is not None:
-        original, target = conditioning_hook(original), conditioning_hook(target)
-    image = _image()
-    latent = {"samples": vae.encode(image)}
-    (trajectory, inverted), _ = _run(
-        nodes["OIRDDIMInversion"],
-        model=model,
-        latent=latent,
-        original=original,
-        steps=STEPS,
-        scheduler="ddim_uniform",
-        convention="auto",
-    )
-    (scorer,), _ = _run(
-        nodes["OIRLoadCLIPScorer"],
-        clip_name=scorer_name,
-        backend="auto",
-        device="cpu",
-        precision="fp32",
-        **(metric or {}),
-    )
-    (candidates, grid), search_ui = _run(
-        nodes["OIRParallelStepSearch"],
-        model=model,
-        trajectory=trajectory,
-        oir_edit=edit,
-        original=original,
-        vae=vae,
-        cfg=5.0,
-        search_mode=search_mode,
-        custom_steps="1-5",
-        coarse_stride=2,
-        refine_radius=1,
-        max_batch=max_batch,
-        scorer=scorer,
-        image=image,
-    )
-    (chosen, plot, chosen_grid, report), score_ui = _run(
-        nodes["OIRMaskMetricScorer"],
-        candidates=candidates,
-        scorer=scorer,
-        image=image,
-        step_override=override,
-    )
-    (edited,), reassembly_ui = _run(
-        nodes["OIRObjectReassembly"],
-        model=model,
-        trajectory=trajectory,
-        oir_edit=edit,
-        chosen_steps=chosen,
-        original=original,
-        target=target,
-        cfg=5.0,
-        reassembly_step=2,
-        reinversion_steps=2,
-        overlap="later_wins",
-        max_batch=max_batch,
-    )
-    return {
-        "prompts": json.loads(prompts),
-        "trajectory": trajectory,
-        "inverted": inverted,
-        "candidates": candidates,
-        "grid": grid,
-        "search_ui": search_ui,
-        "chosen": chosen,
-        "plot": plot,
-        "chosen_grid": chosen_grid,
-        "report": json.loads(report),
-        "score_ui": score_ui,
-        "edited": edited,
-        "reassembly_ui": reassembly_ui,
-        "image": vae.decode(edited["samples"]),
-        "original": original,
-        "target": target,
-    }
+from oir_graph import IMAGE, STEPS, image_pixels, run_graph, run_node
 
 
 def test_two_object_graph_runs_every_node(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder) -> None:
@@ -267,7 +122,7 @@ def test_reassembly_denoises_when_its_inputs_are_not_the_searchs(
         out = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder)
     finally:
         search.hidden = saved
-    _, ui = _run(
+    _, ui = run_node(
         nodes["OIRObjectReassembly"],
         model=tiny_unet,
         trajectory=out["trajectory"],
@@ -457,10 +312,10 @@ def test_auto_convention_is_euler_where_the_official_premise_fails(
     if sampling is not None:
         (model,) = ModelSamplingContinuousEDM().patch(tiny_unet, sampling, 80.0, 0.002)
     original = prompts["original"]
-    latent = {"samples": tiny_vae.encode(_image())}
+    latent = {"samples": tiny_vae.encode(image_pixels())}
     inputs = {"model": model, "latent": latent, "original": original, "steps": 6, "scheduler": scheduler}
-    (trajectory, _), _ = _run(nodes["OIRDDIMInversion"], convention="auto", **inputs)
+    (trajectory, _), _ = run_node(nodes["OIRDDIMInversion"], convention="auto", **inputs)
     assert trajectory.convention == "euler" and torch.isfinite(trajectory.latents).all()
     with pytest.raises(Exception, match="convention") as refused:
-        _run(nodes["OIRDDIMInversion"], convention="official", **inputs)
+        run_node(nodes["OIRDDIMInversion"], convention="official", **inputs)
     assert "official convention needs a DDPM t = 0 level" in str(refused.value)

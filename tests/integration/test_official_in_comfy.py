@@ -14,7 +14,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
@@ -28,12 +27,6 @@ RELATIVE = 5e-5
 cond before uncond; the reference batches one latent's uncond and cond as the official code does),
 amplified by CFG 7.5: the first deviations above 1e-5 are 1.3e-5 (ComfyUI 0.3.64) and 1.5e-5
 (0.33.0). Every convention the official code differs in moves these latents by 5e-4 or more."""
-
-
-@pytest.fixture(scope="module")
-def nodes(pack: ModuleType) -> dict[str, Any]:
-    module = sys.modules[f"{pack.__name__}.nodes"]
-    return {cls.define_schema().node_id: cls for cls in module.NODES}
 
 
 def _run(node: Any, **inputs: Any) -> tuple:

@@ -10,6 +10,7 @@ ComfyUI builds layers with ``comfy.ops.disable_weight_init``, so parameters star
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,10 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
 import comfy.sd1_clip
+import comfy.sdxl_clip
 import comfy.supported_models
+import comfy.text_encoders.flux
+import comfy.text_encoders.sd3_clip
 import torch
 from comfy.ldm.models.autoencoder import AutoencoderKL
 from comfy.model_base import ModelType
@@ -281,6 +285,162 @@ def random_conditioning(
     cond = torch.randn((1, tokens, dim), generator=generator) * scale
     pooled = torch.randn((1, dim), generator=generator) * scale
     return [[cond, {"pooled_output": pooled}]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Model families: SDXL, SD3 and Flux, tiny, from ComfyUI's own model classes (issue #18)
+# --------------------------------------------------------------------------------------------------
+
+FAMILIES = ("sd15", "sdxl", "sd3", "flux")
+"""The architectures the integration suite runs through every OIR node."""
+
+SIZE_EMBEDDING = 6 * 256
+"""SDXL's ``adm`` size part: height, width, crop top/left, target height/width, 256 each (Timestep)."""
+
+FAMILY_CLIP_L_CONFIG: dict[str, int] = {**TINY_CLIP_CONFIG, "num_hidden_layers": 3}
+"""CLIP-L of the SDXL/SD3/Flux encoders: three layers (SDXL reads the penultimate one)."""
+
+TINY_CLIP_G_CONFIG: dict[str, int] = {**FAMILY_CLIP_L_CONFIG, "projection_dim": 64}
+"""Overrides of ComfyUI's CLIP-G text config: hidden 64 and a 64-wide projected pooled output."""
+
+TINY_T5_CONFIG: dict[str, int] = {"d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_layers": 2}
+"""Overrides of ComfyUI's T5-XXL config (its 32128-token vocabulary kept: the real tokenizer runs)."""
+
+TINY_SDXL_UNET_CONFIG: dict[str, Any] = {
+    # ComfyUI's SDXL detection dict, shrunk: 2 levels, 64 channels (ComfyUI's SDXL config fixes
+    # 64 channels per attention head).
+    **FULL_SIZE_UNETS["sdxl"],
+    "dtype": torch.float32,
+    "model_channels": 64,
+    "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 1, 1],
+    "context_dim": 2 * TINY_CLIP_CONFIG["hidden_size"],  # CLIP-L and CLIP-G outputs side by side
+    "adm_in_channels": TINY_CLIP_G_CONFIG["projection_dim"] + SIZE_EMBEDDING,
+}
+"""SDXL UNet with ``adm`` (pooled CLIP-G output + size embeddings) and linear transformer in/out."""
+
+TINY_MMDIT_CONFIG: dict[str, Any] = {
+    "input_size": None,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "depth": 2,  # MMDiT: hidden size 64 * depth, depth heads
+    "adm_in_channels": TINY_CLIP_CONFIG["hidden_size"] + TINY_CLIP_G_CONFIG["projection_dim"],
+    "context_embedder_config": {
+        "target": "torch.nn.Linear",
+        "params": {"in_features": 4096, "out_features": 128},
+    },
+    "pos_embed_max_size": 16,
+    "num_patches": 256,
+    "pos_embed_scaling_factor": None,
+}
+"""SD3's MMDiT: 16 latent channels, CLIP-L+G pooled ``y``, context padded to 4096 (ComfyUI's SD3 rule);
+positions for latents up to 32x32."""
+
+TINY_FLUX_CONFIG: dict[str, Any] = {
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": TINY_CLIP_CONFIG["hidden_size"],  # CLIP-L pooled (unprojected, as ComfyUI's Flux CLIP)
+    "context_in_dim": TINY_T5_CONFIG["d_model"],
+    "hidden_size": 128,
+    "mlp_ratio": 4.0,
+    "num_heads": 1,  # ComfyUI's detection: hidden_size // sum(axes_dim)
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "axes_dim": [16, 56, 56],
+    "theta": 10000,
+    "patch_size": 2,
+    "qkv_bias": True,
+    "guidance_embed": True,
+    "txt_ids_dims": [],  # ComfyUI 0.33 (older hosts do not know it)
+}
+"""Flux-dev: double- and single-stream blocks, guidance embedding, 16 latent channels."""
+
+
+def _flux_unet_config() -> dict[str, Any]:
+    """:data:`TINY_FLUX_CONFIG` restricted to what this host's ``FluxParams`` knows."""
+    import comfy.ldm.flux.model
+
+    known = {field.name for field in dataclasses.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
+    return {key: value for key, value in TINY_FLUX_CONFIG.items() if key in known}
+
+
+def build_tiny_family_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """The family's tiny MODEL, built as ``comfy.sd`` builds a loaded checkpoint: the family's
+    ``supported_models`` config (its latent format and sampling: discrete EPS for SD1.5/SDXL,
+    discrete flow with shift 3 for SD3, Flux's shifted flow) and ``model_base`` class.
+
+    (Tiny weights cannot go through ComfyUI's architecture detection: its SDXL match needs the
+    full-size config, and 0.3.64's Flux detection fixes the full-size widths.)
+    """
+    if family == "sd15":
+        return build_tiny_unet("eps", seed=seed)
+    config_class, base_class, unet_config = {
+        "sdxl": (comfy.supported_models.SDXL, comfy.model_base.SDXL, dict(TINY_SDXL_UNET_CONFIG)),
+        "sd3": (comfy.supported_models.SD3, comfy.model_base.SD3, dict(TINY_MMDIT_CONFIG)),
+        "flux": (comfy.supported_models.Flux, comfy.model_base.Flux, _flux_unet_config()),
+    }[family]
+    model_config = config_class(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    offload = comfy.model_management.unet_offload_device()
+    return diffusion_patcher(
+        lambda: base_class(model_config, device=offload),
+        seed,
+        comfy.model_management.get_torch_device(),
+        offload,
+    )
+
+
+def build_tiny_family_clip(family: str, seed: int = 0) -> comfy.sd.CLIP:
+    """The family's text encoders, tiny, with ComfyUI's real tokenizers.
+
+    - sd15: CLIP-L -> ``[1, 77, 64]``.
+    - sdxl: CLIP-L + CLIP-G -> ``[1, 77, 128]`` + pooled ``[1, 64]`` (the ``adm`` input).
+    - sd3: CLIP-L + CLIP-G (no T5: a tiny T5 cannot be 4096 wide cheaply; SD3 runs without it) ->
+      ``[1, 77, 4096]`` (zero-padded, ComfyUI's SD3 rule) + pooled ``[1, 128]``.
+    - flux: CLIP-L + T5 -> T5's ``[1, 256, 64]`` + CLIP-L pooled ``[1, 64]``.
+    """
+    if family == "sd15":
+        return build_tiny_clip(seed)
+    options: dict[str, Any] = {
+        "dtype": torch.float32,
+        "clip_l_model_config": dict(FAMILY_CLIP_L_CONFIG),
+        "clip_g_model_config": dict(TINY_CLIP_G_CONFIG),
+        "t5xxl_model_config": dict(TINY_T5_CONFIG),
+    }
+    targets = {
+        "sdxl": ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
+        "sd3": ClipTarget(
+            comfy.text_encoders.sd3_clip.SD3Tokenizer,
+            comfy.text_encoders.sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=False),
+        ),
+        "flux": ClipTarget(comfy.text_encoders.flux.FluxTokenizer, comfy.text_encoders.flux.flux_clip()),
+    }
+    clip = comfy.sd.CLIP(target=targets[family], model_options=options)
+    init_weights_(clip.cond_stage_model, seed)
+    return clip
+
+
+def build_tiny_family_vae(family: str, seed: int = 0) -> comfy.sd.VAE:
+    """The family's VAE: the tiny 4-channel one (SD1.5, SDXL) or a 16-channel one (SD3, Flux).
+
+    ComfyUI reads the latent channel count from the weights only on its detection path (which fixes
+    full-size widths), so for the tiny 16-channel VAE the count is set as that path would set it.
+    """
+    if family in ("sd15", "sdxl"):
+        return build_tiny_vae(seed)
+    ddconfig = {**TINY_VAE_DDCONFIG, "z_channels": 16}
+    params = {"ddconfig": ddconfig, "embed_dim": 16}
+    template = AutoencoderKL(**params)
+    init_weights_(template, seed)
+    state_dict = {k: v.detach().clone() for k, v in template.state_dict().items()}
+    vae = comfy.sd.VAE(sd=state_dict, config={"params": params}, dtype=torch.float32)
+    vae.latent_channels = 16
+    return vae
 
 
 __all__ = [

@@ -1,0 +1,135 @@
+"""The two-object OIR graph, node by node, as the example workflow wires it (shared by the node tests).
+
+Not a test module: ``test_nodes.py`` and ``test_model_families.py`` import it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+STEPS = 5  # divides 1000, so ComfyUI's ddim_uniform gives exactly STEPS levels
+IMAGE = 64  # pixels; the tiny VAE is 8x, so latents are 8x8
+
+
+def masks() -> tuple[torch.Tensor, torch.Tensor]:
+    left = torch.zeros(1, IMAGE, IMAGE)
+    left[:, 8:40, 4:28] = 1.0
+    right = torch.zeros(1, IMAGE, IMAGE)
+    right[:, 24:56, 36:60] = 1.0
+    return left, right
+
+
+def image_pixels() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(11)
+    return torch.rand(1, IMAGE, IMAGE, 3, generator=generator)
+
+
+def run_node(node: Any, **inputs: Any) -> tuple:
+    output = node.execute(**inputs)
+    return tuple(output.args), output.ui
+
+
+def run_graph(
+    nodes: dict[str, Any],
+    model: Any,
+    clip: Any,
+    vae: Any,
+    scorer_name: str,
+    search_mode: str = "exhaustive",
+    max_batch: int = 0,
+    override: str = "",
+    conditioning_hook: Any = None,
+    metric: dict[str, Any] | None = None,
+    cfg: float = 5.0,
+) -> dict[str, Any]:
+    """The two-object OIR graph, node by node, exactly as the example workflow wires it."""
+    left, right = masks()
+    (pairs,), _ = run_node(nodes["OIREditPair"], mask=left, source="dog", target="cat", occurrence=0)
+    (pairs,), _ = run_node(
+        nodes["OIREditPair"], mask=right, source="gift", target="cake", occurrence=0, edit_pairs=pairs
+    )
+    (original, target, edit, prompts), _ = run_node(
+        nodes["OIRGuidedPromptBuilder"],
+        clip=clip,
+        original_prompt="a dog sitting next to a gift",
+        edit_pairs=pairs,
+    )
+    if conditioning_hook is not None:
+        original, target = conditioning_hook(original), conditioning_hook(target)
+    image = image_pixels()
+    latent = {"samples": vae.encode(image)}
+    (trajectory, inverted), _ = run_node(
+        nodes["OIRDDIMInversion"],
+        model=model,
+        latent=latent,
+        original=original,
+        steps=STEPS,
+        scheduler="ddim_uniform",
+        convention="auto",
+    )
+    (scorer,), _ = run_node(
+        nodes["OIRLoadCLIPScorer"],
+        clip_name=scorer_name,
+        backend="auto",
+        device="cpu",
+        precision="fp32",
+        **(metric or {}),
+    )
+    (candidates, grid), search_ui = run_node(
+        nodes["OIRParallelStepSearch"],
+        model=model,
+        trajectory=trajectory,
+        oir_edit=edit,
+        original=original,
+        vae=vae,
+        cfg=cfg,
+        search_mode=search_mode,
+        custom_steps="1-5",
+        coarse_stride=2,
+        refine_radius=1,
+        max_batch=max_batch,
+        scorer=scorer,
+        image=image,
+    )
+    (chosen, plot, chosen_grid, report), score_ui = run_node(
+        nodes["OIRMaskMetricScorer"],
+        candidates=candidates,
+        scorer=scorer,
+        image=image,
+        step_override=override,
+    )
+    (edited,), reassembly_ui = run_node(
+        nodes["OIRObjectReassembly"],
+        model=model,
+        trajectory=trajectory,
+        oir_edit=edit,
+        chosen_steps=chosen,
+        original=original,
+        target=target,
+        cfg=cfg,
+        reassembly_step=2,
+        reinversion_steps=2,
+        overlap="later_wins",
+        max_batch=max_batch,
+    )
+    return {
+        "prompts": json.loads(prompts),
+        "trajectory": trajectory,
+        "inverted": inverted,
+        "candidates": candidates,
+        "grid": grid,
+        "search_ui": search_ui,
+        "chosen": chosen,
+        "plot": plot,
+        "chosen_grid": chosen_grid,
+        "report": json.loads(report),
+        "score_ui": score_ui,
+        "edited": edited,
+        "reassembly_ui": reassembly_ui,
+        "image": vae.decode(edited["samples"]),
+        "original": original,
+        "target": target,
+    }

@@ -1,0 +1,236 @@
+"""SDXL, SD3 and Flux architectures through every OIR node (issue #18; ARCHITECTURE.md §7).
+
+Tiny random-weight models built from ComfyUI's own ``supported_models`` configs and ``model_base``
+classes (``tiny_models.build_tiny_family_*``): SDXL's UNet with ``adm`` (pooled CLIP-G output and
+size embeddings) and its CLIP-L + CLIP-G encoder; SD3's MMDiT (16 latent channels, context padded
+to 4096, shifted discrete flow) with CLIP-L + CLIP-G; Flux-dev's double/single-stream transformer
+with its guidance embedding and CLIP-L + T5 encoder. What the model receives is read by a UNet
+function wrapper, ComfyUI's own hook around every model call, so the test sees exactly the rows
+each forward got: which branch (cond / uncond), the pooled vector ``y`` and Flux's ``guidance``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import node_helpers
+import pytest
+import torch
+from oir_graph import IMAGE, STEPS, run_graph
+
+FAMILIES = ("sdxl", "sd3", "flux")
+LATENT_CHANNELS = {"sdxl": 4, "sd3": 16, "flux": 16}
+AUTO_CONVENTION = {"sdxl": "official", "sd3": "euler", "flux": "euler"}
+"""What ``auto`` must pick: SDXL is discrete variance-preserving (the official premise holds)."""
+
+SDXL_SIZE = {"width": 96, "height": 80, "crop_w": 8, "crop_h": 4, "target_width": 112, "target_height": 72}
+"""Size conditioning set on the original prompt, as CLIPTextEncodeSDXL sets it (ComfyUI's default is
+768 for every size, so a guided prompt that lost these would carry other embeddings)."""
+FLUX_GUIDANCE = 2.0
+"""FluxGuidance value set on the original and target prompts (ComfyUI's default is 3.5)."""
+
+
+def _tiny() -> Any:
+    import tiny_models
+
+    return tiny_models
+
+
+@pytest.fixture(scope="module")
+def family_models() -> dict[str, tuple[Any, Any, Any]]:
+    """``family -> (MODEL, CLIP, VAE)``, built once per module."""
+    tiny = _tiny()
+    return {
+        family: (
+            tiny.build_tiny_family_model(family, seed=0),
+            tiny.build_tiny_family_clip(family, seed=3),
+            tiny.build_tiny_family_vae(family, seed=4),
+        )
+        for family in FAMILIES
+    }
+
+
+class ForwardSpy:
+    """Records every model forward through ComfyUI's UNet function wrapper (no effect on the result)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, apply_model: Any, args: dict[str, Any]) -> torch.Tensor:
+        c = args["c"]
+        options = c.get("transformer_options", {})
+        walk = options.get("sample_sigmas")
+        self.calls.append(
+            {
+                "walk": None if walk is None else tuple(round(float(s), 5) for s in walk),
+                "branches": list(args["cond_or_uncond"]),
+                "y": None if c.get("y") is None else c["y"].detach().float().cpu().clone(),
+                "guidance": None if c.get("guidance") is None else c["guidance"].detach().float().cpu(),
+                "context": tuple(c["c_crossattn"].shape),
+            }
+        )
+        return apply_model(args["input"], args["timestep"], **c)
+
+    def rows(self, key: str) -> dict[int, list[torch.Tensor]]:
+        """``branch -> [per-row value]`` over every call (a call's rows are split per branch chunk)."""
+        found: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+        for call in self.calls:
+            if call[key] is None:
+                continue
+            chunks = call[key].chunk(len(call["branches"]))
+            for branch, chunk in zip(call["branches"], chunks):
+                found[branch].extend(chunk)
+        return found
+
+
+def _spied(model: Any) -> tuple[Any, ForwardSpy]:
+    spy = ForwardSpy()
+    patched = model.clone()
+    patched.set_model_unet_function_wrapper(spy)
+    return patched, spy
+
+
+def _family_hook(family: str) -> Any:
+    """What an artist attaches to the original and target prompts of each family."""
+    if family == "sdxl":
+        return lambda conditioning: node_helpers.conditioning_set_values(conditioning, dict(SDXL_SIZE))
+    if family == "flux":
+        return lambda conditioning: node_helpers.conditioning_set_values(
+            conditioning, {"guidance": FLUX_GUIDANCE}
+        )
+    return None
+
+
+def _pooled(clip: Any, text: str) -> torch.Tensor:
+    return _tiny().encode_prompt(clip, text)[0][1]["pooled_output"].float().flatten()
+
+
+def _matches(row: torch.Tensor, references: list[torch.Tensor]) -> int:
+    """Index of the reference ``row`` starts with (to 1e-5), or -1."""
+    for index, reference in enumerate(references):
+        if torch.allclose(row[: reference.numel()], reference, atol=1e-5, rtol=1e-5):
+            return index
+    return -1
+
+
+def _sdxl_size_embedding() -> torch.Tensor:
+    """SDXL's size part of ``adm`` from ComfyUI's own Timestep(256) embedder (order of
+    ``model_base.SDXL.encode_adm``: height, width, crop_h, crop_w, target_height, target_width)."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Timestep
+
+    embedder = Timestep(256)
+    values = [SDXL_SIZE[k] for k in ("height", "width", "crop_h", "crop_w", "target_height", "target_width")]
+    return torch.cat([embedder(torch.tensor([float(v)])) for v in values], dim=-1).flatten()
+
+
+@pytest.mark.parametrize("search_mode", ["exhaustive", "coarse_to_fine"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_runs_every_node_and_guided_prompts_keep_its_conditioning(
+    nodes, family_models, scorer_folder, family: str, search_mode: str
+) -> None:
+    base, clip, vae = family_models[family]
+    model, spy = _spied(base)
+    cfg = 1.0 if family == "flux" else 5.0  # Flux-dev: guidance-distilled, real CFG off
+    out = run_graph(
+        nodes,
+        model,
+        clip,
+        vae,
+        scorer_folder,
+        search_mode=search_mode,
+        conditioning_hook=_family_hook(family),
+        cfg=cfg,
+    )
+    channels = LATENT_CHANNELS[family]
+    trajectory = out["trajectory"]
+    assert trajectory.convention == AUTO_CONVENTION[family]
+    assert trajectory.latents.shape == (STEPS + 1, channels, IMAGE // 8, IMAGE // 8)
+    assert out["edited"]["samples"].shape == (1, channels, IMAGE // 8, IMAGE // 8)
+    assert out["image"].shape == (1, IMAGE, IMAGE, 3) and torch.isfinite(out["image"]).all()
+    assert torch.isfinite(out["candidates"].float_images()).all()
+    assert len(out["chosen"].steps) == 2
+
+    # Every forward of every stage: each cond row carries the pooled output of one of the edit's
+    # prompts (both guided prompts among them), each uncond row the original's (the default
+    # negative), and every row what the family attached to the original.
+    rows = spy.rows("y")
+    prompts = [*out["prompts"]["guided"], "a dog sitting next to a gift", out["prompts"]["target"]]
+    pooled = [_pooled(clip, text) for text in prompts]
+    assert rows[0], "no cond rows reached the model"
+    assert {_matches(row, pooled) for row in rows[0]} == {0, 1, 2, 3}
+    assert all(_matches(row, pooled) == 2 for row in rows[1])
+    if family == "sdxl":
+        size = _sdxl_size_embedding()
+        width = pooled[0].numel()
+        assert all(torch.allclose(row[width:], size, atol=1e-5) for row in rows[0] + rows[1])
+    if family == "flux":
+        guidance = spy.rows("guidance")
+        assert len(guidance[0]) == len(rows[0])
+        assert all(float(g) == pytest.approx(FLUX_GUIDANCE) for g in guidance[0])
+        # cfg 1: ComfyUI skips the unconditional branch, so no stage evaluates a negative.
+        assert rows[1] == [] and guidance[1] == []
+    else:
+        assert rows[1], "cfg > 1 must evaluate the negative"
+    contexts = {call["context"][-1] for call in spy.calls}
+    assert contexts == {{"sdxl": 128, "sd3": 4096, "flux": 64}[family]}
+
+
+def _lora_on_attention(model: Any, seed: int = 5) -> dict[str, torch.Tensor]:
+    """A LoRA (kohya ``lora_unet_`` keys, as ComfyUI's key map reads them) on every attention
+    projection matrix of the model, rank 4, non-zero."""
+    generator = torch.Generator().manual_seed(seed)
+    lora: dict[str, torch.Tensor] = {}
+    for key, weight in model.model.state_dict().items():
+        name = key.removeprefix("diffusion_model.")
+        if weight.ndim != 2 or not key.endswith(".weight") or not any(t in name for t in ("attn", "qkv")):
+            continue
+        prefix = "lora_unet_" + name.removesuffix(".weight").replace(".", "_")
+        lora[f"{prefix}.lora_down.weight"] = torch.randn((4, weight.shape[1]), generator=generator) * 0.3
+        lora[f"{prefix}.lora_up.weight"] = torch.randn((weight.shape[0], 4), generator=generator) * 0.3
+        lora[f"{prefix}.alpha"] = torch.tensor(4.0)
+    return lora
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_and_a_conditioning_controlnet_act_on_every_family(
+    nodes, family_models, scorer_folder, family: str
+) -> None:
+    """A LoRA loaded by ComfyUI's own loader changes the edit; a ControlNet attached to the original
+    prompt reaches the guided rows of the search (ComfyUI calls it for every family's forward)."""
+    import comfy.controlnet
+    import comfy.sd
+
+    base, clip, vae = family_models[family]
+    lora = _lora_on_attention(base)
+    patched_model, _ = comfy.sd.load_lora_for_models(base, None, lora, 1.0, 0.0)
+    assert len(patched_model.patches) == len(lora) // 3, "ComfyUI did not map every LoRA key"
+
+    branches_seen: set[int] = set()
+    walks_seen: set[tuple[float, ...]] = set()
+
+    class ControlSpy(comfy.controlnet.ControlBase):
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):  # type: ignore[no-untyped-def]
+            walks_seen.add(tuple(round(float(s), 5) for s in transformer_options["sample_sigmas"]))
+            branches_seen.update(transformer_options.get("cond_or_uncond", []))
+            return None
+
+        def copy(self) -> ControlSpy:
+            twin = ControlSpy()
+            self.copy_to(twin)
+            return twin
+
+    control = ControlSpy()
+    family_hook = _family_hook(family)
+
+    def hook(conditioning: list) -> list:
+        conditioning = family_hook(conditioning) if family_hook else conditioning
+        return node_helpers.conditioning_set_values(
+            conditioning, {"control": control, "control_apply_to_uncond": True}
+        )
+
+    cfg = 1.0 if family == "flux" else 5.0
+    plain = run_graph(nodes, base, clip, vae, scorer_folder, conditioning_hook=family_hook, cfg=cfg)
+    patched = run_graph(nodes, patched_model, clip, vae, scorer_folder, conditioning_hook=hook, cfg=cfg)
+    assert (patched["edited"]["samples"] - plain["edited"]["samples"]).abs().max() > 1e-4
+    search_walk = tuple(round(float(s), 5) for s in patched["trajectory"].level_sigmas.flip(0))
+    assert search_walk in walks_seen and 0 in branches_seen
