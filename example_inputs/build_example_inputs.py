@@ -48,7 +48,17 @@ TEMPLATES = {
         "astronaut",
         [("astronaut_helmet", "helmet -> globe"), ("astronaut_flag", "flag -> painting")],
     ),
+    "oir_sdxl_two_object_edit": (
+        "coffee",
+        [("coffee_cup", "cup -> glass"), ("coffee_spoon", "spoon -> fork")],
+    ),
+    "oir_flux_two_object_edit": (
+        "astronaut",
+        [("astronaut_helmet", "helmet -> globe"), ("astronaut_flag", "flag -> painting")],
+    ),
 }
+BADGES = {"oir_sdxl_two_object_edit": "SDXL", "oir_flux_two_object_edit": "Flux-dev"}
+"""Model family written on a card whose picture another template shares."""
 TINTS = ((255, 80, 60), (60, 160, 255), (90, 220, 90))
 
 
@@ -65,6 +75,11 @@ def thumbnail(template: str) -> None:
     card.paste(picture, (0, 0))
     draw = ImageDraw.Draw(card)
     font = ImageFont.load_default(size=16)
+    if template in BADGES:
+        badge = ImageFont.load_default(size=22)
+        box = draw.textbbox((10, 8), BADGES[template], font=badge)
+        draw.rectangle((box[0] - 6, box[1] - 4, box[2] + 6, box[3] + 4), fill=(24, 24, 24))
+        draw.text((10, 8), BADGES[template], fill=(255, 255, 255), font=badge)
     x = 8
     for (_, text), tint in zip(pairs, TINTS):
         draw.text((x, picture.height + 6), text, fill=tint, font=font)

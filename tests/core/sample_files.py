@@ -7,6 +7,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+TEMPLATES = (
+    "oir_two_object_edit",
+    "oir_single_object_search",
+    "oir_lora_controlnet_edit",
+    "oir_sdxl_two_object_edit",
+    "oir_flux_two_object_edit",
+)
+"""Every shipped template (``example_workflows/<name>.json`` and ``oir_cli/workflows/<name>.api.json``)."""
+
 SIZE = (123, 89)
 """Width and height: neither a multiple of 8 (padded to 128 x 96)."""
 

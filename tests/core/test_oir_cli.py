@@ -699,7 +699,7 @@ def test_chained_loras_controlnet_without_hint_and_model_loader(files: dict[str,
 
 
 def test_every_shipped_template_loads() -> None:
-    for name in ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit"):
+    for name in sample_files.TEMPLATES:
         assert any(n["class_type"] == "OIRObjectReassembly" for n in load_template(name).values())
     with pytest.raises(SpecError, match="no shipped workflow 'nope'"):
         load_template("nope")

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sample_files import TEMPLATES
 
 REPO = Path(__file__).resolve().parents[2]
 UI_DIR = REPO / "example_workflows"
 API_DIR = REPO / "oir_cli" / "workflows"
-WORKFLOWS = ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit")
+WORKFLOWS = TEMPLATES
 
 UI_ONLY_NODES = frozenset({"Note", "MarkdownNote"})
 """Frontend-only node types: they exist in the UI format and vanish in the API format."""
@@ -35,7 +36,7 @@ def load_api(name: str) -> dict[str, Any]:
     return json.loads((API_DIR / f"{name}.api.json").read_text(encoding="utf-8"))
 
 
-def test_exactly_the_three_example_workflows_are_listed() -> None:
+def test_exactly_the_shipped_example_workflows_are_listed() -> None:
     # ComfyUI's /workflow_templates globs <pack>/example_workflows/*.json: UI-format files only.
     assert sorted(p.stem for p in UI_DIR.glob("*.json")) == sorted(WORKFLOWS)
     assert sorted(p.name.removesuffix(".api.json") for p in API_DIR.glob("*.api.json")) == sorted(WORKFLOWS)
@@ -83,7 +84,7 @@ def test_the_workflows_wire_what_their_names_promise() -> None:
     prompt = builder["inputs"]["original_prompt"]
     assert prompt == "a cup of coffee and a spoon on a saucer on a wooden table"
     # every template's phrases are in its prompt, and its pictures are the shipped sample inputs
-    for name in ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit"):
+    for name in WORKFLOWS:
         graph = load_api(name)
         original = next(n for n in graph.values() if n["class_type"] == "OIRGuidedPromptBuilder")
         for node in graph.values():

@@ -45,6 +45,10 @@ TEST_NODES_DIR = HERE / "custom_nodes"
 
 TEST_LOADER = "OIRTestTinyCheckpointLoader"
 TINY_CHECKPOINT = "tiny-sd15"
+TINY_CHECKPOINT_FOR = {"sd_xl_base_1.0.safetensors": "tiny-sdxl", "flux1-dev-fp8.safetensors": "tiny-flux"}
+"""A template's checkpoint -> the tiny model of its family (others: :data:`TINY_CHECKPOINT`)."""
+TINY_IMAGE_SCALE = 1.0
+"""The SDXL/Flux templates scale the photo to the model's resolution; the tiny runs keep 64x64."""
 TINY_SCORER = "tiny-clip"
 TINY_LORA = "tiny-lora.safetensors"
 TINY_CONTROLNET = "tiny-controlnet.safetensors"

@@ -17,6 +17,11 @@ from typing import Any
 import comfy_env
 import pytest
 
+# The helpers of tests/core (tiny_clip, engine_fixtures, ...) serve these tests too.
+_CORE_HELPERS = str(Path(__file__).resolve().parents[1] / "core")
+if _CORE_HELPERS not in sys.path:
+    sys.path.insert(0, _CORE_HELPERS)
+
 _REASON = comfy_env.unavailable_reason()
 _PATH = comfy_env.comfyui_path()
 _HOST_BEFORE: dict[str, str] = {}
@@ -57,14 +62,6 @@ def pytest_report_header(config: pytest.Config) -> str:
     if _REASON is not None:
         return f"integration tests skipped: {_REASON}"
     return f"ComfyUI for integration tests: {_PATH} (CPU mode); pack imported as {comfy_env.PACK_NAME}"
-
-
-def _import_core_helper(name: str) -> ModuleType:
-    """A helper module of ``tests/core`` (that folder is not a package)."""
-    core = str(Path(__file__).resolve().parents[1] / "core")
-    if core not in sys.path:
-        sys.path.insert(0, core)
-    return __import__(name)
 
 
 def _tiny() -> ModuleType:
@@ -111,8 +108,7 @@ def nodes(pack: ModuleType) -> dict[str, Any]:
 def scorer_folder(tmp_path_factory: pytest.TempPathFactory, pack: ModuleType) -> str:
     """A tiny transformers CLIP inside a registered oir_clip folder; returns its listed name."""
     import folder_paths
-
-    tiny_clip = _import_core_helper("tiny_clip")
+    import tiny_clip
 
     root = tmp_path_factory.mktemp("oir_clip")
     tiny_clip.make_transformers_clip(root / "tiny-clip", image_size=32, patch_size=8)

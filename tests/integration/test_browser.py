@@ -43,19 +43,22 @@ import pytest
 from comfy_server import (
     TEST_LOADER,
     TINY_CHECKPOINT,
+    TINY_CHECKPOINT_FOR,
     TINY_CONTROLNET,
+    TINY_IMAGE_SCALE,
     TINY_LORA,
     TINY_SCORER,
     TestServer,
     shared_test_server,
     write_test_images,
 )
+from sample_files import TEMPLATES
 
 from oir_cli.server import PACK_FOLDER
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-WORKFLOWS = ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit")
+WORKFLOWS = TEMPLATES
 STEPS = 5
 BROWSER_START_TIMEOUT = 60.0
 PAGE_TIMEOUT = 120.0
@@ -335,7 +338,7 @@ MISSING_INPUTS = """
 """
 
 POINT_AT_TINY_MODELS = """
-(async (values, uploads, loader, checkpoint) => {
+(async (values, uploads, loader, checkpoint, checkpoints) => {
   const app = window.comfyAPI.app.app;
   const graph = app.graph;
   const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
@@ -348,7 +351,8 @@ POINT_AT_TINY_MODELS = """
     const fresh = LiteGraph.createNode(loader);
     fresh.pos = [...old.pos];
     graph.add(fresh);
-    fresh.widgets.find((w) => w.name === "ckpt_name").value = checkpoint;
+    const named = old.widgets.find((w) => w.name === "ckpt_name").value;
+    fresh.widgets.find((w) => w.name === "ckpt_name").value = checkpoints[named] ?? checkpoint;
     old.outputs.forEach((output, slot) => {
       for (const id of [...(output.links ?? [])]) {
         const link = linkOf(id);
@@ -384,7 +388,7 @@ POINT_AT_TINY_MODELS = """
   });
   graph.setDirtyCanvas?.(true, true);
   return graph.nodes.map((n) => n.type);
-})(%(values)s, %(uploads)s, %(loader)s, %(checkpoint)s)
+})(%(values)s, %(uploads)s, %(loader)s, %(checkpoint)s, %(checkpoints)s)
 """
 
 WIDGET_VALUES = {
@@ -395,6 +399,7 @@ WIDGET_VALUES = {
     "SaveImage": {"filename_prefix": "oir-tests/browser"},
     "LoraLoader": {"lora_name": TINY_LORA},
     "ControlNetLoader": {"control_net_name": TINY_CONTROLNET},
+    "ImageScaleBy": {"scale_by": TINY_IMAGE_SCALE},
 }
 
 HELPERS = """
@@ -597,6 +602,7 @@ async def point_at_tiny_models(page: Page, uploads: dict[str, str]) -> None:
         "uploads": json.dumps(uploads),
         "loader": json.dumps(TEST_LOADER),
         "checkpoint": json.dumps(TINY_CHECKPOINT),
+        "checkpoints": json.dumps(TINY_CHECKPOINT_FOR),
     }
     await page.js(POINT_AT_TINY_MODELS % values)
     await page.js(HELPERS)

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from comfy_server import TestServer, shared_test_server
 from node_schemas import UI_ONLY_NODES, UI_ONLY_WIDGETS, api_widgets, host_schemas, pack_schemas
+from sample_files import TEMPLATES
 
 REPO = Path(__file__).resolve().parents[2]
 UI_DIR = REPO / "example_workflows"
 API_DIR = REPO / "oir_cli" / "workflows"
-WORKFLOWS = ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit")
+WORKFLOWS = TEMPLATES
 
 
 def load_ui(name: str) -> dict[str, Any]:

@@ -11,12 +11,17 @@ each forward got: which branch (cond / uncond), the pooled vector ``y`` and Flux
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import node_helpers
 import pytest
 import torch
-from oir_graph import IMAGE, STEPS, run_graph
+from engine_fixtures import clean_latent, prompt_means
+from oir_graph import IMAGE, STEPS, run_graph, run_node
+
+from oir_core import FunctionHost, invert
+from oir_core.analytic import GaussianModel
 
 FAMILIES = ("sdxl", "sd3", "flux")
 LATENT_CHANNELS = {"sdxl": 4, "sd3": 16, "flux": 16}
@@ -234,3 +239,58 @@ def test_lora_and_a_conditioning_controlnet_act_on_every_family(
     assert (patched["edited"]["samples"] - plain["edited"]["samples"]).abs().max() > 1e-4
     search_walk = tuple(round(float(s), 5) for s in patched["trajectory"].level_sigmas.flip(0))
     assert search_walk in walks_seen and 0 in branches_seen
+
+
+@pytest.mark.parametrize(
+    ("family", "scheduler", "expected"),
+    [
+        ("sdxl", "ddim_uniform", "official"),
+        ("sdxl", "karras", "euler"),
+        ("sd3", "simple", "euler"),
+        ("sd3", "normal", "euler"),
+        ("flux", "simple", "euler"),
+        ("flux", "beta", "euler"),
+    ],
+)
+def test_auto_convention_follows_the_exact_path_on_the_familys_schedule(
+    nodes, family_models, comfy_host, family: str, scheduler: str, expected: str
+) -> None:
+    """``auto`` on the family's model picks ``expected``, and that convention, run on ComfyUI's own
+    schedule for the family (SDXL's discrete VP table; SD3's discrete flow with shift 3; Flux's
+    time-shifted flow), follows the exact probability-flow path of the Gaussian analytic model
+    (variance-preserving or rectified-flow, like the family) ever closer as the step count grows."""
+    model, clip, _ = family_models[family]
+    original = _tiny().encode_prompt(clip, "a dog sitting next to a gift")
+    latent = {"samples": torch.zeros(1, LATENT_CHANNELS[family], 4, 4)}
+    parameterization = "flow" if family in ("sd3", "flux") else "vp"
+    analytic = GaussianModel(prompt_means(1), std=0.5, parameterization=parameterization)
+    x0 = clean_latent(analytic)
+    host = FunctionHost(
+        original=analytic.denoiser(0), guided=analytic.denoiser(0), target=analytic.denoiser(0)
+    )
+    errors = []
+    for steps in (10, 20, 50, 100):
+        schedule = comfy_host.get_sigmas(model, scheduler, steps)
+        (trajectory, _), _ = run_node(
+            nodes["OIRDDIMInversion"],
+            model=model,
+            latent=latent,
+            original=original,
+            steps=steps,
+            scheduler=scheduler,
+            convention="auto",
+        )
+        assert trajectory.convention == expected
+        torch.testing.assert_close(trajectory.level_sigmas[1:], schedule.flip(0)[1:], rtol=0, atol=0)
+        if parameterization == "flow":
+            assert float(schedule[0]) == pytest.approx(1.0)
+        exact = invert(host, x0, schedule, expected, clean_sigma=comfy_host.clean_sigma(model))
+        start = float(exact.level_sigmas[0])
+        worst = 0.0
+        for level, sigma in enumerate(exact.level_sigmas.tolist()):
+            reference = analytic.exact_path(exact.latents[0], start, sigma, analytic.means[0])
+            error = (exact.latents[level] - reference).abs().max().item() / float(analytic.std_path(sigma))
+            worst = max(worst, error)
+        errors.append(worst)
+    assert all(later < earlier * 0.8 for earlier, later in itertools.pairwise(errors)), errors
+    assert errors[-1] < 0.1, errors

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import copy
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 from oir_graph import IMAGE, STEPS, image_pixels, run_graph, run_node
 
 

@@ -10,13 +10,10 @@ factor and the nodes' conversions. Comparisons are in the VAE's latent space (``
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 from official_loops import OfficialLoops
 
 STEPS = 10

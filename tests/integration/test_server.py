@@ -31,7 +31,9 @@ from comfy_server import (
     SHARED_SCORER,
     TEST_LOADER,
     TINY_CHECKPOINT,
+    TINY_CHECKPOINT_FOR,
     TINY_CONTROLNET,
+    TINY_IMAGE_SCALE,
     TINY_LORA,
     TINY_SCORER,
     TestServer,
@@ -39,13 +41,14 @@ from comfy_server import (
     write_test_images,
 )
 from PIL import Image
+from sample_files import TEMPLATES
 
 from oir_cli.client import OIR_NODE_IDS, HeadlessError
 from oir_cli.server import PACK_FOLDER
 
 STEPS = 5
 HERE = Path(__file__).resolve().parent
-WORKFLOWS = ("oir_two_object_edit", "oir_single_object_search", "oir_lora_controlnet_edit")
+WORKFLOWS = TEMPLATES
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,10 @@ def tiny_workflow(workflow: dict[str, Any], uploads: dict[str, str], prefix: str
     for node_id, node in graph.items():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "CheckpointLoaderSimple":
-            node["class_type"], inputs["ckpt_name"] = TEST_LOADER, TINY_CHECKPOINT
+            tiny = TINY_CHECKPOINT_FOR.get(inputs["ckpt_name"], TINY_CHECKPOINT)
+            node["class_type"], inputs["ckpt_name"] = TEST_LOADER, tiny
+        elif kind == "ImageScaleBy":
+            inputs["scale_by"] = TINY_IMAGE_SCALE
         elif kind == "LoadImage":
             hint = consumers.get(node_id) == ["ControlNetApplyAdvanced"]
             inputs["image"] = uploads["hint" if hint else "image"]

@@ -38,18 +38,22 @@ def tiny_models() -> ModuleType:
     return _load_sibling("oir_test_tiny_models", _HERE.parents[1] / "tiny_models.py")
 
 
-CHECKPOINTS: dict[str, tuple[str, int]] = {
-    "tiny-sd15": ("eps", 0),
-    "tiny-sd15-v": ("v", 1),
-    "tiny-sd15-flow": ("flow", 2),
+CHECKPOINTS: dict[str, tuple[str, str, int]] = {
+    "tiny-sd15": ("sd15", "eps", 0),
+    "tiny-sd15-v": ("sd15", "v", 1),
+    "tiny-sd15-flow": ("sd15", "flow", 2),
+    "tiny-sdxl": ("sdxl", "eps", 0),
+    "tiny-sd3": ("sd3", "flow", 0),
+    "tiny-flux": ("flux", "flow", 0),
 }
-"""Checkpoint name -> (model type, UNet weight seed); seeds match the pytest fixtures."""
+"""Checkpoint name -> (family, model type, weight seed); seeds match the pytest fixtures. SD1.5 takes
+the model type given; SDXL, SD3 and Flux their own (``tiny_models.build_tiny_family_model``)."""
 
 CLIP_SEED, VAE_SEED = 3, 4
 
 
 class OIRTestTinyCheckpointLoader:
-    """Tiny SD1.5-architecture MODEL, CLIP and VAE with deterministic random weights."""
+    """Tiny MODEL, CLIP and VAE (SD1.5, SDXL, SD3 or Flux architecture) with deterministic random weights."""
 
     _cache: ClassVar[dict[str, tuple[Any, Any, Any]]] = {}
 
@@ -65,11 +69,16 @@ class OIRTestTinyCheckpointLoader:
     def load(self, ckpt_name: str) -> tuple[Any, Any, Any]:
         if ckpt_name not in self._cache:
             builders = tiny_models()
-            model_type, seed = CHECKPOINTS[ckpt_name]
+            family, model_type, seed = CHECKPOINTS[ckpt_name]
+            model = (
+                builders.build_tiny_unet(model_type, seed=seed)
+                if family == "sd15"
+                else builders.build_tiny_family_model(family, seed=seed)
+            )
             self._cache[ckpt_name] = (
-                builders.build_tiny_unet(model_type, seed=seed),
-                builders.build_tiny_clip(seed=CLIP_SEED),
-                builders.build_tiny_vae(seed=VAE_SEED),
+                model,
+                builders.build_tiny_family_clip(family, seed=CLIP_SEED),
+                builders.build_tiny_family_vae(family, seed=VAE_SEED),
             )
         return self._cache[ckpt_name]
 
