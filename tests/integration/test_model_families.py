@@ -294,3 +294,37 @@ def test_auto_convention_follows_the_exact_path_on_the_familys_schedule(
         errors.append(worst)
     assert all(later < earlier * 0.8 for earlier, later in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.1, errors
+
+
+def test_a_real_controlnet_file_acts_on_the_sdxl_edit(nodes, family_models, scorer_folder, tmp_path) -> None:
+    """A tiny SDXL ControlNet file (with ``adm``), loaded by ComfyUI's own loader and applied by its
+    ControlNetApplyAdvanced node to the original and target prompts, changes every OIR stage's
+    output: the guided prompts inherit it."""
+    import comfy.controlnet
+    from comfy_server import tiny_files_module
+
+    import nodes as comfy_nodes
+
+    base, clip, vae = family_models["sdxl"]
+    path = tiny_files_module().write_tiny_controlnet(
+        tmp_path / "tiny-sdxl-controlnet.safetensors", family="sdxl"
+    )
+    control_net = comfy.controlnet.load_controlnet(str(path))
+    hint = torch.rand(1, IMAGE, IMAGE, 3, generator=torch.Generator().manual_seed(9))
+    size = _family_hook("sdxl")
+
+    def with_control(conditioning: list) -> list:
+        positive, _ = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+            size(conditioning), size(conditioning), control_net, hint, 1.0, 0.0, 1.0, vae=vae
+        )
+        return positive
+
+    plain = run_graph(nodes, base, clip, vae, scorer_folder, conditioning_hook=size)
+    controlled = run_graph(nodes, base, clip, vae, scorer_folder, conditioning_hook=with_control)
+    for stage in ("inverted", "edited"):
+        assert (controlled[stage]["samples"] - plain[stage]["samples"]).abs().max() > 1e-4, stage
+    difference = (controlled["candidates"].float_images() - plain["candidates"].float_images()).abs()
+    changed = difference.flatten(1).amax(1).view(2, STEPS) > 0
+    # Step 1 of the official convention is the encoded photo itself (no model call); every other
+    # candidate of both pairs was denoised by the guided prompts, which inherit the ControlNet.
+    assert not changed[:, 0].any() and changed[:, 1:].all(), changed

@@ -151,6 +151,7 @@ def diffusion_patcher(
     seed: int | None,
     load_device: torch.device,
     offload_device: torch.device,
+    fill_buffers: Callable[[torch.nn.Module], None] | None = None,
 ) -> comfy.model_patcher.ModelPatcher:
     """A MODEL with random weights, wrapped and loaded the way ComfyUI's checkpoint loaders do it.
 
@@ -159,6 +160,7 @@ def diffusion_patcher(
     ``CoreModelPatcher``). Under dynamic VRAM ComfyUI's layers are built without weights and receive
     them from ``load_model_weights(..., assign=True)``, so the weights are drawn (:func:`init_weights_`,
     ``seed``; ``None`` keeps ``torch.empty``) in a second build with dynamic VRAM off and loaded.
+    ``fill_buffers`` writes buffers a checkpoint carries but ComfyUI builds empty (SD3's ``pos_embed``).
     """
     memory_management = getattr(comfy, "memory_management", None)
     lazy_layers = bool(getattr(memory_management, "aimdo_enabled", False))
@@ -173,6 +175,8 @@ def diffusion_patcher(
         source = make_model()
     if seed is not None:
         init_weights_(source.diffusion_model, seed)
+    if fill_buffers is not None:
+        fill_buffers(source.diffusion_model)
     model = make_model() if lazy_layers else source
     patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
     if lazy_layers:
@@ -369,6 +373,17 @@ def _flux_unet_config() -> dict[str, Any]:
     return {key: value for key, value in TINY_FLUX_CONFIG.items() if key in known}
 
 
+def _sd3_position_table(network: torch.nn.Module) -> None:
+    """SD3's ``pos_embed`` buffer (``torch.empty`` when built; checkpoints store the 2-D sin-cos
+    table), filled by ComfyUI's own ``get_2d_sincos_pos_embed``: never uninitialised memory."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+    size = TINY_MMDIT_CONFIG["pos_embed_max_size"]
+    table = get_2d_sincos_pos_embed(network.pos_embed.shape[-1], size)
+    with torch.no_grad():
+        network.pos_embed.copy_(torch.from_numpy(table).float().unsqueeze(0))
+
+
 def build_tiny_family_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     """The family's tiny MODEL, built as ``comfy.sd`` builds a loaded checkpoint: the family's
     ``supported_models`` config (its latent format and sampling: discrete EPS for SD1.5/SDXL,
@@ -392,6 +407,7 @@ def build_tiny_family_model(family: str, seed: int = 0) -> comfy.model_patcher.M
         seed,
         comfy.model_management.get_torch_device(),
         offload,
+        fill_buffers=_sd3_position_table if family == "sd3" else None,
     )
 
 

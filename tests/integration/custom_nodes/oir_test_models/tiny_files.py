@@ -56,13 +56,17 @@ def write_tiny_lora(path: Path, seed: int = 5, scale: float = 0.5) -> Path:
     return path
 
 
-def write_tiny_controlnet(path: Path, seed: int = 7) -> Path:
-    """A ControlNet (hint: RGB image) for the tiny SD1.5 UNet, in the LDM key layout."""
+def write_tiny_controlnet(path: Path, seed: int = 7, family: str = "sd15") -> Path:
+    """A ControlNet (hint: RGB image) for the tiny SD1.5 or SDXL UNet, in the LDM key layout.
+
+    SDXL's carries the UNet's ``adm`` input (``label_emb``), linear transformer in/out and attention
+    on both levels (its UNet has 64 and 128 channels).
+    """
     import comfy.cldm.cldm
     import comfy.ops
 
     models = tiny_models()
-    config = models.TINY_UNET_CONFIG
+    config = models.TINY_UNET_CONFIG if family == "sd15" else models.TINY_SDXL_UNET_CONFIG
     network = comfy.cldm.cldm.ControlNet(
         image_size=config["image_size"],
         in_channels=config["in_channels"],
@@ -70,14 +74,15 @@ def write_tiny_controlnet(path: Path, seed: int = 7) -> Path:
         hint_channels=3,
         num_res_blocks=config["num_res_blocks"],
         channel_mult=config["channel_mult"],
-        transformer_depth=[0, 1],
+        transformer_depth=[0, 1] if family == "sd15" else [1, 1],
         transformer_depth_middle=config["transformer_depth_middle"],
         context_dim=config["context_dim"],
         num_head_channels=64,
         use_linear_in_transformer=config["use_linear_in_transformer"],
         use_spatial_transformer=True,
         legacy=False,
-        adm_in_channels=None,
+        adm_in_channels=config["adm_in_channels"],
+        num_classes=config.get("num_classes"),
         dtype=torch.float32,
         device="cpu",
         operations=comfy.ops.disable_weight_init,
