@@ -79,16 +79,21 @@ FULL_SIZE_UNETS: dict[str, dict[str, Any]] = {
 FULL_SIZE_POOLED = {"sd15": None, "sdxl": 1280}
 """Width of the pooled text output a family's conditioning carries (SDXL: CLIP-G's, for ``adm``)."""
 
-TINY_UNET_CONFIG: dict[str, Any] = {
-    # ComfyUI's SD15 detection dict, shrunk: 2 levels, 32 channels.
-    **FULL_SIZE_UNETS["sd15"],
+TWO_LEVELS: dict[str, Any] = {
     "dtype": torch.float32,
-    "model_channels": 32,
     "num_res_blocks": [1, 1],
     "transformer_depth": [1, 1],
     "channel_mult": [1, 2],
-    "context_dim": 64,
     "transformer_depth_output": [1, 1, 1, 1],
+}
+"""How the tiny UNets shrink ComfyUI's detection dicts: two levels, one block and transformer each."""
+
+TINY_UNET_CONFIG: dict[str, Any] = {
+    # ComfyUI's SD15 detection dict, shrunk: 2 levels, 32 channels.
+    **FULL_SIZE_UNETS["sd15"],
+    **TWO_LEVELS,
+    "model_channels": 32,
+    "context_dim": 64,
 }
 """UNet config: spatial sizes must be divisible by 2 (one downsample)."""
 
@@ -295,9 +300,6 @@ def random_conditioning(
 # Model families: SDXL, SD3 and Flux, tiny, from ComfyUI's own model classes (issue #18)
 # --------------------------------------------------------------------------------------------------
 
-FAMILIES = ("sd15", "sdxl", "sd3", "flux")
-"""The architectures the integration suite runs through every OIR node."""
-
 SIZE_EMBEDDING = 6 * 256
 """SDXL's ``adm`` size part: height, width, crop top/left, target height/width, 256 each (Timestep)."""
 
@@ -314,13 +316,9 @@ TINY_SDXL_UNET_CONFIG: dict[str, Any] = {
     # ComfyUI's SDXL detection dict, shrunk: 2 levels, 64 channels (ComfyUI's SDXL config fixes
     # 64 channels per attention head).
     **FULL_SIZE_UNETS["sdxl"],
-    "dtype": torch.float32,
+    **TWO_LEVELS,
     "model_channels": 64,
-    "num_res_blocks": [1, 1],
-    "transformer_depth": [1, 1],
-    "channel_mult": [1, 2],
     "transformer_depth_middle": 1,
-    "transformer_depth_output": [1, 1, 1, 1],
     "context_dim": 2 * TINY_CLIP_CONFIG["hidden_size"],  # CLIP-L and CLIP-G outputs side by side
     "adm_in_channels": TINY_CLIP_G_CONFIG["projection_dim"] + SIZE_EMBEDDING,
 }
@@ -461,16 +459,27 @@ def build_tiny_family_vae(family: str, seed: int = 0) -> comfy.sd.VAE:
 
 __all__ = [
     "CONTEXT_DIM",
+    "FAMILY_CLIP_L_CONFIG",
     "FULL_SIZE_POOLED",
     "FULL_SIZE_UNETS",
     "LATENT_CHANNELS",
     "MIDDLE_CHANNELS",
     "MODEL_TYPES",
+    "SIZE_EMBEDDING",
     "TINY_CLIP_CONFIG",
+    "TINY_CLIP_G_CONFIG",
+    "TINY_FLUX_CONFIG",
+    "TINY_MMDIT_CONFIG",
+    "TINY_SDXL_UNET_CONFIG",
+    "TINY_T5_CONFIG",
     "TINY_UNET_CONFIG",
     "TINY_VAE_DDCONFIG",
+    "TWO_LEVELS",
     "build_full_size_unet",
     "build_tiny_clip",
+    "build_tiny_family_clip",
+    "build_tiny_family_model",
+    "build_tiny_family_vae",
     "build_tiny_unet",
     "build_tiny_vae",
     "encode_prompt",
