@@ -6,11 +6,13 @@ from comfy_api.latest import ComfyExtension, io
 
 from .edit_nodes import OIREditPair, OIRGuidedPromptBuilder
 from .example_inputs import install_example_inputs
+from .mask_nodes import OIRPhraseMask
 from .sampling_nodes import OIRDDIMInversion, OIRObjectReassembly, OIRParallelStepSearch
 from .scoring_nodes import OIRLoadCLIPScorer, OIRMaskMetricScorer, register_scorer_folder
 
 NODES: list[type[io.ComfyNode]] = [
     OIRLoadCLIPScorer,
+    OIRPhraseMask,
     OIREditPair,
     OIRGuidedPromptBuilder,
     OIRDDIMInversion,
