@@ -28,6 +28,7 @@ from ..oir_core.phrase_masks import (
 )
 from ..oir_core.prompts import find_phrase
 from .comfy_host import ComfyHost, is_flow_model, model_space_in
+from .conditioning import check_conditioning, inherit_conditioning
 from .sampling_nodes import single_latent
 
 CATEGORY = "OIR/edit"
@@ -253,6 +254,12 @@ class OIRPhraseMask(io.ComfyNode):
                     "samples", default=10, min=1, max=64, tooltip="Noise draws averaged (DiffEdit: 10)."
                 ),
                 io.Int.Input("seed", default=0, min=0, max=2**32 - 1, tooltip="Seed of the noise draws."),
+                io.Conditioning.Input(
+                    "original",
+                    optional=True,
+                    tooltip="Optional: the original prompt encoded, with a ControlNet or hooks attached "
+                    "(must encode original_prompt); default: original_prompt encoded by clip.",
+                ),
             ],
             outputs=[
                 io.Mask.Output("mask", tooltip="The object's mask at image resolution, for OIR Edit Pair."),
@@ -276,6 +283,7 @@ class OIRPhraseMask(io.ComfyNode):
         noise_strength: float,
         samples: int,
         seed: int,
+        original: list | None = None,
     ) -> io.NodeOutput:
         if method not in METHODS:
             raise OIRInputError("method", method, "unknown method", f"use one of {list(METHODS)}")
@@ -283,7 +291,21 @@ class OIRPhraseMask(io.ComfyNode):
         pixels = single_latent(latent)
         span = find_phrase(original_prompt, source, occurrence or None)
         clean = model_space_in(model, pixels)[0].float()
-        original = clip.encode_from_tokens_scheduled(clip.tokenize(original_prompt))
+        encoded = clip.encode_from_tokens_scheduled(clip.tokenize(original_prompt))
+        if original is None:
+            original = encoded
+        else:
+            check_conditioning(original, "original")
+            given, expected = original[0][0].float(), encoded[0][0].float()
+            if given.shape != expected.shape or not torch.allclose(given, expected, atol=1e-4):
+                raise OIRInputError(
+                    "original",
+                    f"conditioning {tuple(given.shape)}",
+                    "is not this clip's encoding of original_prompt, so the phrase's tokens would not "
+                    "be where the node looks",
+                    "connect the CLIP Text Encode of the same prompt (and the same CLIP), or leave "
+                    "'original' unconnected",
+                )
         sigma = float(model.get_model_object("model_sampling").percent_to_sigma(1.0 - noise_strength))
         maps = None
         if method == "cross_attention":
@@ -295,7 +317,8 @@ class OIRPhraseMask(io.ComfyNode):
             if not target.strip():
                 raise OIRInputError("target", target, "is empty", "type what the object becomes")
             guided_text = original_prompt[: span[0]] + target.strip() + original_prompt[span[1] :]
-            guided = clip.encode_from_tokens_scheduled(clip.tokenize(guided_text))
+            guided_encoded = clip.encode_from_tokens_scheduled(clip.tokenize(guided_text))
+            guided = inherit_conditioning(original, guided_encoded, encoded[0][1].keys())
             host = ComfyHost(model, original, None, [guided], None, cfg=1.0)
         found = find_phrase_mask(
             host,
