@@ -56,8 +56,15 @@ TEMPLATES = {
         "astronaut",
         [("astronaut_helmet", "helmet -> globe"), ("astronaut_flag", "flag -> painting")],
     ),
+    "oir_phrase_mask_edit": ("coffee", [("coffee_cup", "cup -> glass"), ("coffee_spoon", "spoon -> fork")]),
 }
-BADGES = {"oir_sdxl_two_object_edit": "SDXL", "oir_flux_two_object_edit": "Flux-dev"}
+UNPAINTED = {"oir_phrase_mask_edit"}
+"""Templates whose masks come from the model: the card shows the photo without painted regions."""
+BADGES = {
+    "oir_sdxl_two_object_edit": "SDXL",
+    "oir_flux_two_object_edit": "Flux-dev",
+    "oir_phrase_mask_edit": "masks from words",
+}
 """Model family written on a card whose picture another template shares."""
 TINTS = ((255, 80, 60), (60, 160, 255), (90, 220, 90))
 
@@ -67,6 +74,8 @@ def thumbnail(template: str) -> None:
     name, pairs = TEMPLATES[template]
     picture = Image.open(HERE / f"{PREFIX}{name}.png").convert("RGB")
     for (mask_name, _), tint in zip(pairs, TINTS):
+        if template in UNPAINTED:
+            break
         region = Image.open(HERE / f"{PREFIX}{mask_name}.png").convert("L").point(lambda v: v * 0.45)
         picture = Image.composite(Image.new("RGB", picture.size, tint), picture, region)
     picture.thumbnail((384, 384))

@@ -251,9 +251,11 @@ class OIRPhraseMask(io.ComfyNode):
                     tooltip="How far along the model's schedule the latent is noised (DiffEdit: 0.5).",
                 ),
                 io.Int.Input(
-                    "samples", default=10, min=1, max=64, tooltip="Noise draws averaged (DiffEdit: 10)."
+                    "draws", default=10, min=1, max=64, tooltip="Noise draws averaged (DiffEdit: 10)."
                 ),
-                io.Int.Input("seed", default=0, min=0, max=2**32 - 1, tooltip="Seed of the noise draws."),
+                io.Int.Input(
+                    "draw_seed", default=0, min=0, max=2**32 - 1, tooltip="Seed of the noise draws."
+                ),
                 io.Conditioning.Input(
                     "original",
                     optional=True,
@@ -262,9 +264,13 @@ class OIRPhraseMask(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Mask.Output("mask", tooltip="The object's mask at image resolution, for OIR Edit Pair."),
-                io.Mask.Output("soft_mask", tooltip="The normalised map (0..1) before the threshold."),
-                io.Image.Output("preview", tooltip="The soft map in grey, the mask in red."),
+                io.Mask.Output(
+                    display_name="mask", tooltip="The object's mask at image resolution, for OIR Edit Pair."
+                ),
+                io.Mask.Output(
+                    display_name="soft_mask", tooltip="The normalised map (0..1) before the threshold."
+                ),
+                io.Image.Output(display_name="preview", tooltip="The soft map in grey, the mask in red."),
             ],
         )
 
@@ -281,13 +287,13 @@ class OIRPhraseMask(io.ComfyNode):
         method: str,
         threshold: float,
         noise_strength: float,
-        samples: int,
-        seed: int,
+        draws: int,
+        draw_seed: int,
         original: list | None = None,
     ) -> io.NodeOutput:
         if method not in METHODS:
             raise OIRInputError("method", method, "unknown method", f"use one of {list(METHODS)}")
-        check_mask_settings(threshold, samples, noise_strength)
+        check_mask_settings(threshold, draws, noise_strength)
         pixels = single_latent(latent)
         span = find_phrase(original_prompt, source, occurrence or None)
         clean = model_space_in(model, pixels)[0].float()
@@ -325,8 +331,8 @@ class OIRPhraseMask(io.ComfyNode):
             clean,
             method=method,
             sigma=sigma,
-            samples=samples,
-            seed=seed,
+            samples=draws,
+            seed=draw_seed,
             flow=is_flow_model(model),
             threshold=threshold,
             attention=maps,

@@ -240,7 +240,7 @@ def check_mask_settings(threshold: float, samples: int, strength: float) -> None
     if not 0.0 < threshold <= 1.0:
         raise OIRInputError("threshold", threshold, "must be in (0, 1]", "use e.g. 0.5")
     if samples < 1:
-        raise OIRInputError("samples", samples, "must be at least 1", "use e.g. 10 (DiffEdit's choice)")
+        raise OIRInputError("draws", samples, "must be at least 1", "use e.g. 10 (DiffEdit's choice)")
     if not 0.0 < strength < 1.0:
         raise OIRInputError(
             "noise_strength", strength, "must be in (0, 1)", "use e.g. 0.5 (DiffEdit's choice)"

@@ -13,6 +13,7 @@ TEMPLATES = (
     "oir_lora_controlnet_edit",
     "oir_sdxl_two_object_edit",
     "oir_flux_two_object_edit",
+    "oir_phrase_mask_edit",
 )
 """Every shipped template (``example_workflows/<name>.json`` and ``oir_cli/workflows/<name>.api.json``)."""
 

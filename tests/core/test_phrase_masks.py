@@ -136,7 +136,7 @@ def test_bad_settings_are_refused_before_any_model_call() -> None:
 
     for threshold, samples, strength, name in [
         (0, 1, 0.5, "threshold"),
-        (0.5, 0, 0.5, "samples"),
+        (0.5, 0, 0.5, "draws"),
         (0.5, 1, 1.0, "noise_strength"),
     ]:
         with pytest.raises(OIRInputError, match=name):

@@ -37,8 +37,8 @@ def _inputs(**overrides: Any) -> dict[str, Any]:
         "method": "cross_attention",
         "threshold": 0.5,
         "noise_strength": 0.5,
-        "samples": 4,
-        "seed": 0,
+        "draws": 4,
+        "draw_seed": 0,
     }
     return {**values, **overrides}
 
@@ -254,7 +254,7 @@ def test_works_with_lora_and_controlnet_and_costs_a_few_rows(
         clip=tiny_clip,
         latent=source,
         original=original,
-        **_inputs(method=method, samples=6),
+        **_inputs(method=method, draws=6),
     )
     assert torch.isfinite(soft).all() and set(mask.unique().tolist()) <= {0.0, 1.0}
     assert sum(counter.rows) == (6 if method == "cross_attention" else 12)
@@ -279,7 +279,7 @@ def test_flow_transformers_refuse_cross_attention_before_any_model_call_and_take
             _run(nodes, model=model, clip=clip, latent=latent, **_inputs())
         assert "noise_difference" in str(refused.value) and counter.rows == []
         mask, _, _ = _run(
-            nodes, model=model, clip=clip, latent=latent, **_inputs(method="noise_difference", samples=3)
+            nodes, model=model, clip=clip, latent=latent, **_inputs(method="noise_difference", draws=3)
         )
         assert mask.shape == (1, 64, 64) and sum(counter.rows) == 6
 
