@@ -464,6 +464,11 @@ class UnetCounter:
     def reset(self) -> None:
         self.forwards, self.rows, self.batches = 0, 0, []
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> UnetCounter:
+        # ComfyUI deep-copies model options when a model is cloned (a node may clone to patch it):
+        # the clone must still count here.
+        return self
+
     def __call__(self, apply_model: Callable[..., Any], args: dict[str, Any]) -> Any:
         batch = int(args["input"].shape[0])
         self.forwards += 1
