@@ -79,7 +79,8 @@ def phrase_positions(clip: Any, prompt: str, phrase: str, occurrence: int) -> li
     for chunk in chunks:
         ids = []
         for token, _, comfy_word in chunk:
-            if comfy_word != 0 and cursor < len(flat) and int(token) == flat[cursor][0]:
+            is_id = not isinstance(token, Tensor)  # textual-inversion embeddings are vectors
+            if comfy_word != 0 and cursor < len(flat) and is_id and int(token) == flat[cursor][0]:
                 ids.append(flat[cursor][1])
                 cursor += 1
             else:

@@ -297,3 +297,36 @@ def test_a_mismatched_original_is_refused_before_any_model_call(
     with pytest.raises(Exception, match=r"'source'.*not found"):
         _run(nodes, model=model, clip=tiny_clip, latent=latent, **_inputs(source="horse"))
     assert counter.rows == []
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_capture_sees_every_cross_attention_layer_of_the_unet(pack, family: str) -> None:
+    """SD1.x (conv proj_in, 8 heads) and SDXL (linear proj_in, 64-channel heads, `adm`) layouts: every
+    cross-attention layer of the UNet reports once per forward, at its own resolution."""
+    import sys
+
+    mask_nodes = sys.modules[f"{pack.__name__}.nodes.mask_nodes"]
+    comfy_host = sys.modules[f"{pack.__name__}.nodes.comfy_host"]
+    from oir_core.phrase_masks import AttentionMaps, find_phrase_mask
+
+    tiny = _tiny()
+    model, clip = tiny.build_tiny_family_model(family, seed=0), tiny.build_tiny_family_clip(family, seed=3)
+    layers = [m for m in model.model.diffusion_model.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    maps = AttentionMaps((8, 8), mask_nodes.phrase_positions(clip, PROMPT, "dog", 0))
+    host = comfy_host.ComfyHost(
+        mask_nodes.capture_cross_attention(model, maps), tiny.encode_prompt(clip, PROMPT), None, [], None, 1.0
+    )
+    found = find_phrase_mask(
+        host,
+        torch.randn(4, 8, 8),
+        method="cross_attention",
+        sigma=1.0,
+        samples=3,
+        seed=0,
+        flow=False,
+        threshold=0.5,
+        attention=maps,
+    )
+    assert len(layers) > 0 and len(maps.layers) == len(layers)
+    assert maps.maps == 3 * len(layers)  # every layer once per draw
+    assert found.mask.shape == (8, 8) and float(found.soft.max()) == pytest.approx(1.0)
