@@ -36,6 +36,7 @@ __all__ = [
 
 OIR_NODE_IDS: tuple[str, ...] = (
     "OIRLoadCLIPScorer",
+    "OIRPhraseMask",
     "OIREditPair",
     "OIRGuidedPromptBuilder",
     "OIRDDIMInversion",
