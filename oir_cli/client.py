@@ -36,7 +36,6 @@ __all__ = [
 
 OIR_NODE_IDS: tuple[str, ...] = (
     "OIRLoadCLIPScorer",
-    "OIRPhraseMask",
     "OIREditPair",
     "OIRGuidedPromptBuilder",
     "OIRDDIMInversion",
@@ -44,7 +43,8 @@ OIR_NODE_IDS: tuple[str, ...] = (
     "OIRMaskMetricScorer",
     "OIRObjectReassembly",
 )
-"""Node ids of the pack (``nodes/__init__.py``'s ``NODES``) a server must know to run an edit."""
+"""Node ids of the pack (``nodes/__init__.py``'s ``NODES``) a server must know to run an edit (all but
+OIR Phrase Mask, which oir-edit's edits do not use: it takes painted masks)."""
 
 
 class HeadlessError(RuntimeError):
