@@ -41,11 +41,12 @@ METHODS = ("cross_attention", "noise_difference")
 
 
 def _clip_l_tokenizer(clip: Any) -> tuple[Any, str]:
-    """ComfyUI's CLIP-L ``SDTokenizer`` of ``clip`` and the key of its tokens (SD1.x, SDXL share it)."""
+    """ComfyUI's CLIP ``SDTokenizer`` of ``clip`` whose token positions the context follows, and the
+    key of its tokens: CLIP-L for SD1.x and SDXL (CLIP-G's positions are the same), CLIP-H for SD2.x."""
     tokenizer = clip.tokenizer
-    inner = getattr(tokenizer, "clip_l", None)
-    if inner is None and isinstance(getattr(tokenizer, "clip", None), str):
-        inner = getattr(tokenizer, tokenizer.clip, None)
+    inner, key = getattr(tokenizer, "clip_l", None), "l"
+    if inner is None and isinstance(getattr(tokenizer, "clip", None), str):  # SD1Tokenizer and kin (SD2: "h")
+        inner, key = getattr(tokenizer, tokenizer.clip, None), str(getattr(tokenizer, "clip_name", "l"))
     if inner is None or not hasattr(inner, "tokenizer"):
         raise OIRInputError(
             "clip",
@@ -53,7 +54,7 @@ def _clip_l_tokenizer(clip: Any) -> tuple[Any, str]:
             "has no CLIP-L tokenizer, so the phrase's tokens cannot be found",
             "use the checkpoint's own CLIP (SD1.x, SD2.x or SDXL) or method noise_difference",
         )
-    return inner, "l"
+    return inner, key
 
 
 def phrase_positions(clip: Any, prompt: str, phrase: str, occurrence: int) -> list[int]:

@@ -141,6 +141,17 @@ def test_noise_difference_mask_is_where_the_prediction_depends_on_the_prompt(
     assert torch.equal((soft[0, 4::8, 4::8] > 0.5).float(), REGION)
 
 
+def _sd2_clip() -> Any:
+    """SD2.x's text encoder (OpenCLIP-H layout, its own tokenizer and ``"h"`` tokens), tiny."""
+    import comfy.sd
+    import comfy.text_encoders.sd2_clip
+    from comfy.supported_models_base import ClipTarget
+
+    target = ClipTarget(comfy.text_encoders.sd2_clip.SD2Tokenizer, comfy.text_encoders.sd2_clip.SD2ClipModel)
+    options = {"dtype": torch.float32, "clip_h_model_config": dict(_tiny().FAMILY_CLIP_L_CONFIG)}
+    return comfy.sd.CLIP(target=target, model_options=options)
+
+
 @pytest.mark.parametrize(
     ("prompt", "phrase", "occurrence", "weight"),
     [
@@ -151,7 +162,7 @@ def test_noise_difference_mask_is_where_the_prediction_depends_on_the_prompt(
         (" ".join(["a red brick house"] * 20) + " and a dog", "dog", 0, 1.0),  # past the first 77 tokens
     ],
 )
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "sd2"])
 def test_phrase_tokens_are_where_comfyui_put_them(
     pack, family: str, prompt: str, phrase: str, occurrence: int, weight: float
 ) -> None:
@@ -160,10 +171,11 @@ def test_phrase_tokens_are_where_comfyui_put_them(
     import sys
 
     mask_nodes = sys.modules[f"{pack.__name__}.nodes.mask_nodes"]
-    clip = _tiny().build_tiny_family_clip(family, seed=3)
+    clip = _sd2_clip() if family == "sd2" else _tiny().build_tiny_family_clip(family, seed=3)
+    key, own = ("h", clip.tokenizer.clip_h) if family == "sd2" else ("l", clip.tokenizer.clip_l)
     positions = mask_nodes.phrase_positions(clip, prompt, phrase, occurrence)
-    flat = [entry for chunk in clip.tokenize(prompt)["l"] for entry in chunk]
-    reference = clip.tokenizer.clip_l.tokenizer(phrase)["input_ids"][1:-1]
+    flat = [entry for chunk in clip.tokenize(prompt)[key] for entry in chunk]
+    reference = own.tokenizer(phrase)["input_ids"][1:-1]
     assert [int(flat[p][0]) for p in positions] == reference
     assert positions == list(range(positions[0], positions[0] + len(reference)))
     assert all(flat[p][1] == pytest.approx(weight) for p in positions)
