@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--strides", default="3,4,5,6,8", help="sweep: strides")
     parser.add_argument("--radii", default="1,2,3,4", help="sweep: radii")
     parser.add_argument(
-        "--noisy-cases", type=int, default=100, help="cases of the noisy two-peaked family (default setting)"
+        "--noisy-cases", type=int, default=200, help="cases of the noisy two-peaked family (default setting)"
     )
     args = parser.parse_args()
     benchlib.apply_common(args)
