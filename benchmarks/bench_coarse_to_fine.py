@@ -146,7 +146,7 @@ def make_case(seed: int, steps: int, device: str) -> Case:
     mask = torch.zeros(SIDE, SIDE)
     mask[top : top + height, left : left + width] = 1.0
     rgb = torch.rand(3, generator=g) * 0.9 + 0.05
-    color = "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgb)
+    color = hex_color(rgb)
     target = torch.logit(torch.tensor([int(color[i : i + 2], 16) / 255.0 for i in (1, 3, 5)]))
     # The full-depth edit overshoots: the target is reached at fraction w_star of the way.
     w_star = W_STAR_RANGE[0] + (W_STAR_RANGE[1] - W_STAR_RANGE[0]) * u()

@@ -18,6 +18,7 @@ from comfy_api.latest import io
 from torch import Tensor
 
 from ..oir_core.errors import OIRInputError
+from ..oir_core.masks import resize_mask_nearest
 from ..oir_core.options import LATENT_FACTOR
 from ..oir_core.phrase_masks import (
     AttentionMaps,
@@ -26,7 +27,7 @@ from ..oir_core.phrase_masks import (
     phrase_token_positions,
     phrase_word_ids,
 )
-from ..oir_core.prompts import find_phrase
+from ..oir_core.prompts import EditPairText, build_prompts, check_target, find_phrase
 from .comfy_host import ComfyHost, is_flow_model, model_space_in
 from .conditioning import check_conditioning, inherit_conditioning
 from .sampling_nodes import single_latent
@@ -184,9 +185,9 @@ def capture_cross_attention(model: Any, maps: AttentionMaps) -> Any:
 def _to_image(values: Tensor, mode: str) -> Tensor:
     """``[h, w]`` latent-grid map -> ``[1, 8h, 8w]`` MASK (``nearest`` or ``bilinear``)."""
     size = (values.shape[0] * LATENT_FACTOR, values.shape[1] * LATENT_FACTOR)
-    grid = values[None, None].float()
     if mode == "nearest":
-        return F.interpolate(grid, size=size, mode="nearest")[0]
+        return resize_mask_nearest(values[None].float(), size)
+    grid = values[None, None].float()
     return F.interpolate(grid, size=size, mode="bilinear", align_corners=False).clamp(0, 1)[0]
 
 
@@ -297,7 +298,7 @@ class OIRPhraseMask(io.ComfyNode):
             raise OIRInputError("method", method, "unknown method", f"use one of {list(METHODS)}")
         check_mask_settings(threshold, draws, noise_strength)
         pixels = single_latent(latent)
-        span = find_phrase(original_prompt, source, occurrence or None)
+        find_phrase(original_prompt, source, occurrence or None)  # refused before anything runs
         clean = model_space_in(model, pixels)[0].float()
         encoded = clip.encode_from_tokens_scheduled(clip.tokenize(original_prompt))
         if original is None:
@@ -322,9 +323,9 @@ class OIRPhraseMask(io.ComfyNode):
             )
             host = ComfyHost(capture_cross_attention(model, maps), original, None, [], None, cfg=1.0)
         else:
-            if not target.strip():
-                raise OIRInputError("target", target, "is empty", "type what the object becomes")
-            guided_text = original_prompt[: span[0]] + target.strip() + original_prompt[span[1] :]
+            # the guided prompt exactly as the Guided Prompt Builder writes one (its matching rules)
+            pair = EditPairText(source, check_target(source, target), occurrence or None)
+            guided_text = build_prompts(original_prompt, [pair]).guided[0]
             guided_encoded = clip.encode_from_tokens_scheduled(clip.tokenize(guided_text))
             guided = inherit_conditioning(original, guided_encoded, encoded[0][1].keys())
             host = ComfyHost(model, original, None, [guided], None, cfg=1.0)

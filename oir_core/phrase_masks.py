@@ -33,7 +33,9 @@ from torch import Tensor
 
 from .errors import OIRInputError
 from .host import Host, Stage
+from .metric import minmax_normalize
 from .prompts import find_phrase
+from .sampling import CallStats, ChunkedDenoiser
 
 __all__ = [
     "AttentionMaps",
@@ -143,18 +145,10 @@ class AttentionMaps:
         return self.total / self.maps
 
 
-def normalise_map(values: Tensor) -> Tensor:
-    """Min-max normalise ``values`` to ``[0, 1]`` (a constant map becomes all zeros)."""
-    values = values.float()
-    low, high = values.min(), values.max()
-    if float(high - low) <= 0:
-        return torch.zeros_like(values)
-    return (values - low) / (high - low)
-
-
 def threshold_map(values: Tensor, threshold: float, rows: int) -> PhraseMask:
-    """The soft mask (normalised ``values``) and the mask ``soft >= threshold``."""
-    soft = normalise_map(values)
+    """The soft mask (``values`` min-max normalised as the search's scores are; a constant map gives
+    zeros) and the mask ``soft >= threshold``."""
+    soft = minmax_normalize(values.flatten())[0].to(torch.float32).reshape(values.shape)
     return PhraseMask(soft=soft, mask=(soft >= threshold).float(), model_rows=rows)
 
 
@@ -172,29 +166,24 @@ def noised_samples(latent: Tensor, sigma: float, samples: int, seed: int, flow: 
     return clean * scale + noise * sigma
 
 
-def _predict(host: Host, role: str, noisy: Tensor, sigma: float) -> Tensor:
+def _predict(host: Host, role: str, noisy: Tensor, sigma: float, stats: CallStats) -> Tensor:
     """``[N, C, h, w]`` clean estimates of ``noisy`` at ``sigma`` under ``role`` (``original``, or
-    ``guided`` with every row on guided prompt 0), in chunks of the host's size."""
+    ``guided`` with every row on guided prompt 0), chunked as every stage is (``ChunkedDenoiser``)."""
     rows = noisy.shape[0]
     stage = Stage(role, torch.tensor([sigma]), rows, tuple(noisy.shape[1:]), "phrase mask", rows)  # type: ignore[arg-type]
+    ids = None if role == "original" else torch.zeros(rows, dtype=torch.long)
 
     def body(denoiser, max_batch):  # type: ignore[no-untyped-def]
-        step = max_batch or rows
-        outputs = []
-        for start in range(0, rows, step):
-            chunk = noisy[start : start + step]
-            ids = None if role == "original" else torch.zeros(chunk.shape[0], dtype=torch.long)
-            outputs.append(denoiser(chunk, torch.tensor(float(sigma)), ids))
-        return torch.cat(outputs)
+        return ChunkedDenoiser(denoiser, max_batch, stats)(noisy, torch.tensor(float(sigma)), ids)
 
     return host.run(stage, body)
 
 
-def noise_difference_map(host: Host, noisy: Tensor, sigma: float) -> Tensor:
+def noise_difference_map(host: Host, noisy: Tensor, sigma: float, stats: CallStats) -> Tensor:
     """``[h, w]``: DiffEdit's map, the mean over rows and channels of ``|x0_original - x0_guided|``,
     from the original prompt and guided prompt 0 on the same noisy latents ``[N, C, h, w]``."""
-    original = _predict(host, "original", noisy, sigma)
-    guided = _predict(host, "guided", noisy, sigma)
+    original = _predict(host, "original", noisy, sigma, stats)
+    guided = _predict(host, "guided", noisy, sigma, stats)
     return (original.float() - guided.float()).abs().mean(dim=(0, 1)).cpu()
 
 
@@ -225,13 +214,14 @@ def find_phrase_mask(
         threshold: the mask is ``soft >= threshold``.
     """
     noisy = noised_samples(latent, sigma, samples, seed, flow)
+    stats = CallStats()
     if method == "cross_attention":
         if attention is None:
             raise ValueError("cross_attention needs the host's AttentionMaps")
-        _predict(host, "original", noisy, sigma)
-        return threshold_map(attention.mean(), threshold, samples)
+        _predict(host, "original", noisy, sigma, stats)
+        return threshold_map(attention.mean(), threshold, stats.rows)
     if method == "noise_difference":
-        return threshold_map(noise_difference_map(host, noisy, sigma), threshold, 2 * samples)
+        return threshold_map(noise_difference_map(host, noisy, sigma, stats), threshold, stats.rows)
     raise OIRInputError("method", method, "unknown method", "use cross_attention or noise_difference")
 
 

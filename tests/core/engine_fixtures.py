@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from oir_core.analytic import GaussianModel, sd_discrete_sigmas
+from oir_core.inversion import InversionTrajectory
 
 SD_CLEAN_SIGMA = float(sd_discrete_sigmas()[0])
 LATENT_SHAPE = (4, 8, 8)
@@ -75,3 +76,15 @@ def serial_denoise(
         x0_hat = denoiser(x, sigma, ids)
         x = x0_hat if float(sigma_next) == 0.0 else x + (x - x0_hat) / sigma * (sigma_next - sigma)
     return x[0]
+
+
+def relative_path_error(model: GaussianModel, trajectory: InversionTrajectory, x0: Tensor) -> float:
+    """Largest error of any inverted latent against the exact path through the level-0 state,
+    relative to the path's std (the official conventions start at sigma_min, euler at 0)."""
+    worst = 0.0
+    start_sigma = float(trajectory.level_sigmas[0])
+    for level, sigma in enumerate(trajectory.level_sigmas.tolist()):
+        exact = model.exact_path(trajectory.latents[0], start_sigma, sigma, model.means[0])
+        error = (trajectory.latents[level] - exact).abs().max().item() / float(model.std_path(sigma))
+        worst = max(worst, error)
+    return worst

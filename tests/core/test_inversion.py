@@ -6,7 +6,13 @@ import itertools
 
 import pytest
 import torch
-from engine_fixtures import SD_CLEAN_SIGMA, TinyConditionedNet, clean_latent, prompt_means
+from engine_fixtures import (
+    SD_CLEAN_SIGMA,
+    TinyConditionedNet,
+    clean_latent,
+    prompt_means,
+    relative_path_error,
+)
 
 from oir_core import FunctionHost, OIRInputError, invert
 from oir_core.analytic import GaussianModel, ddim_uniform_schedule, flow_schedule
@@ -15,18 +21,6 @@ from oir_core.sampling import lockstep_denoise
 
 def _host(model: GaussianModel) -> FunctionHost:
     return FunctionHost(original=model.denoiser(0), guided=model.denoiser(0), target=model.denoiser(0))
-
-
-def _relative_path_error(model: GaussianModel, trajectory, x0: torch.Tensor) -> float:
-    """Largest error of any inverted latent against the exact path through the level-0 state,
-    relative to the path's std (the official conventions start at sigma_min, euler at 0)."""
-    worst = 0.0
-    start_sigma = float(trajectory.level_sigmas[0])
-    for level, sigma in enumerate(trajectory.level_sigmas.tolist()):
-        exact = model.exact_path(trajectory.latents[0], start_sigma, sigma, model.means[0])
-        error = (trajectory.latents[level] - exact).abs().max().item() / float(model.std_path(sigma))
-        worst = max(worst, error)
-    return worst
 
 
 def _round_trip_error(model: GaussianModel, steps: int, schedule, convention: str) -> float:
@@ -50,7 +44,7 @@ def test_vp_inversion_follows_exact_path_and_converges(convention: str) -> None:
         scale = (1 + SD_CLEAN_SIGMA**2) ** 0.5 if convention.startswith("official") else 1.0
         torch.testing.assert_close(trajectory.latents[0], x0 * scale, rtol=0, atol=0)
         torch.testing.assert_close(trajectory.source_latent(), x0, rtol=1e-7, atol=1e-7)
-        errors.append(_relative_path_error(model, trajectory, x0))
+        errors.append(relative_path_error(model, trajectory, x0))
     # First-order solver: the error shrinks steadily with the step count and ends small.
     assert all(later < earlier * 0.75 for earlier, later in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.1, errors
@@ -63,7 +57,7 @@ def test_flow_inversion_follows_exact_path_and_converges() -> None:
     for steps in (10, 20, 50, 100):
         trajectory = invert(_host(model), x0, flow_schedule(steps), "euler")
         assert float(trajectory.level_sigmas[-1]) == pytest.approx(1.0)
-        errors.append(_relative_path_error(model, trajectory, x0))
+        errors.append(relative_path_error(model, trajectory, x0))
     assert all(later < earlier * 0.75 for earlier, later in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.1, errors
 
@@ -226,6 +220,6 @@ def test_euler_inversion_on_a_karras_schedule_follows_the_exact_path() -> None:
     errors = []
     for steps in (10, 20, 50, 100):
         trajectory = invert(_host(model), x0, _karras(steps, 0.002, 80.0), "euler")
-        errors.append(_relative_path_error(model, trajectory, x0))
+        errors.append(relative_path_error(model, trajectory, x0))
     assert all(later < earlier * 0.8 for earlier, later in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.1, errors

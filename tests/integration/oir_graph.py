@@ -14,6 +14,48 @@ STEPS = 5  # divides 1000, so ComfyUI's ddim_uniform gives exactly STEPS levels
 IMAGE = 64  # pixels; the tiny VAE is 8x, so latents are 8x8
 
 
+class ForwardRecorder:
+    """Records every model forward through ComfyUI's UNet function wrapper (no effect on the result):
+    its rows, branches (cond 0 / uncond 1), ``y``, Flux's ``guidance``, the context's shape and
+    whether a ControlNet rode along. ComfyUI deep-copies model options when a model is cloned; the
+    recorder returns itself from ``deepcopy``, so a clone made inside a node still records here."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ForwardRecorder:
+        return self
+
+    def __call__(self, apply_model: Any, args: dict[str, Any]) -> torch.Tensor:
+        c = args["c"]
+        self.calls.append(
+            {
+                "rows": int(args["input"].shape[0]),
+                "branches": list(args["cond_or_uncond"]),
+                "y": None if c.get("y") is None else c["y"].detach().float().cpu().clone(),
+                "guidance": None if c.get("guidance") is None else c["guidance"].detach().float().cpu(),
+                "context": tuple(c["c_crossattn"].shape),
+                "control": c.get("control") is not None,
+            }
+        )
+        return apply_model(args["input"], args["timestep"], **c)
+
+    def rows(self, key: str) -> dict[int, list[torch.Tensor]]:
+        """``branch -> [per-row value]`` over every call (a call's rows are split per branch chunk)."""
+        found: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+        for call in self.calls:
+            if call[key] is None:
+                continue
+            chunks = call[key].chunk(len(call["branches"]))
+            for branch, chunk in zip(call["branches"], chunks):
+                found[branch].extend(chunk)
+        return found
+
+    def row_counts(self) -> list[int]:
+        """Rows of every forward, in order."""
+        return [call["rows"] for call in self.calls]
+
+
 def masks() -> tuple[torch.Tensor, torch.Tensor]:
     left = torch.zeros(1, IMAGE, IMAGE)
     left[:, 8:40, 4:28] = 1.0

@@ -17,8 +17,8 @@ from typing import Any
 import node_helpers
 import pytest
 import torch
-from engine_fixtures import clean_latent, prompt_means
-from oir_graph import IMAGE, STEPS, run_graph, run_node
+from engine_fixtures import clean_latent, prompt_means, relative_path_error
+from oir_graph import IMAGE, STEPS, ForwardRecorder, run_graph, run_node
 
 from oir_core import FunctionHost, invert
 from oir_core.analytic import GaussianModel
@@ -55,41 +55,8 @@ def family_models() -> dict[str, tuple[Any, Any, Any]]:
     }
 
 
-class ForwardSpy:
-    """Records every model forward through ComfyUI's UNet function wrapper (no effect on the result)."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    def __call__(self, apply_model: Any, args: dict[str, Any]) -> torch.Tensor:
-        c = args["c"]
-        options = c.get("transformer_options", {})
-        walk = options.get("sample_sigmas")
-        self.calls.append(
-            {
-                "walk": None if walk is None else tuple(round(float(s), 5) for s in walk),
-                "branches": list(args["cond_or_uncond"]),
-                "y": None if c.get("y") is None else c["y"].detach().float().cpu().clone(),
-                "guidance": None if c.get("guidance") is None else c["guidance"].detach().float().cpu(),
-                "context": tuple(c["c_crossattn"].shape),
-            }
-        )
-        return apply_model(args["input"], args["timestep"], **c)
-
-    def rows(self, key: str) -> dict[int, list[torch.Tensor]]:
-        """``branch -> [per-row value]`` over every call (a call's rows are split per branch chunk)."""
-        found: dict[int, list[torch.Tensor]] = {0: [], 1: []}
-        for call in self.calls:
-            if call[key] is None:
-                continue
-            chunks = call[key].chunk(len(call["branches"]))
-            for branch, chunk in zip(call["branches"], chunks):
-                found[branch].extend(chunk)
-        return found
-
-
-def _spied(model: Any) -> tuple[Any, ForwardSpy]:
-    spy = ForwardSpy()
+def _spied(model: Any) -> tuple[Any, ForwardRecorder]:
+    spy = ForwardRecorder()
     patched = model.clone()
     patched.set_model_unet_function_wrapper(spy)
     return patched, spy
@@ -285,13 +252,7 @@ def test_auto_convention_follows_the_exact_path_on_the_familys_schedule(
         if parameterization == "flow":
             assert float(schedule[0]) == pytest.approx(1.0)
         exact = invert(host, x0, schedule, expected, clean_sigma=comfy_host.clean_sigma(model))
-        start = float(exact.level_sigmas[0])
-        worst = 0.0
-        for level, sigma in enumerate(exact.level_sigmas.tolist()):
-            reference = analytic.exact_path(exact.latents[0], start, sigma, analytic.means[0])
-            error = (exact.latents[level] - reference).abs().max().item() / float(analytic.std_path(sigma))
-            worst = max(worst, error)
-        errors.append(worst)
+        errors.append(relative_path_error(analytic, exact, x0))
     assert all(later < earlier * 0.8 for earlier, later in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.1, errors
 

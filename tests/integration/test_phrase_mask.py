@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from oir_graph import ForwardRecorder
 
 REGION = torch.zeros(8, 8)
 REGION[2:6, 2:6] = 1.0  # aligned to the UNet's 2x2 downsampling
@@ -208,24 +209,6 @@ def test_the_users_model_is_left_as_it_was(nodes, tiny_unet, tiny_clip, tiny_vae
     assert torch.equal(ksampler(), before)
 
 
-class _RowCounter:
-    """Rows and ControlNet presence of every forward (a UNet function wrapper). The wrapper is a
-    closure: ComfyUI deep-copies model options when a model is cloned, and functions survive that
-    by reference, so a clone made by the node still reports here."""
-
-    def __init__(self) -> None:
-        self.rows: list[int] = []
-        self.control: list[bool] = []
-        rows, control = self.rows, self.control
-
-        def wrapper(apply_model: Any, args: dict[str, Any]) -> torch.Tensor:
-            rows.append(int(args["input"].shape[0]))
-            control.append(args["c"].get("control") is not None)
-            return apply_model(args["input"], args["timestep"], **args["c"])
-
-        self.wrapper = wrapper
-
-
 @pytest.mark.parametrize("method", ["cross_attention", "noise_difference"])
 def test_works_with_lora_and_controlnet_and_costs_a_few_rows(
     nodes, tiny_unet, tiny_clip, tiny_vae, method: str
@@ -244,8 +227,8 @@ def test_works_with_lora_and_controlnet_and_costs_a_few_rows(
     )
     lora = tiny_unet.clone()
     lora.add_patches({key: ("diff", (delta,))}, 1.0)
-    counter = _RowCounter()
-    lora.set_model_unet_function_wrapper(counter.wrapper)
+    counter = ForwardRecorder()
+    lora.set_model_unet_function_wrapper(counter)
     import tempfile
     from pathlib import Path
 
@@ -269,8 +252,8 @@ def test_works_with_lora_and_controlnet_and_costs_a_few_rows(
         **_inputs(method=method, draws=6),
     )
     assert torch.isfinite(soft).all() and set(mask.unique().tolist()) <= {0.0, 1.0}
-    assert sum(counter.rows) == (6 if method == "cross_attention" else 12)
-    assert all(counter.control)
+    assert sum(counter.row_counts()) == (6 if method == "cross_attention" else 12)
+    assert all(call["control"] for call in counter.calls)
 
 
 def test_flow_transformers_refuse_cross_attention_before_any_model_call_and_take_noise_difference(
@@ -283,32 +266,32 @@ def test_flow_transformers_refuse_cross_attention_before_any_model_call_and_take
             tiny.build_tiny_family_clip(family, seed=3),
             tiny.build_tiny_family_vae(family, seed=4),
         )
-        counter = _RowCounter()
-        model.set_model_unet_function_wrapper(counter.wrapper)
+        counter = ForwardRecorder()
+        model.set_model_unet_function_wrapper(counter)
         latent = {"samples": vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2)))}
         assert latent["samples"].shape[1] == 16
         with pytest.raises(Exception, match="no cross-attention layers") as refused:
             _run(nodes, model=model, clip=clip, latent=latent, **_inputs())
-        assert "noise_difference" in str(refused.value) and counter.rows == []
+        assert "noise_difference" in str(refused.value) and counter.calls == []
         mask, _, _ = _run(
             nodes, model=model, clip=clip, latent=latent, **_inputs(method="noise_difference", draws=3)
         )
-        assert mask.shape == (1, 64, 64) and sum(counter.rows) == 6
+        assert mask.shape == (1, 64, 64) and sum(counter.row_counts()) == 6
 
 
 def test_a_mismatched_original_is_refused_before_any_model_call(
     nodes, tiny_unet, tiny_clip, tiny_vae
 ) -> None:
-    counter = _RowCounter()
+    counter = ForwardRecorder()
     model = tiny_unet.clone()
-    model.set_model_unet_function_wrapper(counter.wrapper)
+    model.set_model_unet_function_wrapper(counter)
     other = _tiny().encode_prompt(tiny_clip, "a cat on a mat")
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     with pytest.raises(Exception, match=r"'original'.*not this clip's encoding"):
         _run(nodes, model=model, clip=tiny_clip, latent=latent, original=other, **_inputs())
     with pytest.raises(Exception, match=r"'source'.*not found"):
         _run(nodes, model=model, clip=tiny_clip, latent=latent, **_inputs(source="horse"))
-    assert counter.rows == []
+    assert counter.calls == []
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
