@@ -19,16 +19,20 @@ Cases whose score curves mean something, with exact models (no weights, CPU, sec
   the edit passes on its way to the target (partway between the masked region's original colour and
   the target, a little less rewarded: a second, lower peak at a shallower depth), and every
   candidate's editing score gets a deterministic pseudo-random offset drawn from its 8-bit pixels
-  (so the same image always scores the same, and two images of one step, e.g. a coarse and an exact
-  candidate, score differently, as CLIP does).
+  (so the same image always scores the same, and two images of one step, e.g. an approximate and an
+  exact candidate, score differently, as CLIP does). Measured at two noise amplitudes (4 % and 1 %
+  of the edit's colour distance), each with its *noise ceiling*: how often the exhaustive search
+  agrees with itself (±1) when only the noise is re-drawn. A search that scores other images than
+  the exhaustive one (any approximation does) cannot be expected to beat that ceiling.
 
 For each case the exhaustive search (every ``t = 1..50``, ``T(T+1)/2 = 1275`` rows) is compared with
 ``oir_core.search.coarse_to_fine_candidates`` used as the nodes use it: the scorer ranks the coarse
-round, and the same scorer makes the final choice the way the Mask Metric Scorer does (over the
-run's ``pool`` with its ``eligible`` flags when the engine has them, else over the refined
-candidates). The "plain" scheme (stride sub-schedule to level 0, final choice normalised over the
-refined candidates alone), built here from engine parts, is measured alongside for comparison.
-A sweep over (stride, radius) gives the trade-off table.
+round, and the same scorer makes the final choice over the run's whole ``pool``, as the Mask Metric
+Scorer does. The previous design ("exact refinement": a fine tail of ``stride`` levels in the
+coarse round, full-schedule refinement candidates, the winner taken among exact candidates with
+the scores normalised over all), built here from engine parts, is measured alongside: it agrees
+slightly more often but costs 1.5-2× the rows. A sweep over (stride, radius) gives the trade-off
+table.
 
 Run: ``python benchmarks/bench_coarse_to_fine.py`` (no ComfyUI needed).
 """
@@ -53,8 +57,9 @@ from oir_core.candidates import CandidateSet, exhaustive_steps, generate_candida
 from oir_core.host import FunctionHost
 from oir_core.inversion import InversionTrajectory, invert
 from oir_core.metric import ColorTargetScorer, search_scores
+from oir_core.sampling import SubSchedule
 from oir_core.search import coarse_to_fine_candidates
-from oir_core.steps import coarse_steps, refine_steps
+from oir_core.steps import coarse_round_steps, refine_steps
 
 SIDE = 16
 CFGS = (3.0, 5.0, 7.5, 10.0)
@@ -95,12 +100,13 @@ class NoisyTwoPeakScorer(ColorTargetScorer):
     """:class:`ColorTargetScorer` with a second, lower peak and per-image noise (module docstring).
 
     editing = ``max(-d(target), -d(decoy) - penalty) + noise * u(image)``, ``u`` in ``[-1, 1]`` from a
-    hash of the candidate's 8-bit pixels; fidelity unchanged.
+    hash of the candidate's 8-bit pixels (and ``salt``: another salt re-draws the noise); fidelity
+    unchanged.
     """
 
-    def __init__(self, decoy: str, penalty: float, noise: float) -> None:
+    def __init__(self, decoy: str, penalty: float, noise: float, salt: bytes = b"") -> None:
         super().__init__()
-        self.decoy, self.penalty, self.noise = decoy, penalty, noise
+        self.decoy, self.penalty, self.noise, self.salt = decoy, penalty, noise, salt
 
     def score(
         self, candidates: Tensor, original: Tensor, mask: Tensor, target_text: str
@@ -110,7 +116,7 @@ class NoisyTwoPeakScorer(ColorTargetScorer):
         pixels = (candidates.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         draws = []
         for image in pixels:
-            digest = hashlib.blake2b(image.numpy().tobytes(), digest_size=8).digest()
+            digest = hashlib.blake2b(image.numpy().tobytes() + self.salt, digest_size=8).digest()
             draws.append(int.from_bytes(digest, "little") / 2**64 * 2 - 1)
         noise = torch.tensor(draws, dtype=editing.dtype, device=editing.device) * self.noise
         return torch.maximum(editing, decoy - self.penalty) + noise, fidelity
@@ -120,8 +126,9 @@ def hex_color(rgb: Tensor) -> str:
     return "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgb.clamp(0, 1))
 
 
-def make_noisy_case(seed: int, steps: int, device: str) -> Case:
-    """:func:`make_case`'s case, scored by a :class:`NoisyTwoPeakScorer` drawn from ``seed``."""
+def make_noisy_case(seed: int, steps: int, device: str, noise: float = 0.04) -> Case:
+    """:func:`make_case`'s case, scored by a :class:`NoisyTwoPeakScorer` drawn from ``seed`` whose
+    noise is ``noise`` times the edit's colour distance."""
     case = make_case(seed, steps, device)
     g = torch.Generator().manual_seed(seed + 7919)
     inside = case.mask.cpu() > 0.5
@@ -131,7 +138,7 @@ def make_noisy_case(seed: int, steps: int, device: str) -> Case:
     decoy = start + fraction * (target - start)
     gap = float((target - start).norm())
     penalty = 0.15 * gap * float(torch.rand((), generator=g))
-    scorer = NoisyTwoPeakScorer(hex_color(decoy), penalty, noise=0.04 * gap)
+    scorer = NoisyTwoPeakScorer(hex_color(decoy), penalty, noise=noise * gap)
     return Case(case.host, case.trajectory, case.original, case.mask, case.color, case.cfg, scorer)
 
 
@@ -187,37 +194,31 @@ class Outcome:
 
 
 def engine_rule(case: Case, stride: int, radius: int) -> Outcome:
-    """What the nodes do with the engine as it is: ``coarse_to_fine_candidates``, the scorer ranking
-    the coarse round (normalised over that round), and the Mask Metric Scorer's final choice: over
-    the run's ``pool`` with its ``eligible`` flags when the engine provides them (anchored
-    normalisation), else over the refined candidates alone."""
+    """What the nodes do: ``coarse_to_fine_candidates``, the scorer ranking the coarse round, and
+    the Mask Metric Scorer's final choice over the run's whole ``pool``."""
     run = coarse_to_fine_candidates(
         case.host, case.trajectory, 1, lambda c: [best_step(case, c)], stride=stride, radius=radius
     )
-    rows = run.coarse.stats.rows + run.refined.stats.rows
-    pool = getattr(run, "pool", None)
-    if pool is None:
-        return Outcome(rows, best_step(case, run.refined))
-    steps, latents = pool.for_pair(0)
-    eligible = [run.eligible[i] for i in pool.indices(0)]
-    table = search_scores(
-        case.scorer, steps, to_image(latents), case.original, case.mask, case.color, eligible=eligible
-    )
-    return Outcome(rows, table.chosen_step)
+    return Outcome(run.pool.stats.rows, best_step(case, run.pool))
 
 
-def plain_rule(case: Case, stride: int, radius: int) -> Outcome:
-    """The plain scheme (the engine before its anchored coarse-to-fine change), built here from
-    engine parts: every ``stride``-th step on the stride sub-schedule, the scorer's best, the
-    full-schedule candidates within ``radius``, the final choice normalised over those alone."""
-    coarse = generate_candidates(
-        case.host, case.trajectory, [coarse_steps(case.trajectory.steps, stride)], stride=stride
-    )
-    best = best_step(case, coarse)
-    refined = generate_candidates(
-        case.host, case.trajectory, [refine_steps(best, radius, case.trajectory.steps)]
-    )
-    return Outcome(coarse.stats.rows + refined.stats.rows, best_step(case, refined))
+def exact_refinement_rule(case: Case, stride: int, radius: int) -> Outcome:
+    """The previous design, from engine parts: the coarse round with a fine tail of ``stride``
+    levels, full-schedule candidates within ``radius`` of its best, and the winner taken among the
+    exact candidates (refined, and coarse ones walked on every level) with the scores normalised
+    over all of them."""
+    schedule = SubSchedule(stride=stride, tail=stride)
+    steps = coarse_round_steps(case.trajectory.steps, stride)
+    coarse = generate_candidates(case.host, case.trajectory, [steps], schedule=schedule)
+    refine = refine_steps(best_step(case, coarse), radius, case.trajectory.steps)
+    refined = generate_candidates(case.host, case.trajectory, [refine])
+    kept = [i for i, s in enumerate(coarse.steps) if s not in refine]
+    pool_steps = refine + [coarse.steps[i] for i in kept]
+    exact = [True] * len(refine) + [coarse.is_exact(i) for i in kept]
+    latents = torch.cat([refined.latents, coarse.latents[kept]])
+    table = search_scores(case.scorer, pool_steps, to_image(latents), case.original, case.mask, case.color)
+    best = max((i for i in range(len(pool_steps)) if exact[i]), key=lambda i: table.combined[i])
+    return Outcome(coarse.stats.rows + refined.stats.rows, pool_steps[best])
 
 
 def histogram(values: Sequence[int], steps: int, bins: int = 10) -> str:
@@ -252,13 +253,14 @@ def summarise(
 
 
 def best_setting(table: dict[tuple[int, int], Summary]) -> tuple[str, bool]:
-    """The cheapest setting meeting both targets and the most accurate one within 25 % rows."""
+    """The cheapest setting meeting both targets (≤ 25 % rows, ±1 ≥ 95 %) and the most accurate one
+    within 25 % rows."""
 
     def show(key: tuple[int, int]) -> str:
         v = table[key]
         return f"stride {key[0]}, radius {key[1]}: rows {fmt_pct(v.rows)}, ±1 {fmt_pct(v.within)}"
 
-    ok = [k for k, v in table.items() if v.rows <= 0.25 and v.within >= 0.9]
+    ok = [k for k, v in table.items() if v.rows <= 0.25 and v.within >= 0.95]
     affordable = [k for k, v in table.items() if v.rows <= 0.25] or list(table)
     accurate = max(affordable, key=lambda k: (table[k].within, -table[k].rows))
     if not ok:
@@ -299,24 +301,26 @@ def main() -> None:
         {(int(s), int(r)) for s in args.strides.split(",") for r in args.radii.split(",")}
         | {(args.stride, args.radius)}
     )
-    tables: dict[str, dict[tuple[int, int], Summary]] = {"engine": {}, "plain": {}}
+    rules = {"engine": engine_rule, "exact refinement": exact_refinement_rule}
+    tables: dict[str, dict[tuple[int, int], Summary]] = {name: {} for name in rules}
     print(
-        "stride radius | engine: rows %  ±1 %  exact %  regret p95 | plain: rows %  ±1 %  exact %  regret p95"
+        "stride radius | engine: rows %  ±1 %  exact %  regret p95 "
+        "| exact refinement: rows %  ±1 %  exact %  regret p95"
     )
     for stride, radius in settings:
-        for name, rule in (("engine", engine_rule), ("plain", plain_rule)):
+        for name, rule in rules.items():
             outcomes = [rule(case, stride, radius) for case in cases]
             tables[name][(stride, radius)] = summarise(outcomes, exhaustive, curves, full)
-        a, b = tables["engine"][(stride, radius)], tables["plain"][(stride, radius)]
+        a, b = (tables[name][(stride, radius)] for name in rules)
         print(
             f"{stride:6d} {radius:6d} | {100 * a.rows:15.1f} {100 * a.within:5.1f} {100 * a.exact:8.1f} "
-            f"{a.regret_p95:11.4f} | {100 * b.rows:16.1f} {100 * b.within:5.1f} {100 * b.exact:8.1f} "
+            f"{a.regret_p95:11.4f} | {100 * b.rows:24.1f} {100 * b.within:5.1f} {100 * b.exact:8.1f} "
             f"{b.regret_p95:11.4f}"
         )
     print(f"({time.perf_counter() - start:.0f} s)")
 
     key = (args.stride, args.radius)
-    engine, plain = tables["engine"][key], tables["plain"][key]
+    engine, before = tables["engine"][key], tables["exact refinement"][key]
     setting = f"stride {args.stride}, radius {args.radius}"
     report.add(
         Metric(
@@ -329,57 +333,79 @@ def main() -> None:
             f"3. chosen step within ±1 of exhaustive ({args.cases} analytic cases, {setting})",
             f"{fmt_pct(engine.within)} (exact {fmt_pct(engine.exact)}; "
             f"p95 score regret {engine.regret_p95:.3f})",
-            "≥ 90 %",
-            engine.within >= 0.9,
+            "≥ 95 %",
+            engine.within >= 0.95,
             f"exhaustive optima over the cases: {histogram(exhaustive, args.steps, 5)}; regret = "
             "exhaustive combined score (0..1) of its choice minus that of the coarse-to-fine choice.",
         ),
         Metric(
-            f"3. … plain scheme for comparison ({setting}): rows / within ±1",
-            f"{fmt_pct(plain.rows)} / {fmt_pct(plain.within)} (p95 regret {plain.regret_p95:.3f})",
+            f"3. … previous design, exact refinement ({setting}): rows / within ±1",
+            f"{fmt_pct(before.rows)} / {fmt_pct(before.within)} (p95 regret {before.regret_p95:.3f})",
             "-",
             None,
-            "stride sub-schedule to level 0, no step-1 anchor, final choice normalised over the "
-            "refined candidates alone.",
+            f"coarse round with a fine tail of {args.stride} levels, full-schedule refinement, the winner "
+            "among exact candidates.",
         ),
     )
     text, met = best_setting(tables["engine"])
-    report.add(Metric("3. best (stride, radius), engine", text, "≤ 25 % and ≥ 90 %", met))
-    text, _ = best_setting(tables["plain"])
-    report.add(Metric("3. best (stride, radius), plain scheme", text, "-", None))
+    report.add(Metric("3. best (stride, radius), engine", text, "≤ 25 % and ≥ 95 %", met))
+    text, _ = best_setting(tables["exact refinement"])
+    report.add(Metric("3. best (stride, radius), exact refinement", text, "-", None))
     if args.noisy_cases > 0:
-        report.add(noisy_family(args))
+        for noise in NOISY_AMPLITUDES:
+            report.add(noisy_family(args, noise))
     report.emit(args.json_out)
 
 
-def noisy_family(args: argparse.Namespace) -> Metric:
-    """±1 agreement of coarse-to-fine (the default setting) with exhaustive on the noisy family."""
+NOISY_AMPLITUDES = (0.04, 0.01)
+"""Noise of the noisy family, as a fraction of the edit's colour distance."""
+
+
+def noisy_family(args: argparse.Namespace, noise: float) -> Metric:
+    """±1 agreement with exhaustive on the noisy family (default setting), for the engine and the
+    previous design, next to the noise ceiling (exhaustive vs exhaustive with re-drawn noise)."""
     start = time.perf_counter()
     cases = [
-        make_noisy_case(args.seed * 100_003 + 50_000 + i, args.steps, args.device)
+        make_noisy_case(args.seed * 100_003 + 50_000 + i, args.steps, args.device, noise)
         for i in range(args.noisy_cases)
     ]
-    exhaustive, outcomes, curves, peaks = [], [], [], 0
+    exhaustive, redrawn, curves, peaks = [], [], [], 0
+    outcomes: dict[str, list[Outcome]] = {"engine": [], "exact refinement": []}
     for case in cases:
         found = generate_candidates(case.host, case.trajectory, [exhaustive_steps(args.steps)])
         steps, latents = found.for_pair(0)
-        table = search_scores(case.scorer, steps, to_image(latents), case.original, case.mask, case.color)
+        images = to_image(latents)
+        table = search_scores(case.scorer, steps, images, case.original, case.mask, case.color)
         exhaustive.append(table.chosen_step)
         curves.append(table.combined)
         peaks += local_maxima(table.combined) >= 2
-        outcomes.append(engine_rule(case, args.stride, args.radius))
-    summary = summarise(outcomes, exhaustive, curves, triangular(args.steps))
+        scorer = case.scorer
+        assert isinstance(scorer, NoisyTwoPeakScorer)
+        other = NoisyTwoPeakScorer(scorer.decoy, scorer.penalty, scorer.noise, salt=b"re-drawn")
+        redrawn.append(search_scores(other, steps, images, case.original, case.mask, case.color).chosen_step)
+        outcomes["engine"].append(engine_rule(case, args.stride, args.radius))
+        outcomes["exact refinement"].append(exact_refinement_rule(case, args.stride, args.radius))
+    full = triangular(args.steps)
+    engine = summarise(outcomes["engine"], exhaustive, curves, full)
+    before = summarise(outcomes["exact refinement"], exhaustive, curves, full)
+    ceiling = sum(abs(a - b) <= 1 for a, b in zip(exhaustive, redrawn)) / len(cases)
     shape = f"{fmt_pct(peaks / len(cases))} of the exhaustive combined curves have two or more local maxima"
-    print(f"noisy two-peaked family: {len(cases)} cases, {shape} ({time.perf_counter() - start:.0f} s)")
+    print(
+        f"noisy two-peaked family, noise {fmt_pct(noise)}: {len(cases)} cases, {shape} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     setting = f"stride {args.stride}, radius {args.radius}"
     return Metric(
-        f"3. chosen step within ±1 of exhaustive, noisy two-peaked family ({len(cases)} cases, {setting})",
-        f"{fmt_pct(summary.within)} (exact {fmt_pct(summary.exact)}; p95 score regret "
-        f"{summary.regret_p95:.3f}; rows {fmt_pct(summary.rows)})",
+        f"3. chosen step within ±1 of exhaustive, noisy two-peaked family, noise {fmt_pct(noise)} of the "
+        f"colour distance ({len(cases)} cases, {setting})",
+        f"{fmt_pct(engine.within)} (p95 score regret {engine.regret_p95:.3f}); exact refinement "
+        f"{fmt_pct(before.within)} at {fmt_pct(before.rows)} rows (regret {before.regret_p95:.3f}); "
+        f"noise ceiling {fmt_pct(ceiling)}",
         "≥ 95 %",
-        summary.within >= 0.95,
+        engine.within >= 0.95,
         f"{shape} (the analytic family's are smooth); exhaustive optima: "
-        f"{histogram(exhaustive, args.steps, 5)}.",
+        f"{histogram(exhaustive, args.steps, 5)}; noise ceiling: exhaustive within ±1 of itself "
+        "when only the noise is re-drawn.",
     )
 
 

@@ -71,8 +71,6 @@ class CandidateBundle:
         mode: the search mode used.
         coarse: the coarse round of a coarse-to-fine search, or ``None``.
         coarse_best: the best coarse step per pair, or empty.
-        eligible: per candidate, whether it may be chosen (coarse-to-fine keeps its approximate
-            coarse candidates to anchor the score ranges); ``None``: all.
         grid_layout: per pair, the grid geometry of the preview image (for the frontend).
         recipe: the search's inputs, for the reassembly's reuse check (``None``: reuse nothing).
     """
@@ -84,7 +82,6 @@ class CandidateBundle:
     mode: str
     coarse: CandidateSet | None = None
     coarse_best: tuple[int, ...] = ()
-    eligible: tuple[bool, ...] | None = None
     grid_layout: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     recipe: SearchRecipe | None = None
 
@@ -117,7 +114,8 @@ class ChosenSteps:
 
         A latent is reused only when the reassembly has exactly the search's inputs
         (:class:`SearchRecipe`), the search kept that level, and the chosen step was computed
-        exactly (an override to a step the coarse-to-fine search only approximated is not).
+        exactly (coarse-to-fine candidates are approximations, and so is an override to a step the
+        search did not try).
         """
         count = len(self.steps)
         bundle = self.search
@@ -126,6 +124,12 @@ class ChosenSteps:
         differing = bundle.recipe.differences(recipe)
         if differing:
             reason = f"the reassembly's {', '.join(differing)} differ from the search's"
+            return [None] * count, [reason] * count
+        if not bundle.candidates.schedule.is_full:
+            reason = (
+                f"{bundle.mode} only approximated its candidates (sub-schedule stride "
+                f"{bundle.candidates.schedule.stride}); the reassembly denoises the chosen step exactly"
+            )
             return [None] * count, [reason] * count
         kept = sorted(bundle.candidates.kept)
         if not kept:

@@ -356,7 +356,6 @@ class OIRMaskMetricScorer(io.ComfyNode):
             [pair.mask for pair in edit.pairs],
             edit.plan.score_texts,
             weights=metric.weights,
-            eligible=candidates.eligible,
         )
         searched = tuple(table.chosen_step for table in tables)
         chosen = tuple(o if o is not None else s for o, s in zip(overrides, searched))
@@ -384,7 +383,6 @@ class OIRMaskMetricScorer(io.ComfyNode):
             found,
             images,
             highlight=dict(enumerate(chosen)),
-            eligible=candidates.eligible,
             titles=pair_titles(edit.pairs),
         )
         report = json.dumps({"prompts": edit.plan.to_dict(), **result.to_dict()}, indent=2)

@@ -19,12 +19,14 @@ from .errors import OIRInputError
 from .host import Host, Stage
 from .inversion import InversionTrajectory
 from .sampling import (
+    FULL_SCHEDULE,
     CallStats,
     LevelCallback,
-    descending_walk,
+    SubSchedule,
     lockstep_denoise,
     lockstep_rows,
     lockstep_total_rows,
+    walked_levels,
 )
 
 
@@ -38,31 +40,33 @@ class CandidateSet:
         latents: ``[N, *latent_shape]`` clean candidate latents in model space.
         stats: exact model use (``rows`` per CFG branch, ``levels`` = sequential model calls before
             chunking, ``calls`` after chunking).
-        stride: the sub-schedule stride the candidates were denoised with (1 = full schedule).
+        schedule: the levels the candidates were denoised on (:class:`~oir_core.sampling.SubSchedule`;
+            the full schedule unless coarse-to-fine approximated them).
         kept: ``{R: [N, *latent_shape]}``: each candidate's latent at reassembly level ``R``, i.e.
             what the reassembly's own pair denoise from ``max(t, R)`` to ``R`` gives (step 5 reuses
-            it instead of denoising again). Only for exact candidates (``stride == 1``); memory: one
+            it instead of denoising again). Only for full-schedule (exact) candidates; memory: one
             more latent per candidate and level.
-        kept_rows: which rows' ``kept`` latents are real (``None``: all; a coarse-to-fine pool holds
-            approximate coarse rows too).
     """
 
     pair_ids: list[int]
     steps: list[int]
     latents: Tensor
     stats: CallStats = field(default_factory=CallStats)
-    stride: int = 1
+    schedule: SubSchedule = FULL_SCHEDULE
     kept: dict[int, Tensor] = field(default_factory=dict)
-    kept_rows: tuple[bool, ...] | None = None
 
     def kept_latent(self, pair: int, step: int, level: int) -> Tensor | None:
         """``[*latent_shape]`` candidate ``(pair, step)``'s latent at level ``level``, if kept."""
         if level not in self.kept:
             return None
         for i, (p, s) in enumerate(zip(self.pair_ids, self.steps)):
-            if p == pair and s == step and (self.kept_rows is None or self.kept_rows[i]):
+            if p == pair and s == step:
                 return self.kept[level][i]
         return None
+
+    def is_exact(self, index: int) -> bool:
+        """Whether candidate ``index`` was denoised on every level (what the exhaustive search computes)."""
+        return self.schedule.is_exact(self.steps[index])
 
     @property
     def pair_count(self) -> int:
@@ -84,8 +88,8 @@ def exhaustive_steps(steps: int) -> list[int]:
     return list(range(1, steps + 1))
 
 
-def validate_start_steps(starts: Sequence[Sequence[int]], steps: int, stride: int = 1) -> list[list[int]]:
-    """Check per-pair start steps: integers in ``1..T``, unique, multiples of ``stride``."""
+def validate_start_steps(starts: Sequence[Sequence[int]], steps: int) -> list[list[int]]:
+    """Check per-pair start steps: integers in ``1..T``, unique."""
     if not starts:
         raise OIRInputError("edit_pairs", [], "no edit pairs to search", "connect at least one OIR Edit Pair")
     checked: list[list[int]] = []
@@ -103,14 +107,6 @@ def validate_start_steps(starts: Sequence[Sequence[int]], steps: int, stride: in
         if len(set(values)) != len(values):
             raise OIRInputError(
                 "search_steps", f"pair {pair}: {values}", "repeated steps", "list each step once"
-            )
-        misaligned = [s for s in values if s % stride]
-        if misaligned:
-            raise OIRInputError(
-                "search_steps",
-                f"pair {pair}: {misaligned}",
-                f"steps must be multiples of the sub-schedule stride {stride}",
-                "use stride 1 or aligned steps",
             )
         checked.append(sorted(values))
     return checked
@@ -138,21 +134,24 @@ def generate_candidates(
     host: Host,
     trajectory: InversionTrajectory,
     starts: Sequence[Sequence[int]],
-    stride: int = 1,
+    schedule: SubSchedule = FULL_SCHEDULE,
     max_batch: int | None = None,
     on_level: LevelCallback | None = None,
     keep_levels: Sequence[int] = (),
+    label: str = "search",
 ) -> CandidateSet:
     """Denoise every candidate ``c_{k,t}`` to level 0 in lockstep (OIR steps 2-3).
 
     Args:
         trajectory: the shared inversion (``T`` steps).
         starts: per pair ``k``, the inversion steps ``t`` to try (``1..T``).
-        stride: sub-schedule stride; 1 (default) is the paper's full ``t``-step denoise.
+        schedule: the levels each candidate walks; the default is the paper's full ``t``-step
+            denoise, a :class:`~oir_core.sampling.SubSchedule` approximates (coarse-to-fine).
         max_batch: rows per model call (``None``: the host's limit).
         on_level: progress callback after each level; may abort.
         keep_levels: reassembly levels ``R`` (``1..T-1``) at which to keep every candidate's latent
-            (:attr:`CandidateSet.kept`); ignored for ``stride > 1`` (approximate candidates).
+            (:attr:`CandidateSet.kept`); ignored for approximate candidates (not the full schedule).
+        label: the stage's name for progress UIs.
 
     Returns:
         A :class:`CandidateSet` ordered pair-major, then by step, of clean latents
@@ -160,9 +159,28 @@ def generate_candidates(
         ``stats.rows == K * T * (T + 1) / 2`` and ``stats.levels == T`` (``official``: ``K`` rows
         fewer, see :func:`source_is_step_one`).
     """
-    checked = validate_start_steps(starts, trajectory.steps, stride)
+    checked = validate_start_steps(starts, trajectory.steps)
     pair_ids = [pair for pair, pair_steps in enumerate(checked) for _ in pair_steps]
     steps = [step for pair_steps in checked for step in pair_steps]
+    return denoise_candidates(
+        host, trajectory, pair_ids, steps, schedule, max_batch, on_level, keep_levels, label
+    )
+
+
+def denoise_candidates(
+    host: Host,
+    trajectory: InversionTrajectory,
+    pair_ids: Sequence[int],
+    steps: Sequence[int],
+    schedule: SubSchedule = FULL_SCHEDULE,
+    max_batch: int | None = None,
+    on_level: LevelCallback | None = None,
+    keep_levels: Sequence[int] = (),
+    label: str = "search",
+) -> CandidateSet:
+    """:func:`generate_candidates` for already checked rows: candidate ``i`` is pair ``pair_ids[i]``
+    at step ``steps[i]`` (any order, possibly none)."""
+    pair_ids, steps = [int(p) for p in pair_ids], [int(s) for s in steps]
     latents = trajectory.latents
     source_rows, walked = split_source_rows(trajectory, steps)
     walk_steps = [steps[i] for i in walked]
@@ -173,46 +191,44 @@ def generate_candidates(
     stats = CallStats()
     keep = (
         sorted({int(level) for level in keep_levels if 0 < int(level) < trajectory.steps})
-        if stride == 1
+        if schedule.is_full
         else []
     )
     walked_kept: dict[int, Tensor] = {}
     clean = torch.empty((len(steps), *trajectory.latent_shape), dtype=latents.dtype, device=latents.device)
     if source_rows:
         clean[source_rows] = trajectory.source_latent().to(latents.dtype)
-    if not walked:
-        kept = {level: _kept_at(level, trajectory, steps, walked, walked_kept) for level in keep}
-        return CandidateSet(
-            pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, stride=stride, kept=kept
-        )
-    stage = Stage(
-        role="guided",
-        sigmas=descending_walk(level_sigmas.cpu(), max(walk_steps), 0, stride),
-        rows=lockstep_rows(walk_steps, 0),
-        latent_shape=trajectory.latent_shape,
-        label="search",
-        total_rows=lockstep_total_rows(walk_steps, 0, stride),
-    )
-
-    def body(denoiser, host_max_batch):  # type: ignore[no-untyped-def]
-        return lockstep_denoise(
-            denoiser,
-            level_sigmas,
-            initial,
-            walk_steps,
-            end_level=0,
-            cond_ids=cond_ids,
-            stride=stride,
-            max_batch=max_batch or host_max_batch,
-            stats=stats,
-            on_level=on_level,
-            keep_levels=keep,
-            kept=walked_kept,
+    if walked:
+        stage = Stage(
+            role="guided",
+            sigmas=level_sigmas.cpu()[walked_levels(walk_steps, 0, schedule)],
+            rows=lockstep_rows(walk_steps, 0),
+            latent_shape=trajectory.latent_shape,
+            label=label,
+            total_rows=lockstep_total_rows(walk_steps, 0, schedule),
         )
 
-    clean[walked] = trajectory.to_clean(host.run(stage, body))
+        def body(denoiser, host_max_batch):  # type: ignore[no-untyped-def]
+            return lockstep_denoise(
+                denoiser,
+                level_sigmas,
+                initial,
+                walk_steps,
+                end_level=0,
+                cond_ids=cond_ids,
+                schedule=schedule,
+                max_batch=max_batch or host_max_batch,
+                stats=stats,
+                on_level=on_level,
+                keep_levels=keep,
+                kept=walked_kept,
+            )
+
+        clean[walked] = trajectory.to_clean(host.run(stage, body))
     kept = {level: _kept_at(level, trajectory, steps, walked, walked_kept) for level in keep}
-    return CandidateSet(pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, stride=stride, kept=kept)
+    return CandidateSet(
+        pair_ids=pair_ids, steps=steps, latents=clean, stats=stats, schedule=schedule, kept=kept
+    )
 
 
 def _kept_at(

@@ -186,7 +186,6 @@ def pair_candidate_grids(
     candidates: CandidateSet,
     images: Tensor,
     highlight: dict[int, int] | None = None,
-    eligible: Sequence[bool] | None = None,
     titles: Sequence[str] | None = None,
 ) -> tuple[Tensor, list[dict[str, Any]]]:
     """One labelled grid per pair, padded to a common size, and each grid's layout for the frontend.
@@ -194,7 +193,7 @@ def pair_candidate_grids(
     Args:
         candidates: the candidate set; images: ``[N, H, W, 3]`` its decoded candidates, same order.
         highlight: pair -> step to frame (the chosen step), when scores exist.
-        eligible: per candidate; the others (coarse approximations) are labelled ``t=N~``.
+        Approximate candidates (coarse-to-fine's sub-schedule) are labelled ``t=N~``.
         titles: per pair, the line above its grid (e.g. ``"pair 1: dog -> cat"``).
 
     Returns:
@@ -208,9 +207,7 @@ def pair_candidate_grids(
         chosen = (highlight or {}).get(pair)
         marked = [steps.index(chosen)] if chosen in steps else []
         pair_images = images[index]
-        labels = [
-            f"t={candidates.steps[i]}" + ("" if eligible is None or eligible[i] else "~") for i in index
-        ]
+        labels = [f"t={candidates.steps[i]}" + ("" if candidates.is_exact(i) else "~") for i in index]
         title = None if titles is None else titles[pair]
         grids.append(candidate_grid(pair_images, labels, highlight=marked, title=title))
         geometry = grid_geometry(len(index), *pair_images.shape[1:3], titled=title is not None)

@@ -161,21 +161,15 @@ def combine_scores(editing_norm: Tensor, fidelity_norm: Tensor, weights: Sequenc
     return w_e * editing_norm.to(torch.float64) + w_ne * fidelity_norm.to(torch.float64)
 
 
-def select_index(steps: Sequence[int], combined: Tensor, eligible: Sequence[bool] | None = None) -> int:
+def select_index(steps: Sequence[int], combined: Tensor) -> int:
     """Index of the best candidate: argmax of ``combined: [N]``, ties to the smaller step.
-
-    ``eligible`` (``[N]``) restricts who may win; the others still shaped the normalisation (the
-    coarse-to-fine search scores approximate candidates only to anchor the score ranges).
 
     Ties are exact equality (equal normalized inputs give bit-identical combined scores); a 1e-12
     slack absorbs the last-bit noise of summing in a different order.
     """
     c = combined.to(torch.float64)
-    allowed = [i for i in range(len(steps)) if eligible is None or eligible[i]]
-    if not allowed:
-        raise ValueError("no eligible candidate to choose from")
-    best = max(float(c[i]) for i in allowed)
-    tied = [i for i in allowed if float(c[i]) >= best - 1e-12]
+    best = float(c.max())
+    tied = [i for i in range(len(steps)) if float(c[i]) >= best - 1e-12]
     return min(tied, key=lambda i: steps[i])
 
 
@@ -251,12 +245,8 @@ def score_table(
     editing: Tensor,
     fidelity: Tensor,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
-    eligible: Sequence[bool] | None = None,
 ) -> ScoreTable:
     """Normalize, combine and select from raw ``[N]`` scores (ARCHITECTURE.md §4.4).
-
-    ``eligible`` (``[N]``, default all) names the candidates that may be chosen; every candidate
-    counts for the min-max ranges.
 
     Raises:
         OIRInputError: mismatched lengths, duplicate steps, bad weights or non-finite scores.
@@ -286,7 +276,7 @@ def score_table(
     e_n, e_const = minmax_normalize(e)
     f_n, f_const = minmax_normalize(f)
     combined = combine_scores(e_n, f_n, w)
-    idx = select_index(step_list, combined, eligible)
+    idx = select_index(step_list, combined)
     return ScoreTable(
         steps=step_list,
         # + 0.0 turns IEEE -0.0 (from negating a zero MSE) into 0.0 for the JSON report.
@@ -410,7 +400,6 @@ def search_scores(
     target_text: str,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
     chunk_size: int = 8,
-    eligible: Sequence[bool] | None = None,
 ) -> ScoreTable:
     """Score one pair's candidates in chunks and select its optimal step (ARCHITECTURE.md §4.4).
 
@@ -440,4 +429,4 @@ def search_scores(
         e, f = scorer.score(candidates[start : start + chunk_size], original, mask, target_text)
         editing.append(e.detach().float().cpu().flatten())
         fidelity.append(f.detach().float().cpu().flatten())
-    return score_table(step_list, torch.cat(editing), torch.cat(fidelity), weights, eligible)
+    return score_table(step_list, torch.cat(editing), torch.cat(fidelity), weights)

@@ -267,6 +267,57 @@ def invert_levels(
     return latents
 
 
+@dataclass(frozen=True)
+class SubSchedule:
+    """Which levels a denoising walk visits (ARCHITECTURE.md §4.3).
+
+    ``stride == 1`` is the full schedule (the paper's ``t``-step denoise). Otherwise a latent at
+    level ``L > tail`` steps to the highest multiple of ``stride`` below ``L`` (never below
+    ``tail``), and from ``tail`` down one level at a time: the coarse-to-fine search's cheap
+    approximation of a candidate, whose last levels (the details both scores see) stay exact. The
+    next level depends on the current level only, so every row at one level steps to the same next
+    level and a lockstep call still holds one sigma.
+
+    Attributes:
+        stride: sub-schedule spacing (1 = every level).
+        tail: levels ``tail..0`` are walked one at a time.
+    """
+
+    stride: int = 1
+    tail: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stride < 1 or self.tail < 0:
+            raise ValueError(f"SubSchedule needs stride >= 1 and tail >= 0, got {self.stride}, {self.tail}")
+
+    @property
+    def is_full(self) -> bool:
+        return self.stride == 1
+
+    def next_level(self, level: int) -> int:
+        """The level a walk at ``level`` (> 0) steps to."""
+        if self.stride == 1 or level <= self.tail:
+            return level - 1
+        return max(self.tail, (level - 1) // self.stride * self.stride)
+
+    def walk(self, start: int, end: int = 0) -> list[int]:
+        """``[start, ..., end]`` the levels a walk from ``start`` visits; ``end`` must lie on it."""
+        levels = [start]
+        while levels[-1] > end:
+            levels.append(self.next_level(levels[-1]))
+        if levels[-1] != end:
+            raise ValueError(f"a walk from level {start} with {self} skips level {end}")
+        return levels
+
+    def is_exact(self, start: int, end: int = 0) -> bool:
+        """Whether the walk from ``start`` to ``end`` visits every level (equals the full schedule)."""
+        return len(self.walk(start, end)) == start - end + 1
+
+
+FULL_SCHEDULE = SubSchedule()
+"""Every level: the paper's full denoise."""
+
+
 def lockstep_denoise(
     denoiser: Denoiser,
     level_sigmas: Tensor,
@@ -274,7 +325,7 @@ def lockstep_denoise(
     start_levels: Sequence[int],
     end_level: int,
     cond_ids: Tensor | None = None,
-    stride: int = 1,
+    schedule: SubSchedule = FULL_SCHEDULE,
     max_batch: int | None = None,
     stats: CallStats | None = None,
     on_level: LevelCallback | None = None,
@@ -284,64 +335,76 @@ def lockstep_denoise(
     """Denoise many rows that start at different levels, in lockstep (ARCHITECTURE.md §4.3).
 
     Walk the levels from the highest start down to ``end_level``. At level ``s`` the batch holds
-    every row whose start is ``>= s``, all at the same sigma, so every model call is an ordinary
-    batch (ControlNet percents, hooks and patches read one sigma). A row joins when the walk
-    reaches its start level. The total work equals running each row alone (``start - end`` steps
-    per row); the number of sequential calls drops to the number of levels walked.
-
-    With ``stride > 1`` rows step ``stride`` levels at a time (a coarser sub-schedule, used by the
-    coarse-to-fine search); every ``start - end_level`` must then be a multiple of ``stride``.
+    every row whose walk is at ``s``, all at the same sigma and stepping to the same next level, so
+    every model call is an ordinary batch (ControlNet percents, hooks and patches read one sigma).
+    A row joins when the walk reaches its start level. The total work equals running each row alone
+    (one model row per step of its walk); the number of sequential calls drops to the number of
+    distinct levels walked. On the full schedule level ``s`` holds every row whose start is ``>= s``.
 
     Args:
         level_sigmas: ``[T+1]`` ascending sigmas of the levels, ``level_sigmas[0] == 0``.
         initial: ``[N, *latent_shape]`` each row's latent at its start level.
         start_levels: ``N`` start levels, each in ``end_level..T``.
-        end_level: the level every row is brought to (0 = fully denoised).
+        end_level: the level every row is brought to (0 = fully denoised); every walk must visit it.
         cond_ids: ``[N]`` int64 conditioning index per row (``"guided"`` role) or ``None``.
+        schedule: the levels each row visits (:class:`SubSchedule`; default every level).
         keep_levels: levels (above ``end_level``) at which to keep a copy of every row into
             ``kept[level]`` (``[N, *latent_shape]``): rows walked down to that level hold the state
             there, rows starting at or below it their initial latent. The reassembly reuses them
-            (a row's state at a level does not depend on where its walk ends).
+            (a row's state at a level does not depend on where its walk ends). Full schedule only.
 
     Returns:
         ``[N, *latent_shape]`` every row at ``end_level`` (rows that start there are returned as is).
     """
     stats = stats if stats is not None else CallStats()
-    starts = torch.as_tensor(list(start_levels), dtype=torch.long)
-    if starts.numel() != initial.shape[0]:
-        raise ValueError(f"{starts.numel()} start levels for {initial.shape[0]} initial latents")
-    if starts.numel() and ((starts - end_level) % stride != 0).any():
-        raise ValueError(f"every start minus end_level must be a multiple of stride={stride}")
+    starts = [int(s) for s in start_levels]
+    if len(starts) != initial.shape[0]:
+        raise ValueError(f"{len(starts)} start levels for {initial.shape[0]} initial latents")
+    levels = walked_levels(starts, end_level, schedule)[:-1]  # model calls happen above end_level
     x = initial.clone()
     chunked = ChunkedDenoiser(denoiser, max_batch, stats)
-    top = int(starts.max()) if starts.numel() else end_level
-    levels = list(range(top, end_level, -stride))
+    top = max(starts, default=end_level)
     wanted = {int(level) for level in keep_levels}
-    if wanted and (kept is None or stride != 1 or min(wanted) <= end_level):
-        raise ValueError("keep_levels needs stride 1, a kept dict and levels above end_level")
+    if wanted and (kept is None or not schedule.is_full or min(wanted) <= end_level):
+        raise ValueError("keep_levels needs the full schedule, a kept dict and levels above end_level")
     for level in wanted:
         if level >= top:  # no row walks down to it: every row is still at its start
             kept[level] = x.clone()  # type: ignore[index]
+    position = torch.tensor(starts, dtype=torch.long)
     for done, level in enumerate(levels, start=1):
-        active = torch.nonzero(starts >= level).flatten()
+        active = torch.nonzero(position == level).flatten()
         rows = x.index_select(0, active.to(x.device))
         ids = None if cond_ids is None else cond_ids.index_select(0, active.to(cond_ids.device))
+        next_level = schedule.next_level(level)
         sigma = level_sigmas[level]
-        sigma_next = level_sigmas[level - stride]
+        sigma_next = level_sigmas[next_level]
         x0_hat = chunked(rows, sigma, ids)
         next_rows = x0_hat.clone() if float(sigma_next) == 0.0 else ode_step(rows, x0_hat, sigma, sigma_next)
         check_finite(next_rows, "denoising", float(sigma))
         x.index_copy_(0, active.to(x.device), next_rows.to(x.dtype))
-        if level - stride in wanted:
-            kept[level - stride] = x.clone()  # type: ignore[index]
+        position[active] = next_level
+        if next_level in wanted:
+            kept[next_level] = x.clone()  # type: ignore[index]
         stats.levels += 1
         report_level(on_level, done, len(levels))
     return x
 
 
-def lockstep_total_rows(start_levels: Sequence[int], end_level: int, stride: int = 1) -> int:
-    """Rows :func:`lockstep_denoise` evaluates in all: each row steps ``(start - end) / stride`` times."""
-    return sum(max(0, start - end_level) // stride for start in start_levels)
+def walked_levels(
+    start_levels: Sequence[int], end_level: int, schedule: SubSchedule = FULL_SCHEDULE
+) -> list[int]:
+    """Every level some row's walk visits, descending, ``end_level`` included (the stage's schedule)."""
+    visited = {end_level}
+    for start in start_levels:
+        visited.update(schedule.walk(int(start), end_level))
+    return sorted(visited, reverse=True)
+
+
+def lockstep_total_rows(
+    start_levels: Sequence[int], end_level: int, schedule: SubSchedule = FULL_SCHEDULE
+) -> int:
+    """Rows :func:`lockstep_denoise` evaluates in all: one per step of each row's walk."""
+    return sum(len(schedule.walk(int(start), end_level)) - 1 for start in start_levels)
 
 
 def lockstep_rows(start_levels: Sequence[int], end_level: int) -> int:
@@ -349,9 +412,9 @@ def lockstep_rows(start_levels: Sequence[int], end_level: int) -> int:
     return sum(1 for start in start_levels if start > end_level)
 
 
-def descending_walk(level_sigmas: Tensor, top: int, bottom: int, stride: int = 1) -> Tensor:
-    """``[n]`` the sigmas a lockstep walk from ``top`` to ``bottom`` visits, in order."""
-    return level_sigmas[list(range(top, bottom - 1, -stride))]
+def descending_walk(level_sigmas: Tensor, top: int, bottom: int) -> Tensor:
+    """``[n]`` the sigmas a full-schedule walk from ``top`` to ``bottom`` visits, in order."""
+    return level_sigmas[list(range(top, bottom - 1, -1))]
 
 
 def ascending_walk(level_sigmas: Tensor, bottom: int, top: int, start_sigma: float | None = None) -> Tensor:

@@ -22,6 +22,7 @@ from oir_core import (
     invert,
 )
 from oir_core.analytic import GaussianModel, ddim_uniform_schedule
+from oir_core.sampling import SubSchedule
 
 
 def _net_host(max_batch: int | None = None) -> tuple[FunctionHost, TinyConditionedNet]:
@@ -208,11 +209,20 @@ def test_strided_sub_schedule_walks_every_stride_th_level() -> None:
     trajectory = invert(
         host, clean_latent(model), ddim_uniform_schedule(12), "official_x0", clean_sigma=SD_CLEAN_SIGMA
     )
-    result = generate_candidates(host, trajectory, [[4, 8, 12]], stride=4)
+    result = generate_candidates(host, trajectory, [[4, 8, 12]], schedule=SubSchedule(stride=4))
     assert result.stats.rows == 1 + 2 + 3
     assert [c["sigma"] for c in recorder.calls] == pytest.approx(trajectory.level_sigmas[[12, 8, 4]].tolist())
-    with pytest.raises(OIRInputError, match="multiples"):
-        generate_candidates(host, trajectory, [[6]], stride=4)
+    assert not any(result.is_exact(i) for i in range(3))
+    # A start between multiples first steps down to the next multiple; the tail walks every level.
+    recorder.calls.clear()
+    tailed = generate_candidates(host, trajectory, [[6, 2]], schedule=SubSchedule(stride=4, tail=2))
+    assert tailed.stats.rows == 4 + 2
+    levels = [6, 4, 2, 1]
+    assert [c["sigma"] for c in recorder.calls] == pytest.approx(trajectory.level_sigmas[levels].tolist())
+    assert [c["rows"] for c in recorder.calls] == [1, 1, 2, 2]
+    assert tailed.steps == [2, 6] and [tailed.is_exact(i) for i in range(2)] == [True, False]
+    full = generate_candidates(host, trajectory, [[2]])
+    torch.testing.assert_close(tailed.latents[0], full.latents[0])
 
 
 def test_non_finite_model_output_stops_with_a_clear_error() -> None:

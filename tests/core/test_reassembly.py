@@ -8,7 +8,7 @@ from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_m
 
 from oir_core import FunctionHost, OIRInputError, invert, reassemble
 from oir_core.analytic import GaussianModel, ddim_uniform_schedule
-from oir_core.sampling import invert_levels, lockstep_denoise
+from oir_core.sampling import SubSchedule, invert_levels, lockstep_denoise
 from oir_core.steps import AUTO, resolve_reassembly, validate_reassembly
 
 # Prompt ids: 0 = original P_o, 1..K = guided G_k, K+1 = target P_t.
@@ -296,5 +296,7 @@ def test_approximate_candidates_keep_nothing() -> None:
     from oir_core import generate_candidates
 
     _, host, trajectory = _setup(steps=12)
-    coarse = generate_candidates(host, trajectory, [[4, 8, 12]] * PAIRS, stride=4, keep_levels=[4])
+    coarse = generate_candidates(
+        host, trajectory, [[4, 8, 12]] * PAIRS, schedule=SubSchedule(stride=4), keep_levels=[4]
+    )
     assert coarse.kept == {} and coarse.kept_latent(0, 8, 4) is None

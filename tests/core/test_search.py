@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_means
@@ -73,12 +75,28 @@ def _analytic(steps: int, pairs: int):  # type: ignore[no-untyped-def]
     return host, recorder, trajectory
 
 
+def _walk_by_hand(host, trajectory, start: int, levels: list[int], pair: int = 0) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """``[*latent_shape]`` the guided DDIM walk of ``x_start`` over ``levels`` (ending at 0), one
+    Euler step of the PF-ODE per pair of levels (ARCHITECTURE.md §3), written out without the engine."""
+    sigmas = trajectory.level_sigmas
+    assert levels[0] == start and levels[-1] == 0
+    x = trajectory.latents[start][None].clone()
+    for a, b in itertools.pairwise(levels):
+        x0 = host.guided(x, sigmas[a], torch.tensor([pair]))
+        x = x0 if b == 0 else x + (x - x0) * (sigmas[b] - sigmas[a]) / sigmas[a]
+    return trajectory.to_clean(x)[0]
+
+
+COARSE_50 = [*range(50, 4, -5), 3, 2, 1, 0]
+"""Stride 5 with the fine tail of 3: the levels a coarse candidate from 50 visits."""
+
+
 def test_coarse_to_fine_refines_around_the_ranked_best_and_counts_rows() -> None:
     steps, pairs = 50, 2
     host, recorder, trajectory = _analytic(steps, pairs)
 
     def rank(candidates):  # type: ignore[no-untyped-def]
-        assert candidates.stride == 5
+        assert candidates.schedule.stride == 5 and candidates.schedule.tail == 3
         return [50, 15]
 
     progress: list[tuple[int, int]] = []
@@ -87,65 +105,53 @@ def test_coarse_to_fine_refines_around_the_ranked_best_and_counts_rows() -> None
     )
     assert run.coarse_best == [50, 15]
     assert run.coarse.steps == [1, *coarse_steps(50, 5)] * 2
-    # t <= stride: t full-resolution rows; deeper: (t - stride) / stride coarse rows + stride fine ones.
-    per_pair = 1 + 5 + sum((t - 5) // 5 + 5 for t in range(10, 51, 5))
-    assert run.coarse.stats.rows == pairs * per_pair == 2 * 96
-    assert run.coarse.stats.levels == (50 - 5) // 5 + 5
-    assert run.refined.for_pair(0)[0] == [48, 49, 50]
-    assert run.refined.for_pair(1)[0] == [13, 14, 15, 16, 17]
-    assert run.refined.stats.rows == (48 + 49 + 50) + (13 + 14 + 15 + 16 + 17)
+    # t = 5m: m - 1 stride steps down to 5, one to 3, three fine ones; step 1: one row.
+    per_pair = 1 + sum(m + 3 for m in range(1, 11))
+    assert run.coarse.stats.rows == pairs * per_pair == 2 * 86
+    assert run.coarse.stats.levels == len(COARSE_50) - 1  # 50, 45, ..., 5, 3, 2, 1
+    # The refinement adds the window's steps the coarse round lacks, on the same sub-schedule.
+    assert run.refined.for_pair(0)[0] == [48, 49]
+    assert run.refined.for_pair(1)[0] == [13, 14, 16, 17]
+    # 48 -> 45: one step, then 45's walk (9 + 3); 13 -> 10 then 10's (2 + 3); 16 -> 15 then 15's (3 + 3).
+    assert run.refined.stats.rows == 2 * 13 + 2 * 6 + 2 * 7
     total_rows = run.coarse.stats.rows + run.refined.stats.rows
-    assert total_rows <= 0.25 * pairs * steps * (steps + 1) // 2
     assert sum(c["rows"] for c in recorder.calls) == total_rows == run.pool.stats.rows
+    assert total_rows <= 0.12 * pairs * steps * (steps + 1) // 2
+    refine_sigmas = [c["sigma"] for c in recorder.calls[run.coarse.stats.calls :]]
+    levels = [49, 48, *range(45, 19, -5), 17, 16, 15, 14, 13, 10, 5, 3, 2, 1]
+    assert refine_sigmas == pytest.approx(trajectory.level_sigmas[levels].tolist())
     done = [d for d, _ in progress]
     assert done == list(range(1, len(done) + 1))
-    assert progress[-1][0] == progress[-1][1] == 14 + 50
-    # The pool: refined rows, then the coarse rows they lack; only exact candidates may win.
+    assert progress[-1][0] == progress[-1][1] == 13 + len(levels)
+    # The pool is every candidate scored: the coarse round, then the refinement.
+    assert run.pool.steps == run.coarse.steps + run.refined.steps
     assert run.pool.for_pair(1)[0] == sorted({1, *range(5, 51, 5), 13, 14, 16, 17})
-    for row, (pair, step) in enumerate(zip(run.pool.pair_ids, run.pool.steps)):
-        refined = (pair, step) in set(zip(run.refined.pair_ids, run.refined.steps))
-        assert run.eligible[row] == (refined or step <= 5)
+    # Only walks that visit every level are exact: step 1 here (steps <= tail + 1 in general).
+    assert [run.pool.steps[i] for i in range(len(run.pool.steps)) if run.pool.is_exact(i)] == [1, 1]
+    # Approximations keep nothing for the reassembly, which walks the chosen step exactly.
+    assert run.pool.kept == {} and run.pool.kept_latent(1, 15, 10) is None
 
 
-def test_coarse_candidates_walk_the_stride_schedule_then_a_fine_tail() -> None:
-    from oir_core import generate_candidates
-    from oir_core.sampling import lockstep_denoise
-
-    host, _, trajectory = _analytic(20, 1)
-    run = coarse_to_fine_candidates(host, trajectory, 1, lambda c: [10], stride=5, radius=0)
-    exact = generate_candidates(host, trajectory, [[1, 5]])
-    torch.testing.assert_close(run.coarse.latents[:2], exact.latents)  # t <= stride: exact
-    ids = torch.tensor([0])
-    coarse_part = lockstep_denoise(
-        host.guided, trajectory.level_sigmas, trajectory.latents[[20]], [20], 5, ids, 5
-    )
-    expected = lockstep_denoise(host.guided, trajectory.level_sigmas, coarse_part, [5], 0, ids)
-    torch.testing.assert_close(run.coarse.latents[run.coarse.steps.index(20)], expected[0])
-
-
-def test_anchored_choice_normalises_over_every_candidate_but_picks_an_eligible_one() -> None:
-    from oir_core.metric import score_table
-
-    steps = [1, 5, 9, 10, 11]
-    editing = torch.tensor([0.0, 0.5, 0.80, 0.81, 0.82])
-    fidelity = torch.tensor([0.0, -0.2, -0.5, -0.51, -0.60])
-    anchored = score_table(steps, editing, fidelity, eligible=[True, False, True, True, True])
-    alone = score_table(steps[2:], editing[2:], fidelity[2:])
-    # Alone, the three refined candidates stretch 0.80..0.82 to 0..1 and step 9 wins on fidelity;
-    # anchored by the coarse ones, these differences are small and the ranking follows the totals.
-    assert anchored.chosen_step in (9, 10, 11) and anchored.steps == steps
-    assert anchored.combined[2:] != alone.combined
-    bad = score_table(steps, editing, fidelity, eligible=[False, True, False, False, False])
-    assert bad.chosen_step == 5
-
-
-def test_refined_candidates_equal_exhaustive_ones_at_the_same_steps() -> None:
+def test_coarse_and_refined_candidates_walk_the_stride_schedule_then_a_fine_tail() -> None:
     from oir_core import generate_candidates
 
     host, _, trajectory = _analytic(20, 1)
-    run = coarse_to_fine_candidates(host, trajectory, 1, lambda c: [10], stride=5, radius=1)
-    full = generate_candidates(host, trajectory, [[9, 10, 11]])
-    torch.testing.assert_close(run.refined.latents, full.latents)
+    run = coarse_to_fine_candidates(host, trajectory, 1, lambda c: [10], stride=5, radius=2)
+    exact = generate_candidates(host, trajectory, [[1]])
+    torch.testing.assert_close(run.coarse.latents[:1], exact.latents)  # step 1 walks every level
+    for start, levels in [
+        (20, [20, 15, 10, 5, 3, 2, 1, 0]),
+        (5, [5, 3, 2, 1, 0]),
+    ]:
+        row = run.coarse.steps.index(start)
+        torch.testing.assert_close(run.coarse.latents[row], _walk_by_hand(host, trajectory, start, levels))
+    for start, levels in [
+        (8, [8, 5, 3, 2, 1, 0]),
+        (12, [12, 10, 5, 3, 2, 1, 0]),
+    ]:
+        row = run.refined.steps.index(start)
+        torch.testing.assert_close(run.refined.latents[row], _walk_by_hand(host, trajectory, start, levels))
+    assert run.refined.steps == [8, 9, 11, 12]
 
 
 def test_ranking_contract_is_checked() -> None:
@@ -199,7 +205,7 @@ def test_run_search_coarse_to_fine_ranks_with_the_given_metric() -> None:
         host, trajectory, "coarse_to_fine", pairs, _as_images, stride=5, radius=1,
         metric=fidelity_only, original=source, masks=[mask, mask], score_texts=["red", "blue"],
     )  # fmt: skip
-    assert result.coarse is not None and result.eligible is not None
+    assert result.coarse is not None
     assert result.images.shape == (len(result.candidates.steps), 8, 8, 3)
     coarse_images = _as_images(result.coarse.latents)
     outside = (1.0 - mask)[None, :, :, None]
@@ -220,21 +226,3 @@ def test_run_search_refuses_before_any_model_call() -> None:
     with pytest.raises(OIRInputError, match="connect 'scorer' and 'image'"):
         run_search(host, trajectory, "coarse_to_fine", 1, _as_images)
     assert recorder.calls == []
-
-
-def test_coarse_to_fine_keeps_latents_for_its_refined_candidates_only() -> None:
-    """The refined (exact) candidates carry their latent at R; the approximate coarse rows of the
-    pool carry none, so an override to one of them makes the reassembly denoise."""
-    from oir_core import generate_candidates
-
-    steps, pairs, level = 50, 2, 10
-    host, _, trajectory = _analytic(steps, pairs)
-    run = coarse_to_fine_candidates(
-        host, trajectory, pairs, lambda c: [50, 15], stride=5, radius=2, keep_levels=[level]
-    )
-    exact = generate_candidates(host, trajectory, [[49], [14]], keep_levels=[level])
-    torch.testing.assert_close(run.pool.kept_latent(0, 49, level), exact.kept_latent(0, 49, level))
-    torch.testing.assert_close(run.pool.kept_latent(1, 14, level), exact.kept_latent(1, 14, level))
-    assert run.pool.kept_latent(1, 30, level) is None  # a coarse row: approximate
-    assert run.pool.kept_latent(0, 49, level + 1) is None  # a level the search did not keep
-    assert run.coarse.kept == {}

@@ -64,7 +64,7 @@ def _hidden_inputs() -> Any:
     return io.HiddenHolder.from_dict({io.Hidden.prompt: _queued_prompt(), io.Hidden.unique_id: "9"})
 
 
-@pytest.mark.parametrize("search_mode", ["exhaustive", "coarse_to_fine"])
+@pytest.mark.parametrize("search_mode", ["exhaustive", "custom"])
 def test_reassembly_reuses_the_searchs_latents(
     nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, search_mode: str
 ) -> None:
@@ -173,15 +173,37 @@ def test_coarse_to_fine_search_runs_in_comfy(nodes, tiny_unet, tiny_clip, tiny_v
     out = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, search_mode="coarse_to_fine")
     bundle = out["candidates"]
     assert bundle.coarse is not None and bundle.coarse.steps == [1, 2, 4, 1, 2, 4]
-    eligible = bundle.eligible
-    assert eligible is not None and len(eligible) == len(bundle.candidates.steps) == bundle.images.shape[0]
+    assert len(bundle.candidates.steps) == bundle.images.shape[0]
     for pair, best in enumerate(bundle.coarse_best):
         window = {s for s in (best - 1, best, best + 1) if 1 <= s <= STEPS}
-        pool = bundle.candidates.indices(pair)
-        assert window <= {bundle.candidates.steps[i] for i in pool}
-        chosen = out["chosen"].steps[pair]
-        allowed = {bundle.candidates.steps[i] for i in pool if eligible[i]}
-        assert chosen in allowed and allowed == window | {1, 2}  # refined, and coarse steps <= stride
+        pool = {bundle.candidates.steps[i] for i in bundle.candidates.indices(pair)}
+        assert pool == window | {1, 2, 4}  # the coarse round (stride 2) and the refinement
+        table = out["chosen"].tables[pair]
+        assert sorted(table.steps) == sorted(pool)  # the choice is the best of every candidate
+        assert out["chosen"].steps[pair] == table.steps[table.combined.index(max(table.combined))]
+
+
+def test_coarse_to_fine_edit_is_the_exhaustive_edit_at_the_chosen_steps(
+    nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder
+) -> None:
+    """Coarse-to-fine only approximates its candidates; the reassembly walks the chosen steps
+    exactly (and says so), so the edit equals an exhaustive search's edit overridden to those steps,
+    and the reuse that needs the queued prompt does not apply."""
+    search = nodes["OIRParallelStepSearch"]
+    saved = search.__dict__.get("hidden", None)
+    search.hidden = _hidden_inputs()
+    try:
+        fast = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, search_mode="coarse_to_fine")
+    finally:
+        search.hidden = saved
+    chosen = fast["chosen"].steps
+    pairs = fast["reassembly_ui"]["oir_reassembly"][0]["pairs"]
+    assert [p["source"] for p in pairs] == ["denoised" if t > REASSEMBLY_STEP else "inverted" for t in chosen]
+    assert all("only approximated" in p["why_denoised"] for p in pairs if p["source"] == "denoised")
+    override = ", ".join(str(t) for t in chosen)
+    full = run_graph(nodes, tiny_unet, tiny_clip, tiny_vae, scorer_folder, override=override)
+    assert full["chosen"].steps == chosen
+    torch.testing.assert_close(fast["edited"]["samples"], full["edited"]["samples"], rtol=0, atol=0)
 
 
 def test_coarse_round_ranks_with_the_metric_the_scorer_uses(
