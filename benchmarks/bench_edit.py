@@ -7,8 +7,8 @@
   scoring (a tiny random-weight CLIP through the real ``ClipScorer``, or ``ColorTargetScorer``)
   → reassembly (``R = 10``, ``r = 10``) → VAE decode. Once with the exhaustive search (every
   step, the paper), once with coarse-to-fine (stride 5, radius 2; the coarse round decoded and
-  scored between the rounds, and the final choice made over the run's pool with its eligible
-  flags, as the Parallel Step Search and Mask Metric Scorer nodes do).
+  scored between the rounds, and the final choice made over the run's whole pool, as the Parallel
+  Step Search and Mask Metric Scorer nodes do).
 
 Reported: UNet-row ratios (cond and uncond rows, counted at the UNet through ComfyUI's
 ``model_function_wrapper``) and wall-clock ratios, each with a per-phase breakdown (VAE encode,

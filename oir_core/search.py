@@ -14,8 +14,8 @@ see), so candidate ``t`` costs about ``t / stride + COARSE_TAIL`` rows instead o
 The search only chooses; the chosen step's exact path is the reassembly's (OIR step 5 denoises pair
 ``k`` from ``t_k*`` to ``R`` on the full schedule), so the edit equals what the exhaustive search
 gives for the same step. For ``T = 50``, stride 5, radius 2, ``R = 10`` a two-object edit costs 6.3×
-a plain generation on average over where the search lands and 8× at worst (exhaustive: 52×), and the
-chosen step is within ±1 of the exhaustive choice in 96 % of the analytic benchmark's cases
+a plain generation on average over where the search lands and 7.8× at worst (exhaustive: 52×), and
+the chosen step is within ±1 of the exhaustive choice in 96 % of the analytic benchmark's cases
 (``benchmarks/bench_coarse_to_fine.py``, ``bench_edit.py``).
 """
 
@@ -38,9 +38,9 @@ from .sampling import LevelCallback, SubSchedule, walked_levels
 from .steps import coarse_round_steps, parse_steps, refine_steps
 
 COARSE_TAIL = 3
-"""Levels ``3..0`` of every coarse-to-fine candidate are walked one at a time. On the benchmark's
-analytic cases (stride 5, radius 2) a tail of 2 drops the ±1 agreement from 96 % to 94 %, one of 5
-costs 10 % more rows for the same agreement."""
+"""Levels ``3..0`` of every coarse-to-fine candidate are walked one at a time: the shortest tail that
+keeps the analytic benchmark's ±1 agreement at or above 95 % (stride 5, radius 2; a coarse round
+with a tail of 2 gives 94 %)."""
 
 
 def coarse_schedule(stride: int) -> SubSchedule:
