@@ -190,10 +190,11 @@ def pair_candidate_grids(
 ) -> tuple[Tensor, list[dict[str, Any]]]:
     """One labelled grid per pair, padded to a common size, and each grid's layout for the frontend.
 
+    Candidates are labelled ``t=N``, approximate ones (coarse-to-fine's sub-schedule) ``t=N~``.
+
     Args:
         candidates: the candidate set; images: ``[N, H, W, 3]`` its decoded candidates, same order.
         highlight: pair -> step to frame (the chosen step), when scores exist.
-        Approximate candidates (coarse-to-fine's sub-schedule) are labelled ``t=N~``.
         titles: per pair, the line above its grid (e.g. ``"pair 1: dog -> cat"``).
 
     Returns:
