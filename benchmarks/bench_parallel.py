@@ -30,7 +30,7 @@ from oir_core.analytic import GaussianModel, ddim_uniform_schedule
 from oir_core.candidates import exhaustive_steps, generate_candidates
 from oir_core.host import FunctionHost, Stage
 from oir_core.inversion import InversionTrajectory, invert
-from oir_core.sampling import descending_walk
+from oir_core.sampling import walked_levels
 
 
 def serial_candidates(host: Any, trajectory: InversionTrajectory, pairs: int) -> Tensor:
@@ -47,7 +47,7 @@ def serial_candidates(host: Any, trajectory: InversionTrajectory, pairs: int) ->
         for t in exhaustive_steps(trajectory.steps):
             stage = Stage(
                 role="guided",
-                sigmas=descending_walk(trajectory.level_sigmas, t, 0),
+                sigmas=trajectory.level_sigmas[walked_levels([t], 0)],
                 rows=1,
                 latent_shape=trajectory.latent_shape,
                 label="serial candidate",

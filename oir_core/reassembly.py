@@ -28,11 +28,11 @@ from .sampling import (
     CallStats,
     LevelCallback,
     ascending_walk,
-    descending_walk,
     invert_levels,
     lockstep_denoise,
     lockstep_rows,
     lockstep_total_rows,
+    walked_levels,
 )
 from .steps import validate_reassembly
 
@@ -164,7 +164,7 @@ def reassemble(
         rows = torch.tensor(walking, dtype=torch.long, device=latents.device)
         stage = Stage(
             role="guided",
-            sigmas=descending_walk(level_sigmas.cpu(), max(walk_starts), reassembly_step),
+            sigmas=level_sigmas.cpu()[walked_levels(walk_starts, reassembly_step)],
             rows=lockstep_rows(walk_starts, reassembly_step),
             latent_shape=trajectory.latent_shape,
             label="reassembly: objects",
@@ -223,7 +223,7 @@ def reassemble(
     if top > 0:
         stage = Stage(
             role="target",
-            sigmas=descending_walk(level_sigmas.cpu(), top, 0),
+            sigmas=level_sigmas.cpu()[walked_levels([top], 0)],
             rows=1,
             latent_shape=trajectory.latent_shape,
             label="reassembly: target",

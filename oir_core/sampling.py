@@ -412,11 +412,6 @@ def lockstep_rows(start_levels: Sequence[int], end_level: int) -> int:
     return sum(1 for start in start_levels if start > end_level)
 
 
-def descending_walk(level_sigmas: Tensor, top: int, bottom: int) -> Tensor:
-    """``[n]`` the sigmas a full-schedule walk from ``top`` to ``bottom`` visits, in order."""
-    return level_sigmas[list(range(top, bottom - 1, -1))]
-
-
 def ascending_walk(level_sigmas: Tensor, bottom: int, top: int, start_sigma: float | None = None) -> Tensor:
     """``[n]`` the sigmas an inversion from ``bottom`` to ``top`` visits; level 0 replaced by its start."""
     walk = level_sigmas[bottom : top + 1].clone()

@@ -43,11 +43,6 @@ keeps the analytic benchmark's ±1 agreement at or above 95 % (stride 5, radius 
 with a tail of 2 gives 94 %)."""
 
 
-def coarse_schedule(stride: int) -> SubSchedule:
-    """The sub-schedule coarse-to-fine candidates walk (see the module docstring)."""
-    return SubSchedule(stride=stride, tail=COARSE_TAIL)
-
-
 @dataclass(frozen=True)
 class CoarseToFineRun:
     """Both rounds of a coarse-to-fine search and the pool the final choice is made from.
@@ -88,7 +83,7 @@ def coarse_to_fine_candidates(
     if pair_count < 1:
         raise OIRInputError("edit_pairs", pair_count, "no edit pairs to search", "connect an OIR Edit Pair")
     steps = trajectory.steps
-    schedule = coarse_schedule(stride)
+    schedule = SubSchedule(stride=stride, tail=COARSE_TAIL)  # see the module docstring
     coarse_set = coarse_round_steps(steps, stride)
     coarse_levels = len(walked_levels(coarse_set, 0, schedule)) - 1
     # The refinement's depth is unknown until the coarse round is scored; assume the deepest.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -68,11 +69,17 @@ def serial_denoise(
     denoiser, x: Tensor, level_sigmas: Tensor, start: int, end: int, cond_id: int | None
 ) -> Tensor:  # type: ignore[no-untyped-def]
     """Reference: one row, one level at a time, DDIM eta=0 written out independently of the engine."""
+    return walk_by_hand(denoiser, x, level_sigmas, list(range(start, end - 1, -1)), cond_id)
+
+
+def walk_by_hand(denoiser, x: Tensor, level_sigmas: Tensor, levels: list[int], cond_id: int | None) -> Tensor:  # type: ignore[no-untyped-def]
+    """Reference: one row ``[*latent_shape]`` walked over ``levels`` (descending), one DDIM eta=0
+    step (the PF-ODE's Euler step, ARCHITECTURE.md §3) per pair of levels, independently of the engine."""
     ids = None if cond_id is None else torch.tensor([cond_id])
     x = x.unsqueeze(0)
-    for level in range(start, end, -1):
+    for level, next_level in itertools.pairwise(levels):
         sigma = level_sigmas[level]
-        sigma_next = level_sigmas[level - 1]
+        sigma_next = level_sigmas[next_level]
         x0_hat = denoiser(x, sigma, ids)
         x = x0_hat if float(sigma_next) == 0.0 else x + (x - x0_hat) / sigma * (sigma_next - sigma)
     return x[0]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
-from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_means
+from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_means, walk_by_hand
 
 from oir_core import FunctionHost, OIRInputError, invert
 from oir_core.analytic import GaussianModel, ddim_uniform_schedule
@@ -75,16 +73,11 @@ def _analytic(steps: int, pairs: int):  # type: ignore[no-untyped-def]
     return host, recorder, trajectory
 
 
-def _walk_by_hand(host, trajectory, start: int, levels: list[int], pair: int = 0) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """``[*latent_shape]`` the guided DDIM walk of ``x_start`` over ``levels`` (ending at 0), one
-    Euler step of the PF-ODE per pair of levels (ARCHITECTURE.md §3), written out without the engine."""
-    sigmas = trajectory.level_sigmas
+def _walk_by_hand(host, trajectory, start: int, levels: list[int]) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """``[*latent_shape]`` the clean guided walk of ``x_start`` over ``levels`` (pair 0)."""
     assert levels[0] == start and levels[-1] == 0
-    x = trajectory.latents[start][None].clone()
-    for a, b in itertools.pairwise(levels):
-        x0 = host.guided(x, sigmas[a], torch.tensor([pair]))
-        x = x0 if b == 0 else x + (x - x0) * (sigmas[b] - sigmas[a]) / sigmas[a]
-    return trajectory.to_clean(x)[0]
+    walked = walk_by_hand(host.guided, trajectory.latents[start], trajectory.level_sigmas, levels, 0)
+    return trajectory.to_clean(walked[None])[0]
 
 
 COARSE_50 = [*range(50, 4, -5), 3, 2, 1, 0]
