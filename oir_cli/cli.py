@@ -19,6 +19,9 @@ Quick start (ComfyUI at ``$COMFYUI_PATH``, started and stopped by the command)::
         --checkpoint v1-5-pruned-emaonly-fp16.safetensors --out out/dog_gift
 
     oir-edit batch specs/ --out results/ --server http://127.0.0.1:8188 --checkpoint sd15.safetensors
+    oir-edit report results/         # results/report.html and metrics.csv (oir_cli/report_html.py)
+    oir-edit export edit.yaml --out job.json --checkpoint sd15.safetensors --scorer clip-vit-base-patch16
+                                     # a job for hosted ComfyUI workers (oir_cli/export.py)
 
 Bad input gives one line naming the problem before any heavy work: files and prompts are checked
 locally, then names (checkpoint, scorer, LoRA, ControlNet) and ranges against the server's
@@ -709,7 +712,37 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(mode: str) -> argparse.ArgumentParser:
-    """The ``oir-edit`` (``mode='run'``) or ``oir-edit batch`` parser."""
+    """The ``oir-edit`` (``mode='run'``), ``oir-edit batch``, ``export`` or ``report`` parser."""
+    if mode == "report":
+        parser = argparse.ArgumentParser(
+            prog="oir-edit report",
+            description="Write OUT/report.html (one offline page: contact sheet, score curves, chosen-step "
+            "histograms, background fidelity) and OUT/metrics.csv for a finished 'oir-edit batch' folder. "
+            "Needs scikit-image: pip install 'oir-edit[report]'.",
+        )
+        parser.add_argument("directory", type=Path, metavar="OUT", help="the batch's --out folder")
+        parser.add_argument(
+            "--thumbnail", type=int, default=128, help="longest side of the embedded pictures (px)"
+        )
+        parser.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+        return parser
+    if mode == "export":
+        parser = argparse.ArgumentParser(
+            prog="oir-edit export",
+            description="Write one edit as a self-contained job for hosted ComfyUI workers "
+            '({"input": {"workflow": ..., "images": [{"name", "image"}]}}, pictures base64): the workflow '
+            "oir-edit would queue. Flags override the spec's fields.",
+        )
+        parser.add_argument("spec", type=Path, metavar="SPEC", help="edit spec file (YAML or JSON)")
+        parser.add_argument("--out", type=Path, required=True, help="job file to write (JSON)")
+        _add_edit_options(parser, single=False)
+        server = parser.add_argument_group("ComfyUI server (optional: check names there, take its scorer)")
+        server.add_argument("--server", metavar="URL", help="a running ComfyUI like the worker's")
+        server.add_argument(
+            "--model-loader", default="CheckpointLoaderSimple", help="node that loads --checkpoint"
+        )
+        server.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+        return parser
     if mode == "batch":
         parser = argparse.ArgumentParser(
             prog="oir-edit batch",
@@ -920,11 +953,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``oir-edit``; returns the exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     mode = "run"
-    if argv and argv[0] in ("run", "batch"):
+    if argv and argv[0] in ("run", "batch", "export", "report"):
         mode, argv = argv[0], argv[1:]
     args = build_parser(mode).parse_args(argv)
     stream = None if args.quiet else sys.stderr
     try:
+        if mode == "export":  # export and report live in their own modules (which import this one)
+            from .export import run_export_command
+
+            return run_export_command(args, stream)
+        if mode == "report":
+            from .report_html import run_report_command
+
+            return run_report_command(args, stream)
         return run_batch_command(args, stream) if mode == "batch" else run_single(args, stream)
     except (SpecError, ServerUnreachable) as error:
         print(f"oir-edit: error: {error}", file=sys.stderr)
