@@ -52,10 +52,8 @@ def test_job_is_a_worker_request_with_the_pictures_it_names(
 ) -> None:
     spec, photo, mask = _spec(tmp_path, (70, 60))  # not multiples of 8: uploaded padded to 72x64
     job_path = tmp_path / "jobs" / "job.json"
-    code = cli.main(
-        ["export", str(spec), "--out", str(job_path), "--checkpoint", "sd15.safetensors", "--scorer", "clip-b16",
-         "--steps", "20"]
-    )  # fmt: skip
+    flags = ["--checkpoint", "sd15.safetensors", "--scorer", "clip-b16", "--steps", "20"]
+    code = cli.main(["export", str(spec), "--out", str(job_path), *flags])
     assert code == 0
     assert "crop its top-left 70x60" in capsys.readouterr().err
     job = json.loads(job_path.read_text(encoding="utf-8"))

@@ -1,0 +1,147 @@
+"""``oir-edit export`` and ``oir-edit report`` against a real ComfyUI with the tiny test models.
+
+- An exported job, handled the way a serverless worker handles it (every picture it carries
+  uploaded under its name, the workflow queued on ``/prompt``), gives the same edited pixels as
+  ``oir-edit`` on the same spec, and its workflow is the one ``oir-edit`` queued.
+- ``oir-edit report`` on a real batch folder: ``metrics.csv`` matches the background metrics
+  computed here from the files by their definitions, and the page opens offline in Chromium with
+  every picture loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from comfy_server import TEST_LOADER, TINY_CHECKPOINT, TestServer, shared_test_server, write_test_images
+from PIL import Image
+from report_browser import open_page
+from test_cli import TINY_FLAGS, oir_edit, server_flags
+
+from oir_cli.specs import nodes_of
+
+PROMPT = "a dog sitting next to a gift"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> TestServer:
+    return shared_test_server(tmp_path_factory, request)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_test_images(tmp_path_factory.mktemp("export_images"))
+
+
+def _picture_names_only(workflow: dict[str, Any]) -> dict[str, Any]:
+    """The workflow with each loaded picture named by its file name alone (no upload subfolder)."""
+    plain = copy.deepcopy(workflow)
+    for node in plain.values():
+        if node["class_type"] in ("LoadImage", "LoadImageMask"):
+            node["inputs"]["image"] = node["inputs"]["image"].rsplit("/", 1)[-1]
+    return plain
+
+
+def test_exported_job_run_like_a_worker_gives_the_same_edit(
+    server: TestServer, images: dict[str, Path], tmp_path: Path
+) -> None:
+    spec = tmp_path / "edit.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "image": str(images["image"]),
+                "prompt": PROMPT,
+                "edits": [f"dog=cat:{images['dog']}", f"gift=cake:{images['gift']}"],
+            }
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    run = oir_edit(*server_flags(server), *TINY_FLAGS, "--spec", str(spec), "--out", str(out), "-q")
+    assert run.returncode == 0, run.stderr
+    job_path = tmp_path / "job.json"
+    export = oir_edit(
+        "export", str(spec), "--out", str(job_path), "--server", server.url, "--model-loader", TEST_LOADER,
+        "--checkpoint", TINY_CHECKPOINT, *TINY_FLAGS,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    job = json.loads(job_path.read_text(encoding="utf-8"))["input"]
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    # the prompt oir-edit queued (its default scorer from the server included), pictures at the top level
+    assert _picture_names_only(report["workflow"]) == job["workflow"]
+
+    for picture in job["images"]:  # what worker-comfyui does with each entry
+        answer = requests.post(
+            f"{server.url}/upload/image",
+            files={"image": (picture["name"], base64.b64decode(picture["image"]), "image/png")},
+            data={"overwrite": "true"},
+            timeout=60,
+        )
+        answer.raise_for_status()
+        assert answer.json()["name"] == picture["name"] and not answer.json()["subfolder"]
+    entry = server.run(job["workflow"])
+    assert entry["status"]["status_str"] == "success"
+    cached = [
+        n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]
+    ]
+    assert nodes_of(job["workflow"], "OIRObjectReassembly")[0] not in cached  # the edit really ran again
+    saved = entry["outputs"][nodes_of(job["workflow"], "SaveImage")[0]]["images"][0]
+    worker_pixels = np.asarray(Image.open(io.BytesIO(server.client.view(saved))).convert("RGB"))
+    assert np.array_equal(worker_pixels, np.asarray(Image.open(out / "edited.png").convert("RGB")))
+
+
+def _background_reference(source: Path, masks: list[Path], edited: Path) -> tuple[float, float]:
+    """MSE and PSNR outside every mask by PIE-Bench's definition, from the files (white = object)."""
+    photo = np.asarray(Image.open(source).convert("RGB"), dtype=np.float64) / 255
+    result = np.asarray(Image.open(edited).convert("RGB"), dtype=np.float64) / 255
+    inside = np.zeros(photo.shape[:2], dtype=bool)
+    for mask in masks:
+        inside |= np.asarray(Image.open(mask).convert("L")) > 127
+    outside = (~inside)[..., None]
+    mse = float(np.mean((photo * outside - result * outside) ** 2))
+    return mse, 10 * math.log10(1 / mse)
+
+
+def test_report_of_a_real_batch(server: TestServer, images: dict[str, Path], tmp_path: Path) -> None:
+    batch = tmp_path / "specs"
+    batch.mkdir()
+    cases = {
+        "both": [f"dog=cat:{images['dog']}", f"gift=cake:{images['gift']}"],
+        "broken": [f"cow=dog:{images['dog']}"],  # not in the prompt: fails before the server
+    }
+    for name, edits in cases.items():
+        spec = {"image": str(images["image"]), "prompt": PROMPT, "edits": edits}
+        (batch / f"{name}.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    out = tmp_path / "results"
+    ran = oir_edit("batch", str(batch), "--out", str(out), *server_flags(server), *TINY_FLAGS, "-q")
+    assert ran.returncode == 1, ran.stderr  # the broken case
+    reported = oir_edit("report", str(out))
+    assert reported.returncode == 0, reported.stderr
+    assert "2 cases, 1 measured" in reported.stderr
+
+    with (out / "metrics.csv").open(encoding="utf-8") as handle:
+        rows = {row["case"]: row for row in csv.DictReader(handle)}
+    assert rows["broken"]["status"] == "failed" and "'cow'" in rows["broken"]["note"]
+    for name, masks in (("both", [images["dog"], images["gift"]]),):
+        row = rows[name]
+        report = json.loads((out / name / "report.json").read_text(encoding="utf-8"))
+        assert row["chosen_steps"] == " ".join(str(s) for s in report["chosen_steps"])
+        mse, psnr = _background_reference(images["image"], masks, out / name / "edited.png")
+        assert float(row["mse"]) == pytest.approx(mse, rel=1e-4)
+        assert float(row["psnr_db"]) == pytest.approx(psnr, rel=1e-4)
+        assert 0 < float(row["ssim"]) < 1 and row["note"] == ""
+
+    facts = open_page(out / "report.html")
+    assert facts["broken"] == [] and facts["images"] == 2 + 2  # source, the two masks, edited
+    assert facts["svgs"] == 2 + 2  # one score curve per pair, one histogram per pair position
+    assert facts["requests"] == [] and facts["outside_links"] == []
