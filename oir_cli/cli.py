@@ -757,8 +757,8 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(
             prog="oir-edit",
             description="Object-aware Inversion and Reassembly (OIR) edit through ComfyUI. "
-            "'oir-edit batch DIR --out OUT' runs a folder of edit specs; 'oir-edit report OUT' writes its HTML "
-            "report; 'oir-edit export SPEC --out job.json' writes a job for hosted ComfyUI workers.",
+            "'oir-edit batch DIR --out OUT' runs a folder of edit specs; 'oir-edit report OUT' writes its "
+            "HTML report; 'oir-edit export SPEC --out job.json' writes a job for hosted ComfyUI workers.",
         )
         parser.add_argument("--out", type=Path, required=True, help="output folder")
     _add_edit_options(parser, single=mode != "batch")
