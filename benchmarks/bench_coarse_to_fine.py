@@ -1,4 +1,4 @@
-"""Benchmark 3: coarse-to-fine vs exhaustive step search (targets: ≤ 25 % rows, ±1 agreement ≥ 90 %).
+"""Benchmark 3: coarse-to-fine vs exhaustive step search (targets: ≤ 25 % rows, ±1 agreement ≥ 95 %).
 
 Cases whose score curves mean something, with exact models (no weights, CPU, seconds):
 
@@ -23,7 +23,9 @@ Cases whose score curves mean something, with exact models (no weights, CPU, sec
   exact candidate, score differently, as CLIP does). Measured at two noise amplitudes (4 % and 1 %
   of the edit's colour distance), each with its *noise ceiling*: how often the exhaustive search
   agrees with itself (±1) when only the noise is re-drawn. A search that scores other images than
-  the exhaustive one (any approximation does) cannot be expected to beat that ceiling.
+  the exhaustive one (any approximation does) cannot be expected to beat that ceiling. Targets
+  there: ±1 agreement within 5 points of the ceiling, and a p95 score regret (the exhaustive
+  combined score, 0..1, of its own choice minus that of the chosen step) of at most 0.05.
 
 For each case the exhaustive search (every ``t = 1..50``, ``T(T+1)/2 = 1275`` rows) is compared with
 ``oir_core.search.coarse_to_fine_candidates`` used as the nodes use it: the scorer ranks the coarse
@@ -353,15 +355,21 @@ def main() -> None:
     report.add(Metric("3. best (stride, radius), exact refinement", text, "-", None))
     if args.noisy_cases > 0:
         for noise in NOISY_AMPLITUDES:
-            report.add(noisy_family(args, noise))
+            report.add(*noisy_family(args, noise))
     report.emit(args.json_out)
 
 
 NOISY_AMPLITUDES = (0.04, 0.01)
 """Noise of the noisy family, as a fraction of the edit's colour distance."""
 
+CEILING_MARGIN = 0.05
+"""The noisy family's ±1 agreement target: at most 5 points below its noise ceiling."""
 
-def noisy_family(args: argparse.Namespace, noise: float) -> Metric:
+MAX_REGRET_P95 = 0.05
+"""The noisy family's p95 score-regret target (combined score, 0..1)."""
+
+
+def noisy_family(args: argparse.Namespace, noise: float) -> list[Metric]:
     """±1 agreement with exhaustive on the noisy family (default setting), for the engine and the
     previous design, next to the noise ceiling (exhaustive vs exhaustive with re-drawn noise)."""
     start = time.perf_counter()
@@ -395,18 +403,27 @@ def noisy_family(args: argparse.Namespace, noise: float) -> Metric:
         f"({time.perf_counter() - start:.0f} s)"
     )
     setting = f"stride {args.stride}, radius {args.radius}"
-    return Metric(
-        f"3. chosen step within ±1 of exhaustive, noisy two-peaked family, noise {fmt_pct(noise)} of the "
-        f"colour distance ({len(cases)} cases, {setting})",
-        f"{fmt_pct(engine.within)} (p95 score regret {engine.regret_p95:.3f}); exact refinement "
-        f"{fmt_pct(before.within)} at {fmt_pct(before.rows)} rows (regret {before.regret_p95:.3f}); "
-        f"noise ceiling {fmt_pct(ceiling)}",
-        "≥ 95 %",
-        engine.within >= 0.95,
-        f"{shape} (the analytic family's are smooth); exhaustive optima: "
-        f"{histogram(exhaustive, args.steps, 5)}; noise ceiling: exhaustive within ±1 of itself "
-        "when only the noise is re-drawn.",
-    )
+    family = f"noisy two-peaked family, noise {fmt_pct(noise)} of the colour distance"
+    family += f" ({len(cases)} cases, {setting})"
+    return [
+        Metric(
+            f"3. chosen step within ±1 of exhaustive, {family}",
+            f"{fmt_pct(engine.within)}; noise ceiling {fmt_pct(ceiling)}; exact refinement "
+            f"{fmt_pct(before.within)} at {fmt_pct(before.rows)} rows",
+            f"≥ ceiling − 5 points ({fmt_pct(ceiling - CEILING_MARGIN)})",
+            engine.within >= ceiling - CEILING_MARGIN - 1e-9,
+            f"{shape} (the analytic family's are smooth); exhaustive optima: "
+            f"{histogram(exhaustive, args.steps, 5)}; noise ceiling: exhaustive within ±1 of itself "
+            "when only the noise is re-drawn.",
+        ),
+        Metric(
+            f"3. … p95 score regret, {family}",
+            f"{engine.regret_p95:.3f} (exact refinement {before.regret_p95:.3f})",
+            f"≤ {MAX_REGRET_P95}",
+            engine.regret_p95 <= MAX_REGRET_P95 + 1e-9,
+            "regret = the exhaustive combined score (0..1) of its own choice minus that of the chosen step.",
+        ),
+    ]
 
 
 def local_maxima(curve: Sequence[float]) -> int:
