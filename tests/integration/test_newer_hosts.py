@@ -5,7 +5,7 @@
   (§5) is one ``sampling_function`` with one cond and one uncond for every pair's rows, so the split
   reaches it unchanged: checked here with ComfyUI's own ``create_multigpu_deepclones`` on two
   devices of this machine (the CPU twice, as ``cpu`` and ``cpu:0``; on a CUDA machine the GPU and
-  the CPU).
+  the CPU). OIR Phrase Mask's attention capture is the exception: it drops the split and says so.
 - Hosts newer than 0.33 serve only ``.json`` under ``/workflow_templates/<pack>/``; the pack serves
   its own card pictures.
 """
@@ -170,3 +170,47 @@ def test_the_thumbnail_route_answers_before_a_json_only_template_route(pack: Any
     status, body, workflow = asyncio.run(fetch())
     assert status == 200 and body == (EXAMPLE_WORKFLOWS / f"{name}.jpg").read_bytes()
     assert workflow == {"served_by": "host"}
+
+
+def test_the_phrase_mask_capture_says_it_runs_on_one_device_and_finds_the_same_map(
+    comfy_host: Any,
+    pack: Any,
+    tiny_clip: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Attention maps are gathered in one place, so OIR Phrase Mask's cross-attention capture drops
+    the MultiGPU split (with a warning, before any model call) and gives the one-device map."""
+    from oir_core.phrase_masks import AttentionMaps, find_phrase_mask
+
+    mask_nodes = comfy_env.import_pack_module("nodes.mask_nodes")
+    prompt = "a dog sitting next to a gift"
+    models = [tiny_models.build_tiny_unet("eps", seed=0)]
+    if HAS_MULTIGPU:
+        plain, split, _ = split_over_two_devices(monkeypatch)
+        models = [plain, split]
+    found = []
+    for model in models:
+        maps = AttentionMaps((8, 8), mask_nodes.phrase_positions(tiny_clip, prompt, "dog", 0))
+        caplog.clear()
+        capture = mask_nodes.capture_cross_attention(model, maps)
+        warned = "runs on one device" in caplog.text
+        assert warned == bool(model.get_additional_models_with_key("multigpu"))
+        assert not capture.get_additional_models_with_key("multigpu")
+        host = comfy_host.ComfyHost(
+            capture, tiny_models.encode_prompt(tiny_clip, prompt), None, [], None, 1.0
+        )
+        found.append(
+            find_phrase_mask(
+                host,
+                torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(5)),
+                method="cross_attention",
+                sigma=1.0,
+                samples=2,
+                seed=0,
+                flow=False,
+                threshold=0.5,
+                attention=maps,
+            ).soft
+        )
+    assert torch.equal(found[0], found[-1])
