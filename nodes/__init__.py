@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from comfy_api.latest import ComfyExtension, io
 
 from .edit_nodes import OIREditPair, OIRGuidedPromptBuilder
@@ -9,6 +11,7 @@ from .example_inputs import install_example_inputs
 from .mask_nodes import OIRPhraseMask
 from .sampling_nodes import OIRDDIMInversion, OIRObjectReassembly, OIRParallelStepSearch
 from .scoring_nodes import OIRLoadCLIPScorer, OIRMaskMetricScorer, register_scorer_folder
+from .template_thumbnails import register_thumbnail_route
 
 NODES: list[type[io.ComfyNode]] = [
     OIRLoadCLIPScorer,
@@ -33,7 +36,9 @@ class OIRExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> OIRExtension:
-    """ComfyUI's V3 entry point: registers models/oir_clip and installs the templates' inputs."""
+    """ComfyUI's V3 entry point: registers models/oir_clip, installs the templates' inputs and serves
+    their card pictures (the folder name is the one ComfyUI lists the templates under)."""
     register_scorer_folder()
     install_example_inputs()
+    register_thumbnail_route(Path(__file__).parents[1].name)
     return OIRExtension()

@@ -9,6 +9,7 @@ like a painted one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -126,7 +127,8 @@ def capture_cross_attention(model: Any, maps: AttentionMaps) -> Any:
 
     Each layer still computes its output as before: with a patch the user already set for it
     (IP-Adapter and the like), else with ComfyUI's ``optimized_attention``. Only rows of the
-    conditional branch are recorded. The user's MODEL is not changed.
+    conditional branch are recorded. The user's MODEL is not changed. A MODEL split by ComfyUI's
+    MultiGPU CFG Split runs this node on its first device only (a warning says so, ARCHITECTURE.md §9).
     """
     from comfy.ldm.modules.attention import optimized_attention
 
@@ -140,6 +142,14 @@ def capture_cross_attention(model: Any, maps: AttentionMaps) -> Any:
             "use method noise_difference, which works for every model",
         )
     clone = model.clone()
+    if clone.get_additional_models_with_key("multigpu"):
+        # ComfyUI's MultiGPU CFG Split would run a call's conds on several devices at once, each in
+        # its own thread; one map gathered in one place, in one order, needs one device.
+        clone.set_additional_models("multigpu", [])
+        logging.warning(
+            "OIR Phrase Mask: cross_attention runs on one device (MultiGPU CFG Split is not used for "
+            "this node: the attention maps are gathered in one place); the edit's nodes still split"
+        )
     options = clone.model_options.setdefault("transformer_options", {})
     replaced = options.setdefault("patches_replace", {}).setdefault("attn2", {})
 
