@@ -37,8 +37,14 @@ def png(size: tuple[int, int] = (64, 64)) -> bytes:
 
 def history_entry(workflow: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
     """A finished prompt's history entry as ComfyUI and the pack's nodes write it for ``workflow``."""
-    of = {cls: [i for i, n in workflow.items() if n["class_type"] == cls] for cls in
-          ("SaveImage", "OIREditPair", "OIRMaskMetricScorer", "OIRParallelStepSearch", "OIRObjectReassembly")}  # fmt: skip
+    classes = (
+        "SaveImage",
+        "OIREditPair",
+        "OIRMaskMetricScorer",
+        "OIRParallelStepSearch",
+        "OIRObjectReassembly",
+    )
+    of = {cls: [i for i, n in workflow.items() if n["class_type"] == cls] for cls in classes}
     pairs = len(of["OIREditPair"])
     image = {"filename": "edited.png", "subfolder": "", "type": "output"}
     outputs: dict[str, Any] = {node: {"images": [image]} for node in of["SaveImage"]}

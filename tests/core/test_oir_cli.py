@@ -830,8 +830,12 @@ def test_refusals_and_failures_become_one_line() -> None:
         describe_refusal(answers.parse(answers.Refusal, body.encode()), workflow)
         == "node 9 (OIR DDIM Inversion): Value smaller than min: steps: 1 < 2"
     )
-    no_prompt = b'{"error": {"type": "no_prompt", "message": "No prompt provided", "details": ""}, "node_errors": []}'
-    assert describe_refusal(answers.parse(answers.Refusal, no_prompt), workflow) == "No prompt provided"
+    no_prompt = json.dumps(
+        {"error": {"type": "no_prompt", "message": "No prompt provided"}, "node_errors": []}
+    )
+    assert (
+        describe_refusal(answers.parse(answers.Refusal, no_prompt.encode()), workflow) == "No prompt provided"
+    )
     status = {
         "status_str": "error",
         "messages": [

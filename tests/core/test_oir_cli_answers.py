@@ -28,6 +28,7 @@ from stub_comfy import CHECKPOINT, PROMPT_ID, StubComfy, history_entry
 from oir_cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
+ENTRY = "import sys; from oir_cli.cli import main; sys.exit(main())"
 PROMPT = "a dog sitting next to a gift"
 
 
@@ -78,7 +79,8 @@ def _json(status: int, value: Any) -> tuple[int, bytes]:
 
 def _error_status(exception_type: str, message: str) -> dict[str, Any]:
     data = {"prompt_id": PROMPT_ID, "node_id": "9", "node_type": "OIRDDIMInversion",
-            "exception_type": exception_type, "exception_message": message, "traceback": ["line 1"]}  # fmt: skip
+            "exception_type": exception_type, "exception_message": message,
+            "traceback": ["line 1"]}  # fmt: skip
     return {"status_str": "error", "completed": False, "messages": [["execution_error", data]]}
 
 
@@ -98,7 +100,8 @@ BAD_ANSWERS: list[tuple[str, dict[str, Any], list[Any], str]] = [
     ("system_stats not JSON", {"system_stats": (200, b"<html>hello</html>")}, [],
      r"GET /system_stats: the body is not JSON \(it starts '<html>hello</html>'\)"),
     ("system_stats a list", {"system_stats": _json(200, [])}, [], r"GET /system_stats: .*valid dictionary"),
-    ("object_info not JSON", {"object_info": (200, b"ok")}, [], r"GET /object_info/\w+: the body is not JSON"),
+    ("object_info not JSON", {"object_info": (200, b"ok")}, [],
+     r"GET /object_info/\w+: the body is not JSON"),
     ("object_info input a list", {"object_info": _json(200, {"OIREditPair": {"input": []}})}, [],
      r"GET /object_info/\w+: OIREditPair.input: .*valid dictionary"),
     ("object_info limit not a number",
@@ -109,7 +112,8 @@ BAD_ANSWERS: list[tuple[str, dict[str, Any], list[Any], str]] = [
     ("upload without a name", {"upload": _json(200, {"subfolder": "oir-edit"})}, [],
      r"POST /upload/image: name: Field required"),
     ("prompt not JSON", {"prompt": (200, b"queued")}, [], r"POST /prompt: the body is not JSON"),
-    ("prompt without an id", {"prompt": _json(200, {"number": 3})}, [], r"POST /prompt: prompt_id: Field required"),
+    ("prompt without an id", {"prompt": _json(200, {"number": 3})}, [],
+     r"POST /prompt: prompt_id: Field required"),
     ("prompt 400 not JSON", {"prompt": (400, b"<h1>Bad Request</h1>")}, [],
      r"POST /prompt \(400\): the body is not JSON"),
     ("prompt 400 node_errors of the wrong shape", {"prompt": _json(400, {"node_errors": {"9": "no"}})}, [],
@@ -220,8 +224,14 @@ def test_numbers_that_cannot_mean_anything_are_refused_before_queueing(
 @pytest.mark.parametrize(
     ("items", "message"),
     [
-        ({"loras": [{"name": "style.safetensors", "strength": float("nan")}]}, "strength nan is not a finite"),
-        ({"loras": [{"name": "style.safetensors", "strength_clip": float("inf")}]}, "strength_clip inf is not a"),
+        (
+            {"loras": [{"name": "style.safetensors", "strength": float("nan")}]},
+            "strength nan is not a finite",
+        ),
+        (
+            {"loras": [{"name": "style.safetensors", "strength_clip": float("inf")}]},
+            "strength_clip inf is not a",
+        ),
         ({"controlnets": [{"name": "d.pth", "end_percent": "most"}]}, "end_percent 'most' is not a number"),
     ],
 )
@@ -297,9 +307,11 @@ def _row_not_offered(files: dict[str, Path], tmp: Path, stubs: Any) -> tuple[lis
 
 
 def _row_validation(files: dict[str, Path], tmp: Path, stubs: Any) -> tuple[list[str], StubComfy | None]:
-    refusal = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
-               "node_errors": {"9": {"errors": [{"message": "Value smaller than min", "details": "steps: 1 < 2"}],
-                                     "class_type": "OIRDDIMInversion"}}}  # fmt: skip
+    error = {"message": "Value smaller than min", "details": "steps: 1 < 2"}
+    refusal = {
+        "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation"},
+        "node_errors": {"9": {"errors": [error], "class_type": "OIRDDIMInversion"}},
+    }
     return edit_args(files, stubs({"prompt": _json(400, refusal)}).url, tmp / "out"), None
 
 
@@ -356,10 +368,12 @@ EXIT_ROWS: dict[str, tuple[Callable[..., Any], int, str]] = {
         (_finished(_error_status("oir_core.errors.OIRInputError", "OIR: input 'x' = 1: bad. Fix: y.")), 2,
          "node 9 (OIR DDIM Inversion) refused an input: OIR: input 'x'"),
     "a node fails inside ComfyUI (e.g. a corrupt LoRA file)":
-        (_finished(_error_status("RuntimeError", "boom")), 1, "ComfyUI failed in node 9 (OIR DDIM Inversion): boom"),
+        (_finished(_error_status("RuntimeError", "boom")), 1,
+         "ComfyUI failed in node 9 (OIR DDIM Inversion): boom"),
     "the edit does not finish within `--timeout`": (_row_timeout, 1, "did not finish within 0.5 s"),
     "the server is lost during the edit": (_row_lost, 1, "cannot reach ComfyUI at"),
-    "the server answers with an error status": (_row_status, 1, "answered 500 to /prompt: Internal Server Error"),
+    "the server answers with an error status":
+        (_row_status, 1, "answered 500 to /prompt: Internal Server Error"),
     "an answer that is not ComfyUI's": (_row_bad_answer, 1, "unexpected answer to GET /system_stats"),
     "`oir-edit batch`: a case failed (the others still ran)": (_row_batch, 1, ""),
 }  # fmt: skip
@@ -405,7 +419,7 @@ def test_ctrl_c_is_exit_130_and_takes_the_prompt_off_the_queue(
     stub = stubs({"history": NOT_FINISHED})
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from oir_cli.cli import main; sys.exit(main())", *edit_args(files, stub.url, tmp_path / "out")],
+        [sys.executable, "-c", ENTRY, *edit_args(files, stub.url, tmp_path / "out")],
         stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
