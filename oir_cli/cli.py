@@ -553,8 +553,8 @@ def run_batch(
     server (so an all-skipped or all-invalid batch starts none); then every pending case is checked
     against the server (names, ranges) before the first edit runs, so a typo fails in seconds, not
     after hours. A lost server (:class:`ServerUnreachable`) fails the case it was on and stops the
-    batch. ``batch_report.json``
-    in ``out_dir`` lists every case's outcome, also when the batch stops early.
+    batch. ``batch_report.json`` in ``out_dir`` lists every case's outcome, also when the batch
+    stops early.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[CaseResult] = []

@@ -896,7 +896,7 @@ def _check_numbers(spec: EditSpec) -> tuple[int, int]:
     if spec.steps < 2:
         raise SpecError(f"{where}: steps = {spec.steps}: OIR needs at least 2 steps (the paper uses 50)")
     if not (math.isfinite(spec.cfg) and spec.cfg > 0):
-        raise SpecError(f"{where}: cfg = {spec.cfg}: must be positive (the paper uses 7.5)")
+        raise SpecError(f"{where}: cfg = {spec.cfg}: must be positive and finite (the paper uses 7.5)")
     if not 0.0 <= spec.editing_weight <= 1.0:
         raise SpecError(f"{where}: editing_weight = {spec.editing_weight}: must lie in 0..1")
     if spec.max_batch < 0:
