@@ -66,25 +66,11 @@ def history_entry(workflow: dict[str, Any], status: dict[str, Any] | None = None
     }
 
 
-class StubComfy:
-    """The stand-in server (see the module docstring); :meth:`stop` it when done."""
+class LoopbackApp:
+    """An aiohttp application served on a free loopback port from a thread of its own."""
 
-    def __init__(self, answers: dict[str, Answer] | None = None, messages: list[Any] | None = None) -> None:
-        self.answers = dict(answers or {})
-        self.messages = list(messages or [])
-        self.calls: list[str] = []
-        self.workflow: dict[str, Any] | None = None
+    def __init__(self, app: web.Application) -> None:
         self.loop = asyncio.new_event_loop()
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_get("/system_stats", self._route("system_stats", self._system_stats))
-        app.router.add_get("/object_info/{cls}", self._route("object_info", self._object_info))
-        app.router.add_post("/upload/image", self._route("upload", self._upload))
-        app.router.add_post("/prompt", self._route("prompt", self._prompt))
-        app.router.add_get("/history/{id}", self._route("history", self._history))
-        app.router.add_get("/view", self._route("view", lambda r: web.Response(body=png())))
-        app.router.add_post("/queue", self._route("queue", lambda r: web.json_response({})))
-        app.router.add_post("/interrupt", self._route("interrupt", lambda r: web.json_response({})))
-        app.router.add_get("/ws", self._websocket)
         self.runner = web.AppRunner(app)
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -96,6 +82,32 @@ class StubComfy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class StubComfy(LoopbackApp):
+    """The stand-in server (see the module docstring); :meth:`stop` it when done."""
+
+    def __init__(self, answers: dict[str, Answer] | None = None, messages: list[Any] | None = None) -> None:
+        self.answers = dict(answers or {})
+        self.messages = list(messages or [])
+        self.calls: list[str] = []
+        self.workflow: dict[str, Any] | None = None
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/system_stats", self._route("system_stats", self._system_stats))
+        app.router.add_get("/object_info/{cls}", self._route("object_info", self._object_info))
+        app.router.add_post("/upload/image", self._route("upload", self._upload))
+        app.router.add_post("/prompt", self._route("prompt", self._prompt))
+        app.router.add_get("/history/{id}", self._route("history", self._history))
+        app.router.add_get("/view", self._route("view", lambda r: web.Response(body=png())))
+        app.router.add_post("/queue", self._route("queue", lambda r: web.json_response({})))
+        app.router.add_post("/interrupt", self._route("interrupt", lambda r: web.json_response({})))
+        app.router.add_get("/ws", self._websocket)
+        super().__init__(app)
 
     def _route(self, name: str, default: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -145,8 +157,3 @@ class StubComfy:
         async for _ in socket:  # open like ComfyUI's until the client closes it
             pass
         return socket
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)

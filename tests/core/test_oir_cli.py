@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 import sample_files
 import yaml
 from PIL import Image
+from stub_comfy import LoopbackApp
 
 from oir_cli import answers, cli, specs
 from oir_cli import server as launcher
@@ -854,13 +854,11 @@ def test_refusals_and_failures_become_one_line() -> None:
 # websocket events and progress
 
 
-class _WebsocketServer:
+class _WebsocketServer(LoopbackApp):
     """A real websocket server (aiohttp, on the loopback, in a thread) that sends ``messages`` in
     order after the handshake (``bytes`` as binary, anything else as text), then closes."""
 
     def __init__(self, messages: list[Any]) -> None:
-        import asyncio
-
         from aiohttp import web
 
         async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -874,27 +872,9 @@ class _WebsocketServer:
             await socket_.close()
             return socket_
 
-        self.loop = asyncio.new_event_loop()
         app = web.Application()
         app.router.add_get("/ws", handler)
-        self.runner = web.AppRunner(app)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        import asyncio
-
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        super().__init__(app)
 
 
 def test_event_stream_skips_binary_refuses_malformed_messages_and_reports_the_close() -> None:
