@@ -25,8 +25,12 @@ Quick start (ComfyUI at ``$COMFYUI_PATH``, started and stopped by the command)::
 
 Bad input gives one line naming the problem before any heavy work: files and prompts are checked
 locally, then names (checkpoint, scorer, LoRA, ControlNet) and ranges against the server's
-``/object_info``. Exit codes: 0 success, 1 an edit failed (batch: any case failed), 2 bad input or
-unreachable server, 130 interrupted.
+``/object_info``. Every answer of the server is checked before use (:mod:`oir_cli.answers`).
+Exit codes (:func:`exit_code`, the README's table): 0 done; 1 the edit failed (inside ComfyUI, the
+server lost, an error status or an answer that is not ComfyUI's, ``--timeout``; batch: any case
+failed), with ``error.txt`` in the output folder; 2 the input was refused before anything ran
+(locally, by the server's lists and limits, by ComfyUI's validation of the prompt, or by an OIR node
+before its heavy work), ``--server`` where nothing answers included; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -49,10 +54,12 @@ from typing import Any, Protocol, TextIO
 from . import pictures
 from .client import (
     OIR_NODE_IDS,
+    BadAnswer,
     ComfyClient,
     ExecutionFailed,
     HeadlessError,
     InputRefusedByNode,
+    ServerFailure,
     ServerUnreachable,
     one_line,
 )
@@ -78,13 +85,16 @@ from .specs import (
     validate_local,
 )
 
-__all__ = ["EditRunner", "main", "run_batch"]
+__all__ = ["EditRunner", "exit_code", "main", "run_batch"]
 
 REPORT_NAME = "report.json"
 ERROR_NAME = "error.txt"
 BATCH_REPORT_NAME = "batch_report.json"
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_DEFAULTS = {"timeout": 7200.0, "startup_timeout": 300.0}
+"""Defaults of the flags that are a number of seconds to wait (finite and above 0, or refused)."""
 
 _FLAG_OF_INPUT = {
     "ckpt_name": "--checkpoint",
@@ -320,7 +330,11 @@ class EditRunner:
             name, data = check.uploads[path]
             stored = self.client.upload_image(data, name)
             if stored != check.upload_value(path):  # the server renamed it
-                raise HeadlessError(f"{spec.name}: ComfyUI stored {path.name} as {stored!r}")
+                raise BadAnswer(
+                    self.client.url,
+                    "POST /upload/image",
+                    f"{spec.name}: {path.name} was stored as {stored!r}, not {check.upload_value(path)!r}",
+                )
         timings["upload_s"] = round(time.monotonic() - clock, 3)
 
         clock = time.monotonic()
@@ -351,6 +365,13 @@ class EditRunner:
         metric = nodes_of(workflow, "OIRMaskMetricScorer")[0]
         search = nodes_of(workflow, "OIRParallelStepSearch")[0]
         scores = entry.get("outputs", {}).get(metric, {}).get("oir_scores", [])
+        if len(scores) != len(spec.edits):
+            raise BadAnswer(
+                self.client.url,
+                f"GET /history/{prompt_id}",
+                f"OIR Mask Metric Scorer (node {metric}) reported {len(scores)} score tables for "
+                f"{len(spec.edits)} edit pairs",
+            )
         search_ui = entry.get("outputs", {}).get(search, {})
         reassembly = nodes_of(workflow, "OIRObjectReassembly")[0]
         reused = (entry.get("outputs", {}).get(reassembly, {}).get("oir_reassembly") or [{}])[0]
@@ -534,8 +555,9 @@ def run_batch(
     without touching the server. ``runner_factory`` is called once, only if some case needs a
     server (so an all-skipped or all-invalid batch starts none); then every pending case is checked
     against the server (names, ranges) before the first edit runs, so a typo fails in seconds, not
-    after hours. A lost server (:class:`ServerUnreachable`) stops the batch. ``batch_report.json``
-    in ``out_dir`` lists every case's outcome, also when the batch stops early.
+    after hours. A lost server (:class:`ServerUnreachable`) fails the case it was on and stops the
+    batch. ``batch_report.json`` in ``out_dir`` lists every case's outcome, also when the batch
+    stops early.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[CaseResult] = []
@@ -571,7 +593,8 @@ def run_batch(
             assert case.spec is not None and runner is not None
             try:
                 runner.check(case.spec, check)
-            except ServerUnreachable:
+            except ServerUnreachable as error:
+                fail(case, case_dir, error)
                 raise
             except (SpecError, HeadlessError) as error:
                 fail(case, case_dir, error)
@@ -582,7 +605,8 @@ def run_batch(
             started = time.monotonic()
             try:
                 report = runner.run(case.spec, check, case_dir)
-            except ServerUnreachable:
+            except ServerUnreachable as error:
+                fail(case, case_dir, error, time.monotonic() - started)
                 raise
             except (SpecError, HeadlessError) as error:
                 fail(case, case_dir, error, time.monotonic() - started)
@@ -705,9 +729,14 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         help="node that loads --checkpoint (input ckpt_name; outputs MODEL, CLIP, VAE)",
     )
     server.add_argument(
-        "--startup-timeout", type=float, default=300.0, help="seconds to wait for ComfyUI to start"
+        "--startup-timeout",
+        type=float,
+        default=_DEFAULTS["startup_timeout"],
+        help="seconds to wait for ComfyUI to start",
     )
-    server.add_argument("--timeout", type=float, default=7200.0, help="seconds one edit may take")
+    server.add_argument(
+        "--timeout", type=float, default=_DEFAULTS["timeout"], help="seconds one edit may take"
+    )
     server.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -835,7 +864,10 @@ def connect(args: argparse.Namespace, stream: TextIO | None) -> Connection:
     """Use ``--server`` or start ComfyUI from ``--comfyui``; the server must answer ``/system_stats``."""
     if args.server:
         client = ComfyClient(args.server)
-        client.system_stats()  # raises ServerUnreachable with one line
+        try:
+            client.system_stats()
+        except ServerUnreachable as error:  # before anything was queued: the --server input is wrong
+            raise HeadlessError(f"{error}: check --server (is ComfyUI running there?)") from None
         return Connection(client)
     if args.comfyui is None:
         raise HeadlessError(
@@ -892,22 +924,27 @@ def writable_folder(path: Path, flag: str = "--out") -> Path:
 
 
 def run_single(args: argparse.Namespace, stream: TextIO | None) -> int:
-    """``oir-edit [run]``: validate, connect, edit, write the outputs."""
+    """``oir-edit [run]``: validate, connect, edit, write the outputs.
+
+    A failure once the server is involved (exit 1, or a node refusing an input) leaves its reason,
+    with ComfyUI's details, in ``error.txt`` in ``--out``.
+    """
     started = time.monotonic()
+    check_number_flags(args)
     spec = spec_from_args(args)
     check = validate_local(spec)
     out_dir = writable_folder(Path(args.out))
     validated = time.monotonic() - started
-    connection = connect(args, stream)
     try:
-        runner = _runner(connection, args, stream)
+        connection = connect(args, stream)
         try:
-            report = runner.run(spec, check, out_dir)
-        except ExecutionFailed as error:
-            write_error(out_dir, str(error), error.details)
-            raise
-    finally:
-        connection.close()
+            report = _runner(connection, args, stream).run(spec, check, out_dir)
+        finally:
+            connection.close()
+    except HeadlessError as error:
+        if exit_code(error) == EXIT_FAILED or isinstance(error, InputRefusedByNode):
+            write_error(out_dir, str(error), getattr(error, "details", ""))
+        raise
     report["timings"]["validate_s"] = round(validated, 3)
     report["timings"]["total_s"] = round(time.monotonic() - started, 3)
     write_report(out_dir, report)
@@ -920,6 +957,7 @@ def run_single(args: argparse.Namespace, stream: TextIO | None) -> int:
 
 def run_batch_command(args: argparse.Namespace, stream: TextIO | None) -> int:
     """``oir-edit batch DIR --out OUT``."""
+    check_number_flags(args)
     defaults = spec_fields_from_args(args)
     out_dir = writable_folder(Path(args.out)).resolve()
     cases = discover_cases(Path(args.directory), defaults, exclude=[out_dir])
@@ -950,6 +988,31 @@ def run_batch_command(args: argparse.Namespace, stream: TextIO | None) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def exit_code(error: Exception) -> int:
+    """The exit code of a one-line error (README, "Exit codes"): 1 when the edit failed although the
+    input was fine (the server failed, ComfyUI failed in a node, the time ran out), 2 when the
+    input was refused (locally, by the server's lists and limits or ComfyUI's validation, by an OIR
+    node before its heavy work)."""
+    if isinstance(error, InputRefusedByNode):
+        return EXIT_BAD_INPUT
+    if isinstance(error, (ServerFailure, ExecutionFailed)):
+        return EXIT_FAILED
+    return EXIT_BAD_INPUT
+
+
+def check_number_flags(args: argparse.Namespace) -> None:
+    """Refuse numbers that cannot mean anything (NaN, infinities; waits of 0 s or less) before
+    anything is sent to a server. The float spec fields (``--cfg``, ``--editing-weight``, LoRA and
+    ControlNet strengths) are refused as finite numbers by :mod:`oir_cli.specs`."""
+    for name in _DEFAULTS:
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            flag = "--" + name.replace("_", "-")
+            raise SpecError(
+                f"{flag} {value}: must be a number of seconds above 0 (default {_DEFAULTS[name]:g})"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``oir-edit``; returns the exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -968,18 +1031,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_report_command(args, stream)
         return run_batch_command(args, stream) if mode == "batch" else run_single(args, stream)
-    except (SpecError, ServerUnreachable) as error:
+    except (SpecError, HeadlessError) as error:
         print(f"oir-edit: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except InputRefusedByNode as error:
-        print(f"oir-edit: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ExecutionFailed as error:
-        print(f"oir-edit: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except HeadlessError as error:
-        print(f"oir-edit: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exit_code(error)
     except KeyboardInterrupt:
         print("oir-edit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,9 +1,12 @@
 """A ComfyUI server's HTTP and websocket API, as ``oir-edit`` uses it.
 
 HTTP through ``requests`` (one session, JSON and multipart uploads), ComfyUI's ``/ws`` event stream
-through ``websocket-client``. Errors are one line for the user: :class:`ServerUnreachable` when no
-server answers, :class:`HTTPStatusError` for an error status, :class:`HeadlessError` for a refused
-workflow (the first node error, named by the node's title).
+through ``websocket-client``. Every answer is checked against :mod:`oir_cli.answers` before it is
+used. Errors are one line for the user, and their type says what happened (``cli.exit_code``):
+:class:`HeadlessError` refuses the user's input (a refused workflow names its first node error);
+:class:`ServerFailure` is the server failing the edit: :class:`ServerUnreachable` (no answer),
+:class:`HTTPStatusError` (an error status), :class:`BadAnswer` (an answer that is not ComfyUI's);
+:class:`ExecutionFailed` is ComfyUI reporting a failure while it ran the workflow.
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ from typing import Any
 import requests
 import websocket
 
+from . import answers
+from .answers import AnswerInvalid
 from .specs import UPLOAD_SUBFOLDER, describe_nodes
 
 __all__ = [
     "OIR_NODE_IDS",
+    "BadAnswer",
     "ComfyClient",
     "EventStream",
     "ExecutionFailed",
     "HTTPStatusError",
     "HeadlessError",
     "InputRefusedByNode",
+    "ServerFailure",
     "ServerUnreachable",
     "describe_refusal",
     "one_line",
@@ -48,11 +55,26 @@ OIR Phrase Mask, which oir-edit's edits do not use: it takes painted masks)."""
 
 
 class HeadlessError(RuntimeError):
-    """A one-line, user-facing failure of the headless run (server unreachable, names unknown, ...)."""
+    """A one-line, user-facing failure of the headless run; this base class itself is a refusal of
+    the user's input (names the server does not offer, no OIR nodes, a refused workflow: exit 2)."""
 
 
-class ServerUnreachable(HeadlessError):
-    """No ComfyUI answers at the URL."""
+class ServerFailure(HeadlessError):
+    """The server failed the edit although the input was fine (exit 1)."""
+
+
+class ServerUnreachable(ServerFailure):
+    """No ComfyUI answers at the URL (refused, reset, timed out)."""
+
+
+class BadAnswer(ServerFailure):
+    """The server answered something ComfyUI does not send (not JSON, a wrong shape, not an image)."""
+
+    def __init__(self, server: str, endpoint: str, problem: str) -> None:
+        super().__init__(
+            f"ComfyUI at {server} gave an unexpected answer to {endpoint}: {one_line(problem, 240)}"
+        )
+        self.endpoint = endpoint
 
 
 class ExecutionFailed(HeadlessError):
@@ -67,11 +89,12 @@ class InputRefusedByNode(ExecutionFailed):
     """A node refused an input (``OIRInputError``) before its heavy work: bad input, exit 2."""
 
 
-class HTTPStatusError(HeadlessError):
+class HTTPStatusError(ServerFailure):
     """An HTTP error answer (status and body kept for callers that parse it)."""
 
-    def __init__(self, status: int, path: str, body: str) -> None:
-        super().__init__(f"ComfyUI answered {status} to {path}: {one_line(body, 200)}")
+    def __init__(self, status: int, path: str, body: str, server: str = "") -> None:
+        where = f"ComfyUI at {server}" if server else "ComfyUI"
+        super().__init__(f"{where} answered {status} to {path}: {one_line(body, 200)}")
         self.status = status
         self.body = body
 
@@ -82,19 +105,16 @@ def one_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def describe_refusal(body: str, workflow: Mapping[str, Any]) -> str:
-    """One line from a ``/prompt`` 400 answer: the first node error, or the top-level error."""
-    try:
-        answer = json.loads(body)
-    except json.JSONDecodeError:
-        return one_line(body)
-    for node_id, entry in (answer.get("node_errors") or {}).items():
-        for error in entry.get("errors", []):
-            title = describe_nodes(workflow).get(str(node_id), entry.get("class_type", "?"))
-            detail = error.get("details") or error.get("message") or ""
-            return one_line(f"node {node_id} ({title}): {error.get('message', '')}: {detail}")
-    error = answer.get("error") or {}
-    return one_line(f"{error.get('message', '')} {error.get('details', '')}".strip() or body)
+def describe_refusal(refusal: answers.Refusal | answers.Queued, workflow: Mapping[str, Any]) -> str:
+    """One line from a checked ``/prompt`` answer: the first node error, or the top-level error."""
+    for node_id, entry in refusal.node_errors.items():
+        for error in entry.errors:
+            title = describe_nodes(workflow).get(str(node_id), entry.class_type)
+            return one_line(f"node {node_id} ({title}): {error.message}: {error.details or error.message}")
+    error = getattr(refusal, "error", None)
+    if isinstance(error, answers.PromptError):
+        return one_line(f"{error.message} {error.details}".strip() or error.type or "no reason given")
+    return one_line(str(error or "no reason given"))
 
 
 def _reason(error: requests.RequestException) -> str:
@@ -106,18 +126,24 @@ def _reason(error: requests.RequestException) -> str:
 
 
 class EventStream:
-    """ComfyUI's ``/ws`` event stream for one client id (text messages as parsed JSON)."""
+    """ComfyUI's ``/ws`` event stream for one client id (text messages checked as events).
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    Args:
+        url: the ``ws://.../ws?clientId=...`` address.
+        timeout: seconds to open the connection.
+        server: the server's HTTP address, named in :class:`BadAnswer` messages.
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0, server: str = "") -> None:
+        self.server = server or url
         self._socket = websocket.create_connection(url, timeout=timeout)
 
-    def receive(self, timeout: float) -> dict[str, Any] | None:
-        """The next event (``{"type", "data"}``), or ``None`` after ``timeout`` seconds.
-
-        Binary messages (preview images) and malformed text are skipped.
+    def receive(self, timeout: float) -> answers.Event | None:
+        """The next event, or ``None`` after ``timeout`` seconds or for a binary message (previews).
 
         Raises:
             ConnectionError: the server closed the connection.
+            BadAnswer: a text message that is not a ComfyUI event (``{"type", "data"}`` in JSON).
         """
         self._socket.settimeout(max(timeout, 0.001))
         try:
@@ -126,15 +152,16 @@ class EventStream:
             return None
         except (websocket.WebSocketConnectionClosedException, OSError) as error:
             raise ConnectionError(f"websocket closed by the server ({error})") from None
+        except websocket.WebSocketException as error:  # a broken frame: the protocol itself is wrong
+            raise BadAnswer(self.server, "/ws", f"a broken websocket frame ({error})") from None
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             raise ConnectionError("websocket closed by the server")
         if opcode != websocket.ABNF.OPCODE_TEXT:
             return None
         try:
-            event = json.loads(payload.decode("utf-8", "replace"))
-        except json.JSONDecodeError:
-            return None
-        return event if isinstance(event, dict) else None
+            return answers.event(payload)
+        except AnswerInvalid as error:
+            raise BadAnswer(self.server, "/ws", str(error)) from None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -171,90 +198,118 @@ class ComfyClient:
         except requests.RequestException as error:
             raise ServerUnreachable(f"cannot reach ComfyUI at {self.url} ({_reason(error)})") from None
         if response.status_code >= 400:
-            raise HTTPStatusError(response.status_code, path, response.text)
+            raise HTTPStatusError(response.status_code, path, response.text, self.url)
         return response.content
 
+    def checked(self, model: Any, body: bytes, endpoint: str) -> Any:
+        """``body`` as ``model`` (:func:`oir_cli.answers.parse`); :class:`BadAnswer` names ``endpoint``."""
+        try:
+            return answers.parse(model, body)
+        except AnswerInvalid as error:
+            raise BadAnswer(self.url, endpoint, str(error)) from None
+
     def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
-        return json.loads(self.request("GET", path, params=params))
+        """Any JSON answer, unchecked (tests and tools; the edit's own reads are checked)."""
+        body = self.request("GET", path, params=params)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise BadAnswer(self.url, f"GET {path}", "the body is not JSON") from None
 
     def post_json(self, path: str, payload: Any) -> Any:
+        """``POST`` ``payload`` as JSON; the answer as JSON (``None`` when empty), unchecked."""
         body = self.request("POST", path, json=payload)
-        return json.loads(body) if body.strip() else None
+        try:
+            return json.loads(body) if body.strip() else None
+        except ValueError:
+            raise BadAnswer(self.url, f"POST {path}", "the body is not JSON") from None
 
     # ComfyUI routes ------------------------------------------------------------------------------
 
     def system_stats(self) -> dict[str, Any]:
-        """``/system_stats``: ComfyUI, Python and PyTorch versions, devices."""
-        return self.get_json("/system_stats")
+        """``/system_stats``: ComfyUI, Python and PyTorch versions, devices (checked)."""
+        stats = self.checked(answers.SystemStats, self.request("GET", "/system_stats"), "GET /system_stats")
+        return stats.model_dump()
 
     def object_info(self, class_type: str) -> dict[str, Any] | None:
-        """``/object_info/<class>`` (cached), or ``None`` when the server has no such node."""
+        """``/object_info/<class>`` (checked, cached), or ``None`` when the server has no such node."""
         if class_type not in self._object_info:
-            info = self.get_json(f"/object_info/{requests.utils.quote(class_type, safe='')}")
-            self._object_info[class_type] = info.get(class_type) if isinstance(info, dict) else None
+            path = f"/object_info/{requests.utils.quote(class_type, safe='')}"
+            info = self.checked(answers.ObjectInfo, self.request("GET", path), f"GET {path}")
+            node = info.get(class_type)
+            self._object_info[class_type] = None if node is None else node.model_dump()
         return self._object_info[class_type]
 
     def upload_image(self, source: Path | bytes, name: str, subfolder: str = UPLOAD_SUBFOLDER) -> str:
         """Upload a file (or its bytes) as ``<subfolder>/<name>`` into the input folder; returns the
         LoadImage value."""
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        answer = json.loads(
-            self.request(
-                "POST",
-                "/upload/image",
-                data={"type": "input", "subfolder": subfolder, "overwrite": "true"},
-                files={"image": (name, data, "application/octet-stream")},
-            )
+        body = self.request(
+            "POST",
+            "/upload/image",
+            data={"type": "input", "subfolder": subfolder, "overwrite": "true"},
+            files={"image": (name, data, "application/octet-stream")},
         )
-        folder = answer.get("subfolder") or ""
-        return f"{folder}/{answer['name']}" if folder else answer["name"]
+        answer = self.checked(answers.Upload, body, "POST /upload/image")
+        return f"{answer.subfolder}/{answer.name}" if answer.subfolder else answer.name
 
     def queue(self, workflow: Mapping[str, Any], client_id: str) -> str:
         """``POST /prompt``; returns the prompt id or raises one line built from ``node_errors``.
 
         ComfyUI queues a prompt as long as *one* output node validates and drops the branches whose
         nodes were refused (listing them in ``node_errors``): an OIR edit without its reassembly is
-        no edit, so such a partial prompt is taken off the queue again and refused as a whole.
+        no edit, so such a partial prompt is taken off the queue again and refused as a whole. A 400
+        answer is ComfyUI's validation refusing the input (:class:`HeadlessError`, exit 2); any
+        other error status is the server failing (:class:`HTTPStatusError`, exit 1).
         """
         try:
-            answer = self.post_json("/prompt", {"prompt": workflow, "client_id": client_id})
+            body = self.request("POST", "/prompt", json={"prompt": workflow, "client_id": client_id})
         except HTTPStatusError as error:
+            if error.status != 400:
+                raise
+            refusal = self.checked(answers.Refusal, error.body.encode("utf-8"), "POST /prompt (400)")
             raise HeadlessError(
-                f"ComfyUI refused the workflow: {describe_refusal(error.body, workflow)}"
+                f"ComfyUI refused the workflow: {describe_refusal(refusal, workflow)}"
             ) from None
-        prompt_id = str(answer["prompt_id"])
-        if answer.get("node_errors"):
-            self.interrupt(prompt_id)
-            body = json.dumps({"node_errors": answer["node_errors"]})
-            raise HeadlessError(f"ComfyUI refused the workflow: {describe_refusal(body, workflow)}")
-        return prompt_id
+        answer = self.checked(answers.Queued, body, "POST /prompt")
+        if answer.node_errors:
+            self.interrupt(answer.prompt_id)
+            raise HeadlessError(f"ComfyUI refused the workflow: {describe_refusal(answer, workflow)}")
+        return answer.prompt_id
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
-        """The ``/history/<id>`` entry, or ``None`` while the prompt has not finished."""
-        return self.get_json(f"/history/{prompt_id}").get(prompt_id)
+        """The checked ``/history/<id>`` entry, or ``None`` while the prompt has not finished."""
+        path = f"/history/{prompt_id}"
+        entry = self.checked(answers.History, self.request("GET", path), f"GET {path}").get(prompt_id)
+        return None if entry is None else entry.model_dump()
 
     def view(self, ref: Mapping[str, str]) -> bytes:
-        """An output/temp image (``{"filename", "subfolder", "type"}`` from the history)."""
+        """An output/temp image (``{"filename", "subfolder", "type"}`` from the history), checked to
+        be an image."""
         params = {
             "filename": ref["filename"],
             "subfolder": ref.get("subfolder", ""),
             "type": ref.get("type", "output"),
         }
-        return self.request("GET", "/view", params=params)
+        body = self.request("GET", "/view", params=params)
+        try:
+            return answers.picture(body)
+        except AnswerInvalid as error:
+            raise BadAnswer(self.url, f"GET /view ({ref['filename']})", str(error)) from None
 
     def interrupt(self, prompt_id: str) -> None:
-        """Drop ``prompt_id`` from the queue and interrupt it if it runs (best effort)."""
+        """Drop ``prompt_id`` from the queue and interrupt it if it runs (best effort: answers unread)."""
         with contextlib.suppress(HeadlessError):
-            self.post_json("/queue", {"delete": [prompt_id]})
+            self.request("POST", "/queue", json={"delete": [prompt_id]})
         with contextlib.suppress(HeadlessError):
-            self.post_json("/interrupt", {"prompt_id": prompt_id})
+            self.request("POST", "/interrupt", json={"prompt_id": prompt_id})
 
     def events(self, client_id: str, timeout: float = 10.0) -> EventStream | None:
         """The ``/ws`` event stream for ``client_id``, or ``None`` if it cannot be opened."""
         scheme = "wss" if self.url.startswith("https") else "ws"
         url = f"{scheme}://{self.url.split('://', 1)[1]}/ws?clientId={client_id}"
         try:
-            return EventStream(url, timeout)
+            return EventStream(url, timeout, server=self.url)
         except (OSError, websocket.WebSocketException):
             return None
 
@@ -268,10 +323,11 @@ class ComfyClient:
     ) -> dict[str, Any]:
         """Block until ``prompt_id`` finished; returns its history entry.
 
-        Events for this prompt go to ``on_event(type, data)`` as they arrive (with a stream);
-        ``/history`` is polled every ``poll_every`` seconds either way, so a lost message or a
-        closed socket only delays the answer. Raises :class:`ExecutionFailed` after ``timeout``
-        seconds (the prompt is then removed from the queue and interrupted).
+        Events for this prompt go to ``on_event(type, data)`` as they arrive (with a stream), their
+        ``data`` checked (:data:`oir_cli.answers.EVENT_DATA`); ``/history`` is polled every
+        ``poll_every`` seconds either way, so a lost message or a closed socket only delays the
+        answer. Raises :class:`ExecutionFailed` after ``timeout`` seconds (the prompt is then removed
+        from the queue and interrupted), :class:`BadAnswer` for an event that is not ComfyUI's.
         """
         deadline = time.monotonic() + timeout
         next_poll = 0.0
@@ -284,7 +340,7 @@ class ComfyClient:
                 next_poll = now + poll_every
             if now >= deadline:
                 self.interrupt(prompt_id)
-                raise ExecutionFailed(f"the edit did not finish within {timeout:.0f} s (raise --timeout)")
+                raise ExecutionFailed(f"the edit did not finish within {timeout:g} s (raise --timeout)")
             if stream is None:
                 time.sleep(min(0.25, max(0.0, deadline - now)))
                 continue
@@ -295,12 +351,14 @@ class ComfyClient:
                 continue
             if event is None:
                 continue
-            data = event.get("data") or {}
-            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
-                continue  # queue status and other clients' prompts
-            kind = str(event.get("type"))
+            try:
+                data = answers.event_data(event)
+            except AnswerInvalid as error:
+                raise BadAnswer(self.url, "/ws", str(error)) from None
+            if data is None or data.get("prompt_id") != prompt_id:
+                continue  # queue status, other packs' events and other clients' prompts
             if on_event is not None:
-                on_event(kind, data)
-            finished = kind in ("execution_success", "execution_error", "execution_interrupted")
-            if finished or (kind == "executing" and data.get("node") is None):
+                on_event(event.type, data)
+            finished = event.type in ("execution_success", "execution_error", "execution_interrupted")
+            if finished or (event.type == "executing" and data.get("node") is None):
                 next_poll = 0.0  # fetch the history now

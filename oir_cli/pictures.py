@@ -45,7 +45,7 @@ class PictureError(ValueError):
 def open_file(path: Path, what: str) -> Image.Image:
     """The file opened with Pillow and turned upright by its EXIF orientation."""
     if not path.is_file():
-        raise PictureError(f"{what} {path} does not exist")
+        raise PictureError(f"{what} {path} {_not_a_file(path)}")
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
@@ -53,6 +53,15 @@ def open_file(path: Path, what: str) -> Image.Image:
             return image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise PictureError(f"{what} {path} is not a readable image ({error})") from None
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a picture file, in words (the fix included)."""
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return "is a directory: give the picture file inside it"
+    return "is not a regular file (a device, pipe or socket): give a picture file"
 
 
 def _grey_as_8bit(image: Image.Image) -> Image.Image:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .client import ComfyClient, HeadlessError, one_line
+from .client import ComfyClient, HeadlessError, ServerFailure, one_line
 
 __all__ = ["PACK_FOLDER", "PACK_ROOT", "ComfyServer", "free_port", "pack_installed_in", "pack_is_checkout"]
 
@@ -214,7 +214,7 @@ class ComfyServer:
             while True:
                 code = self.process.poll()
                 if code is not None:
-                    raise HeadlessError(
+                    raise ServerFailure(
                         f"ComfyUI exited during startup (code {code}): {self.last_log_line()} "
                         f"(full log: {self._kept_log()})"
                     )
@@ -222,7 +222,7 @@ class ComfyServer:
                     client.system_stats()
                     break
                 if time.monotonic() > deadline:
-                    raise HeadlessError(
+                    raise ServerFailure(
                         f"ComfyUI did not answer within {self.startup_timeout:.0f} s: {self.last_log_line()} "
                         f"(full log: {self._kept_log()})"
                     )

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, FiniteFloat, ValidationError
 
 from oir_core.errors import OIRInputError
 from oir_core.options import (
@@ -257,7 +258,7 @@ class SpecSettings(BaseModel):
     target_prompt: str | None = None
     checkpoint: str | None = None
     steps: WholeNumber | None = None
-    cfg: float | None = None
+    cfg: FiniteFloat | None = None
     reassembly_step: WholeNumber | None = None
     reinversion_steps: WholeNumber | None = None
     seed: WholeNumber | None = None
@@ -271,7 +272,7 @@ class SpecSettings(BaseModel):
     custom_steps: str | None = None
     coarse_stride: WholeNumber | None = None
     refine_radius: WholeNumber | None = None
-    editing_weight: float | None = None
+    editing_weight: FiniteFloat | None = None
     attention_mode: Annotated[str, _choice("attention_mode")] | None = None
     fidelity_space: Annotated[str, _choice("fidelity_space")] | None = None
     step_override: str | None = None
@@ -283,7 +284,12 @@ class SpecSettings(BaseModel):
 _ITEM_FIELDS = ("image", "prompt", "edits", "loras", "controlnets")
 """Spec fields parsed outside :class:`SpecSettings` (paths, pairs and their shorthand)."""
 
-_TYPE_WORDS = {"int": "is not a whole number", "float": "is not a number", "string": "is not a text"}
+_TYPE_WORDS = {
+    "int": "is not a whole number",
+    "float": "is not a number",
+    "finite": "is not a finite number",
+    "string": "is not a text",
+}
 
 
 def _settings(values: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -342,11 +348,15 @@ def _empty_target(source: str) -> str:
     )
 
 
-def _number(text: str, what: str, context: str) -> float:
+def _number(text: Any, what: str, context: str) -> float:
+    """``text`` (a flag's text or a spec file's value) as a finite number, or one line."""
     try:
-        return float(text)
-    except ValueError:
+        value = float(text)
+    except (TypeError, ValueError):
         raise SpecError(f"{context}: {what} {text!r} is not a number") from None
+    if isinstance(text, bool) or not math.isfinite(value):
+        raise SpecError(f"{context}: {what} {text!r} is not a finite number")
+    return value
 
 
 def parse_lora_arg(text: str) -> LoraItem:
@@ -424,8 +434,10 @@ def _lora_from(value: Any, where: str) -> LoraItem:
         item = _normalise_keys(value)
         if not item.get("name"):
             raise SpecError(f"{where}: a LoRA needs a name")
-        strength = float(item.get("strength", item.get("strength_model", 1.0)))
-        return LoraItem(str(item["name"]), strength, float(item.get("strength_clip", strength)))
+        strength = _number(item.get("strength", item.get("strength_model", 1.0)), "strength", where)
+        return LoraItem(
+            str(item["name"]), strength, _number(item.get("strength_clip", strength), "strength_clip", where)
+        )
     raise SpecError(f"{where}: a LoRA is 'NAME:STRENGTH' or a mapping with name and strength")
 
 
@@ -441,10 +453,10 @@ def _controlnet_from(value: Any, base: Path, where: str) -> ControlNetItem:
         hint = item.get("hint")
         return ControlNetItem(
             str(item["name"]),
-            float(item.get("strength", 1.0)),
+            _number(item.get("strength", 1.0), "strength", where),
             _resolve(str(hint), base) if hint else None,
-            float(item.get("start_percent", 0.0)),
-            float(item.get("end_percent", 1.0)),
+            _number(item.get("start_percent", 0.0), "start_percent", where),
+            _number(item.get("end_percent", 1.0), "end_percent", where),
         )
     raise SpecError(f"{where}: a ControlNet is 'NAME:STRENGTH[:HINT]' or a mapping with name, strength, hint")
 
@@ -883,8 +895,8 @@ def _check_numbers(spec: EditSpec) -> tuple[int, int]:
     where = spec.name
     if spec.steps < 2:
         raise SpecError(f"{where}: steps = {spec.steps}: OIR needs at least 2 steps (the paper uses 50)")
-    if not spec.cfg > 0:
-        raise SpecError(f"{where}: cfg = {spec.cfg}: must be positive (the paper uses 7.5)")
+    if not (math.isfinite(spec.cfg) and spec.cfg > 0):
+        raise SpecError(f"{where}: cfg = {spec.cfg}: must be positive and finite (the paper uses 7.5)")
     if not 0.0 <= spec.editing_weight <= 1.0:
         raise SpecError(f"{where}: editing_weight = {spec.editing_weight}: must lie in 0..1")
     if spec.max_batch < 0:

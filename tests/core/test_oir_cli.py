@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,13 @@ import pytest
 import sample_files
 import yaml
 from PIL import Image
+from stub_comfy import LoopbackApp
 
-from oir_cli import cli, specs
+from oir_cli import answers, cli, specs
 from oir_cli import server as launcher
 from oir_cli.cli import EditRunner, build_parser, run_batch, spec_from_args
 from oir_cli.client import (
+    BadAnswer,
     ComfyClient,
     ExecutionFailed,
     HeadlessError,
@@ -826,10 +827,15 @@ def test_refusals_and_failures_become_one_line() -> None:
         }
     )
     assert (
-        describe_refusal(body, workflow)
+        describe_refusal(answers.parse(answers.Refusal, body.encode()), workflow)
         == "node 9 (OIR DDIM Inversion): Value smaller than min: steps: 1 < 2"
     )
-    assert describe_refusal("<html>oops</html>", workflow) == "<html>oops</html>"
+    no_prompt = json.dumps(
+        {"error": {"type": "no_prompt", "message": "No prompt provided"}, "node_errors": []}
+    )
+    assert (
+        describe_refusal(answers.parse(answers.Refusal, no_prompt.encode()), workflow) == "No prompt provided"
+    )
     status = {
         "status_str": "error",
         "messages": [
@@ -848,13 +854,11 @@ def test_refusals_and_failures_become_one_line() -> None:
 # websocket events and progress
 
 
-class _WebsocketServer:
+class _WebsocketServer(LoopbackApp):
     """A real websocket server (aiohttp, on the loopback, in a thread) that sends ``messages`` in
     order after the handshake (``bytes`` as binary, anything else as text), then closes."""
 
     def __init__(self, messages: list[Any]) -> None:
-        import asyncio
-
         from aiohttp import web
 
         async def handler(request: web.Request) -> web.WebSocketResponse:
@@ -868,38 +872,23 @@ class _WebsocketServer:
             await socket_.close()
             return socket_
 
-        self.loop = asyncio.new_event_loop()
         app = web.Application()
         app.router.add_get("/ws", handler)
-        self.runner = web.AppRunner(app)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        import asyncio
-
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        super().__init__(app)
 
 
-def test_event_stream_skips_binary_and_malformed_messages_and_reports_the_close() -> None:
+def test_event_stream_skips_binary_refuses_malformed_messages_and_reports_the_close() -> None:
     server = _WebsocketServer(
-        [b"\x00\x01binary preview", "not json", {"type": "progress"}, {"data": "x" * 70000}]
+        [b"\x00\x01binary preview", {"type": "progress"}, {"type": "x", "data": "x" * 70000}, "not json"]
     )
     try:
         stream = ComfyClient(server.url).events("abc", timeout=5)
         assert stream is not None
-        received = [stream.receive(5) for _ in range(4)]
-        assert received == [None, None, {"type": "progress"}, {"data": "x" * 70000}]  # 64-bit length
+        received = [stream.receive(5) for _ in range(3)]
+        assert received[0] is None and received[1] == answers.Event(type="progress")
+        assert received[2] == answers.Event(type="x", data="x" * 70000)  # 64-bit length
+        with pytest.raises(BadAnswer, match=r"to /ws: a message is not JSON \(it starts 'not json'\)"):
+            stream.receive(5)
         with pytest.raises(ConnectionError):
             stream.receive(5)
         stream.close()
@@ -955,7 +944,7 @@ def test_wait_follows_this_prompts_events_then_reads_the_history() -> None:
 
 def test_wait_gives_up_after_the_timeout_and_interrupts_the_prompt() -> None:
     client = HistoryClient(ready_after=None)
-    with pytest.raises(ExecutionFailed, match=r"did not finish within 0 s \(raise --timeout\)"):
+    with pytest.raises(ExecutionFailed, match=r"did not finish within 0.3 s \(raise --timeout\)"):
         client.wait("p1", None, timeout=0.3, poll_every=0.05)
     assert client.interrupted == ["p1"] and client.calls > 1
 
@@ -1067,7 +1056,9 @@ def test_unreachable_server_stops_the_batch(files: dict[str, Path], tmp_path: Pa
     with pytest.raises(ServerUnreachable):
         run_batch(_cases(files, ["a", "b"]), tmp_path / "out", lambda: runner, stream=None)
     assert runner.checked == ["a"] and runner.calls == []
-    assert json.loads((tmp_path / "out" / "batch_report.json").read_text())["cases"] == []
+    cases = json.loads((tmp_path / "out" / "batch_report.json").read_text())["cases"]
+    assert [(c["name"], c["status"]) for c in cases] == [("a", "failed")]  # the case it was on
+    assert "cannot reach ComfyUI" in (tmp_path / "out" / "a" / "error.txt").read_text()
 
 
 def test_batch_command_exit_codes(

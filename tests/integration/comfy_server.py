@@ -44,6 +44,8 @@ TEST_NODES_DIR = HERE / "custom_nodes"
 """Folder of test-only node packs (registered as an extra custom-nodes folder)."""
 
 TEST_LOADER = "OIRTestTinyCheckpointLoader"
+STALLING_LOADER = "OIRTestStallingCheckpointLoader"
+"""Same input as :data:`TEST_LOADER`; never finishes until interrupted (a server surely mid-edit)."""
 TINY_CHECKPOINT = "tiny-sd15"
 TINY_CHECKPOINT_FOR = {"sd_xl_base_1.0.safetensors": "tiny-sdxl", "flux1-dev-fp8.safetensors": "tiny-flux"}
 """A template's checkpoint -> the tiny model of its family (others: :data:`TINY_CHECKPOINT`)."""

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import yaml
 from comfy_server import (
     BROKEN_LORA,
     IMAGE_SIZE,
+    STALLING_LOADER,
     TEST_LOADER,
     TEST_NODES_DIR,
     TINY_CHECKPOINT,
@@ -31,6 +35,7 @@ from comfy_server import (
     TestServer,
     sample_files_module,
     shared_test_server,
+    start_test_server,
     write_test_images,
 )
 from PIL import Image
@@ -369,3 +374,62 @@ def test_command_starts_and_stops_its_own_comfyui(
     port = int(report["server"]["url"].rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError):  # the server is gone
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def _edit_running(server: TestServer, deadline: float) -> bool:
+    """Whether the server runs a prompt (``/queue``), waiting up to ``deadline`` (monotonic)."""
+    while time.monotonic() < deadline:
+        if server.client.get_json("/queue").get("queue_running"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_comfyui_killed_during_the_edit_is_exit_1_with_error_txt(
+    images: dict[str, Path], tmp_path: Path
+) -> None:
+    """A ComfyUI of its own, killed (SIGKILL) while it certainly runs the edit (the stalling loader):
+    the edit failed, the input was fine: exit 1, one line, the reason in error.txt."""
+    server = start_test_server(tmp_path / "server", controlnet=False)
+    out = tmp_path / "out"
+    try:
+        command = subprocess.Popen(
+            [console_script(), "--server", server.url, "--model-loader", STALLING_LOADER,
+             "--checkpoint", TINY_CHECKPOINT, *TINY_FLAGS, "--image", str(images["image"]),
+             "--prompt", "a dog sitting next to a gift", "--edit", f"dog=cat:{images['dog']}",
+             "--out", str(out), "-q"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert _edit_running(server, time.monotonic() + COMMAND_TIMEOUT), "the edit never started"
+            assert server.server.process is not None
+            os.killpg(server.server.process.pid, signal.SIGKILL)  # its own session: ComfyUI and children
+            _, err = command.communicate(timeout=COMMAND_TIMEOUT)
+        finally:
+            if command.poll() is None:
+                command.kill()
+    finally:
+        server.stop()
+    assert command.returncode == 1, err
+    assert err.count("\n") == 1 and f"oir-edit: error: cannot reach ComfyUI at {server.url}" in err, err
+    assert "cannot reach ComfyUI" in (out / "error.txt").read_text(encoding="utf-8")
+    assert not (out / "report.json").exists()
+
+
+def test_edit_past_its_timeout_is_exit_1_and_leaves_the_server_free(
+    server: TestServer, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """The README's timeout row on a real ComfyUI: the stalled prompt is interrupted and taken off."""
+    out = tmp_path / "out"
+    result = oir_edit(
+        "--server", server.url, "--model-loader", STALLING_LOADER, "--checkpoint", TINY_CHECKPOINT,
+        *TINY_FLAGS, "--image", str(images["image"]), "--prompt", "a dog sitting next to a gift",
+        "--edit", f"dog=cat:{images['dog']}", "--out", str(out), "-q", "--timeout", "3",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "the edit did not finish within 3 s" in result.stderr
+    assert "did not finish" in (out / "error.txt").read_text(encoding="utf-8")
+    deadline = time.monotonic() + 60
+    while server.client.get_json("/queue").get("queue_running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not server.client.get_json("/queue").get("queue_running")  # interrupted, not left running

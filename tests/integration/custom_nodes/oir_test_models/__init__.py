@@ -83,6 +83,28 @@ class OIRTestTinyCheckpointLoader:
         return self._cache[ckpt_name]
 
 
+class OIRTestStallingCheckpointLoader(OIRTestTinyCheckpointLoader):
+    """Test only: a loader that never finishes (until interrupted, or :data:`STALL_LIMIT_S`), so a
+    test can act on a server that is certainly in the middle of an edit (kill it, time it out)."""
+
+    DESCRIPTION = "Test only: stalls until interrupted, standing in for a long edit."
+
+    def load(self, ckpt_name: str) -> tuple[Any, Any, Any]:
+        import time
+
+        import comfy.model_management
+
+        deadline = time.monotonic() + STALL_LIMIT_S
+        while time.monotonic() < deadline:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            time.sleep(0.05)
+        raise RuntimeError(f"OIRTestStallingCheckpointLoader stalled for {STALL_LIMIT_S} s")
+
+
+STALL_LIMIT_S = 300.0
+"""A stalled prompt gives up by itself after this long (a test that forgot it cannot block a server)."""
+
+
 def memory_report() -> dict[str, Any]:
     """What ComfyUI's model management holds, and how many scorer CLIPs are still alive anywhere.
 
@@ -123,5 +145,11 @@ def _register_routes() -> None:
 
 _register_routes()
 
-NODE_CLASS_MAPPINGS = {"OIRTestTinyCheckpointLoader": OIRTestTinyCheckpointLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"OIRTestTinyCheckpointLoader": "OIR Test: Tiny Checkpoint Loader"}
+NODE_CLASS_MAPPINGS = {
+    "OIRTestTinyCheckpointLoader": OIRTestTinyCheckpointLoader,
+    "OIRTestStallingCheckpointLoader": OIRTestStallingCheckpointLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "OIRTestTinyCheckpointLoader": "OIR Test: Tiny Checkpoint Loader",
+    "OIRTestStallingCheckpointLoader": "OIR Test: Stalling Checkpoint Loader",
+}
