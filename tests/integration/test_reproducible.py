@@ -41,7 +41,8 @@ def search_stage(comfy_host: Any, oir_host: Any, model: Any, prompts: dict) -> t
 
     def body(denoise: Any, max_batch: int | None) -> Tensor:
         step = max_batch or ROWS
-        return torch.cat([denoise(x[i : i + step], sigmas[0], ids[i : i + step]) for i in range(0, ROWS, step)])
+        starts = range(0, ROWS, step)
+        return torch.cat([denoise(x[i : i + step], sigmas[0], ids[i : i + step]) for i in starts])
 
     out = host.run(stage, body)
     return out, host.split_report()[-1]
