@@ -21,8 +21,8 @@ case: both pairs refine around the deepest coarse step). Printed per family and 
   the first one);
 - the chunk ``ComfyHost`` chose, the search's candidate rows/s and the same model's best batched
   rows/s through the same host path (one sweep of batch sizes per family), and their ratio;
-- the smallest batch reaching 95 % of the best rate, and the rows per model call the time budget
-  (``DEFAULT_CALL_BUDGET_S``) settled on: the two show what the cancel-latency bound costs.
+- the smallest batch reaching 95 % of the best rate, and the rows per model call the static plan
+  chose (``plan_call_rows``'s work bound): the two show what the cancel-latency bound costs.
 
 ``--tiny`` proves the script on a CPU: the tiny SD1.5-architecture test UNet standing in for both
 families, at latents 8² and 16², T = 6.
@@ -145,7 +145,7 @@ def run_family(report: Report, family: Family, args: Any) -> None:
         peak = torch.cuda.max_memory_allocated() if cuda else float("nan")
         rate = found.stats.rows / seconds
         chunk = host.last_max_batch or 1
-        per_call = host.last_call_rows or chunk
+        per_call = host.reports[-1].plan.rows_per_call if host.reports else chunk
         if sweep is None:  # the same model, shape and host path for both searches: one sweep
             sweep = best_rate(host, shape, max(chunk, 64), args.device)
         top_rate, top_batch, enough = sweep

@@ -195,8 +195,8 @@ def chunk_on_simulated_cards(report: Report, steps: int, pairs: int) -> None:
                     "100 % loaded",
                     seen.loaded_fraction == 1.0,
                     "ComfyUI's own load_models_gpu on a simulated card (capacity minus what it loaded); the "
-                    "CUDA context (~0.3-0.5 GiB) is not simulated. ComfyHost then splits a chunk's model "
-                    f"calls to keep each to about {comfy_host.DEFAULT_CALL_BUDGET_S:g} s.",
+                    "CUDA context (~0.3-0.5 GiB) is not simulated. ComfyHost plans rows per call from the "
+                    "card's total memory and the model's size, never the free memory.",
                 )
             )
 

@@ -13,8 +13,8 @@ All tensors are in ComfyUI's k-diffusion model space (after ``process_latent_in`
 
 from __future__ import annotations
 
+import logging
 import math
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -25,7 +25,8 @@ import comfy.samplers
 import torch
 from torch import Tensor
 
-from ..oir_core.host import CallSizer, Denoiser, Stage
+from ..oir_core.host import CallPlan, Denoiser, Stage, plan_call_rows
+from ..oir_core.sampling import is_out_of_memory
 from .progress import StageProgress
 
 R = TypeVar("R")
@@ -36,14 +37,13 @@ Conditioning = list[list[Any]]
 MEMORY_SAFETY_FACTOR = 1.5
 """The margin ComfyUI itself applies (``_calc_cond_batch``): ``memory_required * 1.5 < free``."""
 
-DEFAULT_CALL_BUDGET_S = 2.0
-"""Seconds one model call should take when the user sets no ``max_batch`` (ARCHITECTURE.md §5).
+LOW_MEMORY_SPLIT = "low_memory"
+"""A :class:`StageReport` fallback: free memory was short of the planned call even after ComfyUI
+unloaded other models, so calls were split further (ComfyUI would otherwise run cond and uncond
+apart, or the call would run out of memory)."""
 
-A cancel is honoured between model calls, so this is the cancel latency. Within it the call size
-grows to what fits memory (:class:`~oir_core.host.CallSizer`): on the tiny CPU model of
-``bench_efficiency.py`` calls stay far below it and the search runs at the memory limit; a
-full-size SDXL at 1024² is held to the batch a GPU finishes in about two seconds.
-"""
+OUT_OF_MEMORY_SPLIT = "out_of_memory"
+"""A :class:`StageReport` fallback: a model call ran out of memory and the engine halved it."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,14 +105,6 @@ def clean_sigma(model: Any) -> float:
     official OIR code places the clean latent.
     """
     return float(model.get_model_object("model_sampling").sigma_min)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on ``device`` (no-op on the CPU)."""
-    if device.type != "cpu" and hasattr(torch, "accelerator") and torch.accelerator.is_available():
-        torch.accelerator.synchronize(device)
-    elif device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fit_max_batch(
@@ -427,23 +419,82 @@ class GuidedCFGGuider(comfy.samplers.CFGGuider):
         return out
 
 
+def diffusion_parameters(model: Any) -> int:
+    """Parameters of the diffusion network (weights only; fixed for a model file, whatever is loaded)."""
+    network = getattr(model.model, "diffusion_model", model.model)
+    return sum(p.numel() for p in network.parameters())
+
+
+def memory_budget(model: Any, device: torch.device) -> float:
+    """Bytes a stage's activations may plan on: the device's *total* memory less the model's weights
+    and ComfyUI's fixed reserve (ARCHITECTURE.md §5). Never the free memory: that moves with load
+    and with the other models loaded."""
+    total = comfy.model_management.get_total_memory(device)
+    return total - model.model_size() - comfy.model_management.extra_reserved_memory()
+
+
+def device_kind(device: torch.device) -> str:
+    return "cpu" if comfy.model_management.is_device_cpu(device) else "accelerator"
+
+
+class StageReport:
+    """How one stage's rows were split into model calls, as the node UI and ``report.json`` show it.
+
+    Attributes:
+        label: the stage's label.
+        plan: the static :class:`~oir_core.host.CallPlan`.
+        calls: model calls made.
+        largest_call: the most rows one call held.
+        fallbacks: ``"low_memory"`` / ``"out_of_memory"`` events with the rows they split to; any
+            entry means the numbers may differ from a run that kept the plan.
+    """
+
+    def __init__(self, label: str, plan: CallPlan) -> None:
+        self.label = label
+        self.plan = plan
+        self.calls = 0
+        self.largest_call = 0
+        self.fallbacks: list[dict[str, Any]] = []
+
+    def fallback(self, kind: str, rows: int, split_to: int, detail: str) -> None:
+        if not any(f["kind"] == kind and f["split_to"] == split_to for f in self.fallbacks):
+            self.fallbacks.append({"kind": kind, "rows": rows, "split_to": split_to, "detail": detail})
+            logging.warning(
+                "OIR %s: %s; calls of %d rows split to %d, so this result may differ from a run that "
+                "kept the planned split", self.label, detail, rows, split_to,
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.label,
+            **self.plan.to_dict(),
+            "calls": self.calls,
+            "largest_call": self.largest_call,
+            "fallbacks": list(self.fallbacks),
+            "as_planned": not self.fallbacks,
+        }
+
+
 class StageSampler(comfy.samplers.Sampler):
     """A ``comfy.samplers.Sampler`` that hands the sampling context to an engine ``body``.
 
-    ``sample`` (called by ``CFGGuider.sample`` once models are loaded and conds processed) sizes
-    the chunk from free memory, builds the denoiser and calls ``body(denoiser, max_batch)``. The
-    body's real result is kept in :attr:`result`; ``sample`` returns zeros shaped like ``noise``.
+    ``sample`` (called by ``CFGGuider.sample`` once models are loaded and conds processed) plans the
+    rows per model call from fixed facts only (:func:`~oir_core.host.plan_call_rows`: the stage's
+    rows, the device's total memory less the weights, the model's size and the latent's, the
+    user's ``max_batch``), builds the denoiser and calls ``body(denoiser, rows_per_call)``. Before a
+    call it makes sure the free memory holds it as ComfyUI requires to batch cond and uncond
+    together, unloading other models through ComfyUI if needed; only when that fails is the call
+    split further, and :attr:`report` says so (ARCHITECTURE.md §5). The body's real result is kept
+    in :attr:`result`; ``sample`` returns zeros shaped like ``noise``.
 
     Args:
         stage: the engine stage being run.
         body: the engine's callable.
         user_max_batch: the user's cap on rows per call (``None``: none).
-        call_budget_s: without ``user_max_batch``, the seconds one model call should take: calls
-            larger than :class:`~oir_core.host.CallSizer` allows are split (``None``: never).
         branches: forward passes per row (2 with CFG, 1 without), for the memory estimate.
+        guider: the guider running this sampler (its loaded models are kept loaded).
         guided_guider: the :class:`GuidedCFGGuider` whose ``cond_ids`` to set, for role ``"guided"``.
-        free_memory: override of the free-memory reading in bytes (tests); ``None`` reads
-            ``comfy.model_management.get_free_memory(device)``.
+        budget: override of :func:`memory_budget` in bytes (tests); ``None`` computes it.
         progress: the stage's live progress, told about every model call.
     """
 
@@ -453,23 +504,32 @@ class StageSampler(comfy.samplers.Sampler):
         body: Callable[[Denoiser, int | None], Any],
         user_max_batch: int | None,
         branches: int,
+        guider: Any = None,
         guided_guider: GuidedCFGGuider | None = None,
-        free_memory: float | None = None,
+        budget: float | None = None,
         progress: StageProgress | None = None,
-        call_budget_s: float | None = None,
     ) -> None:
         self.stage = stage
         self.progress = progress
-        self.call_budget_s = call_budget_s
-        self.sizer: CallSizer | None = None
         self.body = body
         self.user_max_batch = user_max_batch
         self.branches = branches
+        self.guider = guider
         self.guided_guider = guided_guider
-        self.free_memory = free_memory
+        self.budget = budget
         self.result: Any = None
         self.max_batch: int | None = None
-        self.calls = 0
+        self.report: StageReport | None = None
+
+    def _keep_loaded(self) -> list[Any]:
+        """ComfyUI's entries for the models this sampling uses (never unloaded to make room)."""
+        guider = self.guider
+        ours = [getattr(guider, "model_patcher", None), *getattr(guider, "loaded_models", [])]
+        return [
+            loaded
+            for loaded in comfy.model_management.current_loaded_models
+            if any(loaded.model is m or (m is not None and loaded.model.is_clone(m)) for m in ours)
+        ]
 
     def sample(
         self,
@@ -484,38 +544,59 @@ class StageSampler(comfy.samplers.Sampler):
     ) -> Tensor:
         device = noise.device
         latent_shape = tuple(self.stage.latent_shape)
-        free = self.free_memory
-        if free is None:
-            free = comfy.model_management.get_free_memory(device)
-        self.max_batch = fit_max_batch(
-            model_wrap.inner_model.memory_required,
-            latent_shape,
+        patcher = getattr(self.guider, "model_patcher", None)
+        memory_required = model_wrap.inner_model.memory_required
+        budget = self.budget if self.budget is not None else memory_budget(patcher, device)
+        memory_rows = fit_max_batch(memory_required, latent_shape, self.stage.rows, budget, self.branches)
+        positions = math.prod(int(s) for s in latent_shape[1:])
+        plan = plan_call_rows(
             self.stage.rows,
-            free,
-            branches=self.branches,
-            cap=self.user_max_batch,
+            memory_rows,
+            float(diffusion_parameters(patcher)) * positions * self.branches,
+            device_kind(device),
+            self.user_max_batch,
         )
+        self.max_batch = plan.rows_per_call
+        report = self.report = StageReport(self.stage.label or self.stage.role, plan)
         guided = self.guided_guider
-        if self.user_max_batch is None and self.call_budget_s is not None:
-            self.sizer = CallSizer(self.max_batch, self.call_budget_s)
-        sizer = self.sizer
+
+        def need(rows: int) -> float:
+            """Free bytes ComfyUI wants to run ``rows`` rows' branches in one forward
+            (``comfy.samplers._calc_cond_batch``)."""
+            return memory_required([rows * self.branches, *latent_shape]) * MEMORY_SAFETY_FACTOR
+
+        def rows_that_fit(rows: int) -> int:
+            """``rows``, unless free memory cannot hold them even after unloading other models."""
+            if need(rows) < comfy.model_management.get_free_memory(device):
+                return rows
+            if not comfy.model_management.is_device_cpu(device):  # unloading frees no RAM on the CPU
+                comfy.model_management.free_memory(need(rows), device, keep_loaded=self._keep_loaded())
+            free = comfy.model_management.get_free_memory(device)
+            if need(rows) < free:
+                return rows
+            fits = fit_max_batch(memory_required, latent_shape, rows, free, self.branches)
+            detail = f"{free / 2**30:.2f} GiB free, {need(rows) / 2**30:.2f} GiB needed"
+            report.fallback(LOW_MEMORY_SPLIT, rows, fits, detail)
+            return fits
 
         def model_call(x_dev: Tensor, sig: Tensor, ids: Tensor | None) -> Tensor:
             """One forward of ``x_dev [b, ...]`` (on the model's device) through ComfyUI's sampling path."""
             comfy.model_management.throw_exception_if_processing_interrupted()
             if guided is not None:
                 guided.cond_ids = ids
-            started = time.perf_counter()
             try:
                 with torch.no_grad():
                     out = model_wrap(x_dev, sig * x_dev.new_ones(x_dev.shape[0]), **extra_args)
+            except Exception as error:
+                if is_out_of_memory(error) and x_dev.shape[0] > 1:  # the engine halves and retries
+                    rows = x_dev.shape[0]
+                    report.fallback(OUT_OF_MEMORY_SPLIT, rows, max(1, rows // 2), "out of memory")
+                raise
             finally:
                 if guided is not None:
                     guided.cond_ids = None
-            if sizer is not None:
-                synchronize(device)  # a call is done when the device is, not when it is queued
-                sizer.observe(x_dev.shape[0], time.perf_counter() - started)
-            self.calls += 1
+            report.calls += 1
+            report.largest_call = max(report.largest_call, x_dev.shape[0])
             if self.progress is not None:
                 self.progress.after_call(x_dev.shape[0], float(sig))
             return out
@@ -523,8 +604,8 @@ class StageSampler(comfy.samplers.Sampler):
         def denoiser(x: Tensor, sigma: Tensor, cond_ids: Tensor | None) -> Tensor:
             """``x [B, *latent_shape]``, ``sigma`` 0-dim, ``cond_ids [B]`` (guided role) -> ``x0_hat``.
 
-            ``x0_hat`` has ``x``'s shape, device and dtype. Batches larger than the call sizer
-            allows are split into several model calls.
+            ``x0_hat`` has ``x``'s shape, device and dtype. The engine hands at most the planned rows;
+            a batch is split further only when free memory cannot hold it (reported).
             """
             comfy.model_management.throw_exception_if_processing_interrupted()
             if tuple(x.shape[1:]) != latent_shape:
@@ -547,8 +628,8 @@ class StageSampler(comfy.samplers.Sampler):
                     )
             pieces, start = [], 0
             while start < batch or not pieces:
-                size = batch - start if sizer is None else min(batch - start, sizer.rows)
-                rows = slice(start, start + max(size, 0))
+                size = rows_that_fit(batch - start) if batch > start else 0
+                rows = slice(start, start + size)
                 pieces.append(model_call(x_dev[rows], sig, None if ids is None else ids[rows]))
                 start += size
             out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
@@ -586,15 +667,15 @@ class ComfyHost:
         cfg: the CFG scale of the ``"guided"`` and ``"target"`` roles.
         seed: passed to ComfyUI as the sampling seed (used by some conds / patches only; the
             engine's steps are deterministic).
-        max_batch: the user's cap on rows per model call (``None``: sized from free memory, and
-            calls kept to about ``call_budget_s`` seconds).
-        call_budget_s: seconds per model call without ``max_batch`` (``None``: no time bound).
+        max_batch: the user's cap on rows per model call (``None``: planned from the model, the
+            latent and the device's total memory, :class:`StageSampler`).
 
     Attributes:
         last_max_batch: the chunk size given to the most recent body.
-        last_call_rows: rows per model call the call sizer settled on in the most recent stage.
         last_model_calls: model calls (``sampling_function`` rounds) of the most recent stage.
-        free_memory_override: set to a byte count to simulate free memory (tests, benchmarks).
+        reports: one :class:`StageReport` per stage run, in order (the split, shown by the nodes).
+        memory_budget_override: set to a byte count to replace :func:`memory_budget` (tests,
+            benchmarks).
     """
 
     def __init__(
@@ -607,7 +688,6 @@ class ComfyHost:
         cfg: float,
         seed: int = 0,
         max_batch: int | None = None,
-        call_budget_s: float | None = DEFAULT_CALL_BUDGET_S,
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
@@ -619,11 +699,10 @@ class ComfyHost:
         self.cfg = float(cfg)
         self.seed = int(seed)
         self.max_batch = max_batch
-        self.call_budget_s = call_budget_s
         self.last_max_batch: int | None = None
-        self.last_call_rows: int | None = None
         self.last_model_calls = 0
-        self.free_memory_override: float | None = None
+        self.reports: list[StageReport] = []
+        self.memory_budget_override: float | None = None
 
     def _cfg1_skips_uncond(self) -> bool:
         return not self.model.model_options.get("disable_cfg1_optimization", False)
@@ -660,8 +739,8 @@ class ComfyHost:
         see the real schedule; ascending inversion schedules are fine: the guider only passes them
         through). ComfyUI sizes its memory reservation from ``noise`` before it decides how much of
         the model to load: reserving for the whole stage (100 rows for two pairs at T = 50) would
-        make it load SDXL-, SD3- or Flux-sized models only partially on consumer GPUs. The real chunk
-        is sized inside :class:`StageSampler` from the memory left once the model is loaded.
+        make it load SDXL-, SD3- or Flux-sized models only partially on consumer GPUs. The real
+        rows per call are planned inside :class:`StageSampler` from fixed facts only.
         """
         sigmas = torch.as_tensor(stage.sigmas, dtype=torch.float32).reshape(-1)
         if sigmas.numel() == 0:
@@ -678,10 +757,10 @@ class ComfyHost:
             body,
             self.max_batch,
             branches,
+            guider=guider,
             guided_guider=guided,
-            free_memory=self.free_memory_override,
+            budget=self.memory_budget_override,
             progress=StageProgress(stage),
-            call_budget_s=self.call_budget_s,
         )
         guider.sample(
             noise,
@@ -694,6 +773,11 @@ class ComfyHost:
             seed=self.seed,
         )
         self.last_max_batch = sampler.max_batch
-        self.last_call_rows = sampler.sizer.rows if sampler.sizer is not None else sampler.max_batch
-        self.last_model_calls = sampler.calls
+        assert sampler.report is not None
+        self.last_model_calls = sampler.report.calls
+        self.reports.append(sampler.report)
         return sampler.result
+
+    def split_report(self) -> list[dict[str, Any]]:
+        """Every stage's split so far (:meth:`StageReport.to_dict`), for a node's UI."""
+        return [report.to_dict() for report in self.reports]

@@ -98,8 +98,13 @@ def guided_conditionings(edit: OIREdit, original: list) -> list:
 
 
 def decode(vae: Any, model: Any, latents: torch.Tensor) -> torch.Tensor:
-    """``[N, *latent_shape]`` model-space latents -> ``[N, H, W, 3]`` images (after sampling only)."""
-    images = vae.decode(model_space_out(model, latents))
+    """``[N, *latent_shape]`` model-space latents -> ``[N, H, W, 3]`` images (after sampling only).
+
+    One latent per ``vae.decode``: ComfyUI splits a batch by the free memory, and a decode is not
+    batch-invariant, so batching would tie the candidates' pixels to the load (ARCHITECTURE.md §5).
+    Each candidate is decoded exactly as a VAE Decode of that latent alone.
+    """
+    images = torch.cat([vae.decode(model_space_out(model, latent[None])) for latent in latents])
     if images.ndim == 5:  # video VAEs give [N, frames, H, W, 3]; OIR scores the first frame
         images = images[:, 0]
     return images.float().clamp(0, 1).cpu()
@@ -200,7 +205,7 @@ class OIRDDIMInversion(io.ComfyNode):
             source={**model_facts(model), "scheduler": scheduler},
         )
         inverted = {"samples": model_space_out(model, trajectory.latents[-1:].clone())}
-        return io.NodeOutput(trajectory, inverted)
+        return io.NodeOutput(trajectory, inverted, ui={"oir_split": host.split_report()})
 
 
 class OIRParallelStepSearch(io.ComfyNode):
@@ -267,8 +272,9 @@ class OIRParallelStepSearch(io.ComfyNode):
                     default=0,
                     min=0,
                     max=4096,
-                    tooltip="Rows per model call; 0 = auto: what fits the memory left once the model is "
-                    "loaded, each call kept to about 2 s (a cancel waits for the current call).",
+                    tooltip="Rows per model call; 0 = auto: planned from the model, the latent size and the "
+                    "device's total memory, never from load, so a workflow always gives the same image "
+                    "(a cancel waits for the current call, a few seconds at most).",
                 ),
                 io.Conditioning.Input(
                     "negative", optional=True, tooltip="Negative prompt; default: the original."
@@ -368,7 +374,14 @@ class OIRParallelStepSearch(io.ComfyNode):
         )
         preview = ui.PreviewImage(grid, cls=cls).as_dict()
         return io.NodeOutput(
-            bundle, grid, ui={**preview, "oir_grid": layouts, "oir_stats": [candidates.stats.to_dict()]}
+            bundle,
+            grid,
+            ui={
+                **preview,
+                "oir_grid": layouts,
+                "oir_stats": [candidates.stats.to_dict()],
+                "oir_split": host.split_report(),
+            },
         )
 
 
@@ -430,8 +443,9 @@ class OIRObjectReassembly(io.ComfyNode):
                     default=0,
                     min=0,
                     max=4096,
-                    tooltip="Rows per model call; 0 = auto: what fits the memory left once the model is "
-                    "loaded, each call kept to about 2 s (a cancel waits for the current call).",
+                    tooltip="Rows per model call; 0 = auto: planned from the model, the latent size and the "
+                    "device's total memory, never from load, so a workflow always gives the same image "
+                    "(a cancel waits for the current call, a few seconds at most).",
                 ),
                 io.Conditioning.Input(
                     "negative", optional=True, tooltip="Negative prompt; default: the original."
@@ -519,5 +533,6 @@ class OIRObjectReassembly(io.ComfyNode):
         ]
         report = {"reassembly_step": result.reassembly_step, "pairs": pairs}
         return io.NodeOutput(
-            {"samples": model_space_out(model, result.latent[None].clone())}, ui={"oir_reassembly": [report]}
+            {"samples": model_space_out(model, result.latent[None].clone())},
+            ui={"oir_reassembly": [report], "oir_split": host.split_report()},
         )

@@ -405,6 +405,13 @@ class EditRunner:
             ],
             "scores": scores,
             "search": {"stats": search_ui.get("oir_stats", []), "grid_layout": search_ui.get("oir_grid", [])},
+            # per stage: rows per model call, what set them, and any memory fallback (ARCHITECTURE.md §5)
+            "split": [
+                stage
+                for class_type in ("OIRDDIMInversion", "OIRParallelStepSearch", "OIRObjectReassembly")
+                for node in nodes_of(workflow, class_type)
+                for stage in entry.get("outputs", {}).get(node, {}).get("oir_split", [])
+            ],
             "outputs": outputs,
             "timings": timings,
             "versions": facts.versions(),

@@ -72,34 +72,70 @@ class Stage:
     total_rows: int = 0
 
 
-class CallSizer:
-    """Rows per model call that keep one call to about ``budget_s`` seconds (ARCHITECTURE.md §5).
+ROW_WORK_PER_CALL: dict[str, float] = {"accelerator": 2.5e14, "cpu": 4e12}
+"""The most work one model call may hold, in parameter-positions (ARCHITECTURE.md §5).
 
-    A cancel is honoured between model calls, so one call's length is the cancel latency. The size
-    starts at ``min(limit, start)`` and, like a congestion window, doubles (up to ``limit``, what
-    fits memory) after a full-size call that took under half the budget, and shrinks in proportion
-    after a call that took longer than the budget. Fast models (small latents, big GPUs) thus run
-    at the memory limit, slow ones at the largest batch that fits the time budget.
+A row's work is ``parameters * latent positions * branches`` (a FLOP proxy that does not depend on
+load). 2.5e14 is about 2 s on a 24 GB consumer GPU for SD1.5 at 512² (about 35 rows with CFG) and
+for SDXL at 1024² (2 rows); the CPU figure keeps a full-size model to one row per call. A cancel is
+honoured between calls, so this bounds the cancel latency without ever timing a call.
+"""
 
-    Args:
-        limit: the most rows a call may hold (memory).
-        budget_s: target seconds per call.
-        start: rows of the first call (bounds it before anything is measured).
+
+@dataclass(frozen=True)
+class CallPlan:
+    """How a stage's rows are split into model calls, decided before the first call (ARCHITECTURE.md §5).
+
+    Every input is fixed for a given workflow, model and machine (never load, timing or the memory
+    other models use), so the same workflow always makes the same calls and the same numbers.
+
+    Attributes:
+        rows_per_call: rows (per CFG branch) of every full call; the last call of a level holds the rest.
+        limited_by: what set it: ``"level"`` (a whole level fits), ``"max_batch"`` (the user),
+            ``"memory"`` (the device's total memory less the weights), ``"cancel_latency"``
+            (:data:`ROW_WORK_PER_CALL`).
+        memory_rows: the most rows the memory budget allows.
+        latency_rows: the most rows the work bound allows.
     """
 
-    def __init__(self, limit: int, budget_s: float, start: int = 8) -> None:
-        if limit < 1 or budget_s <= 0:
-            raise ValueError(f"CallSizer needs limit >= 1 and budget_s > 0, got {limit}, {budget_s}")
-        self.limit = int(limit)
-        self.budget_s = float(budget_s)
-        self.rows = max(1, min(self.limit, int(start)))
+    rows_per_call: int
+    limited_by: str
+    memory_rows: int
+    latency_rows: int
 
-    def observe(self, rows: int, seconds: float) -> None:
-        """Adapt after a call of ``rows`` rows that took ``seconds``."""
-        if seconds > self.budget_s and rows > 1:
-            self.rows = max(1, min(self.rows, int(rows * self.budget_s / seconds)))
-        elif rows >= self.rows and seconds < self.budget_s / 2:
-            self.rows = min(self.limit, self.rows * 2)
+    def to_dict(self) -> dict[str, int | str]:
+        return {
+            "rows_per_call": self.rows_per_call,
+            "limited_by": self.limited_by,
+            "memory_rows": self.memory_rows,
+            "latency_rows": self.latency_rows,
+        }
+
+
+def plan_call_rows(
+    level_rows: int,
+    memory_rows: int,
+    row_work: float,
+    device_kind: str,
+    user_max_batch: int | None = None,
+) -> CallPlan:
+    """The static split of a stage's levels into model calls.
+
+    Args:
+        level_rows: the most rows the stage holds at one level (:attr:`Stage.rows`).
+        memory_rows: the most rows whose activations fit the device's total memory less the weights.
+        row_work: ``parameters * latent positions * branches`` of one row.
+        device_kind: ``"cpu"`` or ``"accelerator"`` (a key of :data:`ROW_WORK_PER_CALL`).
+        user_max_batch: the user's cap (``None``: none). It replaces the work bound (the user
+            chose the call size) but never the memory bound.
+    """
+    if level_rows < 1 or memory_rows < 1 or row_work <= 0:
+        raise ValueError(f"plan_call_rows needs positive inputs: {level_rows}, {memory_rows}, {row_work}")
+    latency_rows = max(1, int(ROW_WORK_PER_CALL[device_kind] // row_work))
+    bounds = [("level", level_rows), ("memory", memory_rows)]
+    bounds.append(("max_batch", user_max_batch) if user_max_batch else ("cancel_latency", latency_rows))
+    limited_by, rows = min(bounds, key=lambda bound: bound[1])
+    return CallPlan(max(1, int(rows)), limited_by, int(memory_rows), latency_rows)
 
 
 class Host(Protocol):

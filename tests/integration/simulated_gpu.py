@@ -4,7 +4,8 @@ Used by ``test_gpu_memory_path.py`` and ``benchmarks/bench_memory.py``: a ``Comf
 through ``CFGGuider.sample`` → ``prepare_sampling`` → ``load_models_gpu`` →
 ``ModelPatcher.partially_load``, the path a user's graph takes, with the CPU standing in for the
 card: ``is_device_cpu`` answers False (so ComfyUI takes its GPU branch, in ``NORMAL_VRAM`` mode) and
-``get_free_memory`` reports the card's capacity minus the weights ComfyUI has loaded on it. Build
+``get_free_memory`` reports the card's capacity minus the weights ComfyUI has loaded on it
+(``get_total_memory``: the capacity). Build
 the model with ``tiny_models.build_full_size_unet(..., seed=None)``: its weights are never written,
 so a full-size SDXL costs no RAM.
 """
@@ -43,14 +44,17 @@ class SimulatedCard:
 def cpu_as_card(capacity: float) -> Iterator[SimulatedCard]:
     """While active, ComfyUI treats the CPU as a ``capacity``-byte GPU (restored on exit)."""
     card = SimulatedCard(capacity, torch.device("cpu"))
-    saved = (mm.is_device_cpu, mm.vram_state, mm.get_free_memory)
+    saved = (mm.is_device_cpu, mm.vram_state, mm.get_free_memory, mm.get_total_memory)
     mm.is_device_cpu = lambda device: False
     mm.vram_state = mm.VRAMState.NORMAL_VRAM
     mm.get_free_memory = card
+    mm.get_total_memory = lambda dev=None, torch_total_too=False: (
+        (capacity, capacity) if torch_total_too else capacity
+    )
     try:
         yield card
     finally:
-        mm.is_device_cpu, mm.vram_state, mm.get_free_memory = saved
+        mm.is_device_cpu, mm.vram_state, mm.get_free_memory, mm.get_total_memory = saved
 
 
 @dataclass

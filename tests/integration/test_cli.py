@@ -131,6 +131,11 @@ def test_single_edit_against_a_running_server(
         assert len(table["table"]["combined"]) == STEPS and table["chosen"] == pair["chosen_step"]
     # official convention (auto): each pair's step-1 candidate is the source latent, no rows for it
     assert report["search"]["stats"][0]["rows"] == 2 * (STEPS * (STEPS + 1) // 2 - 1)
+    # the split into model calls is reported per stage: the search's level of 2 x STEPS rows fits
+    # one call of the tiny model, as planned (no memory fallback)
+    search_split = [s for s in report["split"] if s["stage"] == "search"]
+    assert search_split and all(s["as_planned"] and not s["fallbacks"] for s in report["split"])
+    assert search_split[0]["rows_per_call"] == search_split[0]["largest_call"] > 1
     # the search saw the reassembly's constant R in the queued workflow and kept its latents there:
     # the reassembly reused them instead of denoising the pairs again
     assert [p["source"] for p in report["reassembly"]["pairs"]] == [

@@ -161,9 +161,7 @@ def sigmas(comfy_host: Any, tiny_unet: Any) -> Tensor:
 
 
 def make_host(comfy_host: Any, model: Any, prompts: dict, cfg: float = 5.0, **kw: Any) -> Any:
-    """A host over the fixture prompts. No time budget unless asked: a loaded machine would split
-    calls differently run to run, and comparisons with ComfyUI's own sampler need one batching."""
-    kw.setdefault("call_budget_s", None)
+    """A host over the fixture prompts."""
     return comfy_host.ComfyHost(
         model,
         prompts["original"],
@@ -258,7 +256,6 @@ def test_guided_rows_match_per_pair_cfg_guider(
         guided,
         prompts["target"],
         cfg,
-        call_budget_s=None,
     )
     ids = torch.tensor([0, 1, 1, 0, 1])
     latent = raw_latent(13, rows=len(ids))
@@ -308,7 +305,7 @@ def test_pairs_share_one_forward_unless_they_differ_beyond_their_embeddings(
     )
     cfg = 6.0
     host = comfy_host.ComfyHost(
-        spied, prompts["original"], prompts["negative"], guided, prompts["target"], cfg, call_budget_s=None
+        spied, prompts["original"], prompts["negative"], guided, prompts["target"], cfg
     )
     ids = torch.tensor([0, 1, 1, 0, 1])
     latent = raw_latent(17, rows=len(ids))
@@ -550,7 +547,7 @@ def test_host_passes_memory_sized_max_batch(
     mem = tiny_unet.model.memory_required
     shape = (4, 8, 8)
     rows = 12
-    free = mem([2, *shape]) * 1.5 * 4.6  # room for 4 rows with CFG, 9 without
+    free = mem([2, *shape]) * 1.5 * 4.6  # a budget for 4 rows with CFG, 9 without
     branches = 1 if role == "original" else 2
     expected = brute_force_k(mem, shape, rows, free, branches, user_cap)
     assert expected == (min(4, user_cap or 99) if branches == 2 else 9)
@@ -564,7 +561,7 @@ def test_host_passes_memory_sized_max_batch(
 
     monkeypatch.setattr(comfy.sampler_helpers, "prepare_sampling", prepare_spy)
     host = make_host(comfy_host, tiny_unet, prompts, max_batch=user_cap)
-    host.free_memory_override = free
+    host.memory_budget_override = free
     record: dict = {}
     x = raw_latent(40, rows=rows)
     ids = torch.arange(rows) % 2 if role == "guided" else None
@@ -578,6 +575,9 @@ def test_host_passes_memory_sized_max_batch(
 
     out = host.run(oir_host.Stage(role, sigmas, rows, shape), body)
     assert record["max_batch"] == expected == host.last_max_batch
+    split = host.split_report()[-1]
+    assert split["rows_per_call"] == expected and split["as_planned"]
+    assert split["limited_by"] == ("max_batch" if user_cap else "memory")
     assert sum(o.shape[0] for o in out) == rows
     # ComfyUI is asked to reserve for one row (or the user's cap), never for the whole stage: the
     # chunk itself is sized above from the memory left after loading.
@@ -621,11 +621,11 @@ def test_run_validates_stage(comfy_host: Any, oir_host: Any, tiny_unet: Any, pro
         comfy_host.ComfyHost(tiny_unet, prompts["original"], None, [], None, 5.0, max_batch=0)
 
 
-def test_calls_are_split_to_the_time_budget_and_a_cancel_stops_within_one_call(
+def test_calls_follow_the_plan_and_a_cancel_stops_within_one_call(
     comfy_host: Any, oir_host: Any, tiny_unet: Any, prompts: dict, sigmas: Tensor
 ) -> None:
-    """A chunk is split into model calls the call sizer allows; results equal one big call; a cancel
-    set during a call stops the stage before the next call."""
+    """A batch larger than the planned rows is split into planned calls whatever the free memory
+    (ARCHITECTURE.md §5); a cancel set during a call stops the stage before the next call."""
     rows = 12
     x = raw_latent(41, rows=rows)
     ids = torch.zeros(rows, dtype=torch.long)  # one pair: one forward per call (cond + uncond)
@@ -638,16 +638,24 @@ def test_calls_are_split_to_the_time_budget_and_a_cancel_stops_within_one_call(
         )[1]
     )
     stage = oir_host.Stage("guided", sigmas, rows, (4, 8, 8))
-    body = one_call_body(x, sigmas[0], ids)
-    whole = make_host(comfy_host, spy, prompts, call_budget_s=None).run(stage, body)
-    assert batches == [2 * rows]  # cond + uncond of every row in one forward
+    budget = tiny_unet.model.memory_required([2, 4, 8, 8]) * 1.5 * 5.5  # 5 rows with CFG
+
+    def chunked_body(denoise: Any, max_batch: int | None) -> Tensor:
+        assert max_batch is not None
+        return torch.cat([denoise(c, sigmas[0], i) for c, i in zip(x.split(max_batch), ids.split(max_batch))])
+
+    host = make_host(comfy_host, spy, prompts)
+    host.memory_budget_override = budget
+    first = host.run(stage, chunked_body)
+    assert batches == [10, 10, 4]  # cond + uncond of 5, 5 and 2 rows in one forward each
+    assert host.split_report()[-1] == {
+        "stage": "guided", "rows_per_call": 5, "limited_by": "memory", "memory_rows": 5,
+        "latency_rows": host.reports[-1].plan.latency_rows, "calls": 3, "largest_call": 5,
+        "fallbacks": [], "as_planned": True,
+    }
     batches.clear()
-    # A budget no call can meet: the first call holds the sizer's 8 starting rows, then one row each.
-    split_host = make_host(comfy_host, spy, prompts, call_budget_s=1e-9)
-    split = split_host.run(stage, body)
-    assert batches == [16, 2, 2, 2, 2] and split_host.last_call_rows == 1
-    # equal up to fp32 kernels' batch-dependent rounding (amplified by CFG 5)
-    assert float((split - whole).abs().max()) <= 1e-5 * float(whole.abs().max())
+    again = host.run(stage, chunked_body)
+    assert batches == [10, 10, 4] and torch.equal(again, first)
 
     batches.clear()
     cancelling = tiny_unet.clone()
@@ -658,9 +666,11 @@ def test_calls_are_split_to_the_time_budget_and_a_cancel_stops_within_one_call(
         return apply(args["input"], args["timestep"], **args["c"])
 
     cancelling.set_model_unet_function_wrapper(cancel_during_the_first_call)
+    cancel_host = make_host(comfy_host, cancelling, prompts)
+    cancel_host.memory_budget_override = budget
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
-            make_host(comfy_host, cancelling, prompts, call_budget_s=1e-9).run(stage, body)
+            cancel_host.run(stage, chunked_body)
     finally:
         comfy.model_management.interrupt_current_processing(False)
-    assert batches == [16]  # the first call finished, no other started
+    assert batches == [10]  # the first call finished, no other started

@@ -68,9 +68,13 @@ def test_model_fully_loaded_whenever_weights_plus_one_chunk_fit(
     cond = tiny_models.full_size_conditioning(FAMILIES[family]["family"])
     stage = oir_host.Stage("guided", torch.linspace(14.6, 0.03, 51), STAGE_ROWS, shape)
 
+    host_plan: list[dict] = []
+
     def run(capacity: float, max_batch: int | None) -> Any:
         host = comfy_host.ComfyHost(patcher, cond, None, [cond, cond], cond, cfg=7.5, max_batch=max_batch)
-        return simulated_gpu.run_stage_on_card(host, stage, patcher, capacity)
+        seen = simulated_gpu.run_stage_on_card(host, stage, patcher, capacity)
+        host_plan.extend(host.split_report())
+        return seen
 
     card_bytes = FAMILIES[family]["card_gib"] * GIB
     capacities = [weights + one_chunk * f for f in (1.0, 1.25, 2.0, 4.0)] + [card_bytes]
@@ -81,10 +85,14 @@ def test_model_fully_loaded_whenever_weights_plus_one_chunk_fit(
         assert seen.loaded_fraction == 1.0, f"{family}: {capacity / GIB:.2f} GiB: {seen.loaded_fraction:.2f}"
         chunk = seen.chunk
         assert 1 <= chunk <= STAGE_ROWS
-        # The chunk is the largest that fits what remains after the weights (the call sizer then
-        # keeps each model call to its time budget within it).
+        # The chunk is planned from the card's total memory less the weights and ComfyUI's fixed
+        # reserve (never the free memory), capped by the work bound that keeps a call short.
+        budget = capacity - weights - mm.extra_reserved_memory()
+        memory_rows = max([k for k in range(1, STAGE_ROWS + 1) if need(k) < budget] or [1])
+        plan = host_plan[-1]
+        assert plan["memory_rows"] == memory_rows and plan["as_planned"]
+        assert chunk == min(memory_rows, plan["latency_rows"])
         assert need(chunk) < seen.free_after_load or chunk == 1
-        assert chunk == STAGE_ROWS or need(chunk + 1) >= seen.free_after_load
     # The check has teeth: asking ComfyUI to reserve for the whole stage (a user max_batch of 100)
     # leaves too little for the weights on the smallest card that fits weights plus one chunk.
     assert run(capacities[0], STAGE_ROWS).loaded_fraction < 1.0
