@@ -106,13 +106,14 @@ SEARCH_NODE = "OIRParallelStepSearch"
 does not make the model calls before it worth running."""
 
 
-def outputs_to_execute(prompt: dict[str, Any]) -> list[str] | None:
-    """The output nodes ComfyUI executes for ``prompt``, the prompt running now, or ``None`` if unknown.
+def outputs_to_execute(node_id: str) -> list[str] | None:
+    """The output nodes ComfyUI executes for the prompt running now (which holds ``node_id``), or
+    ``None`` if unknown.
 
     ComfyUI's ``/prompt`` validates every output node, drops those that fail (with their branches)
     and queues ``(number, prompt_id, prompt, extra_data, outputs_to_execute, ...)``; its worker sets
     ``PromptServer.instance.last_prompt_id`` and moves the item to ``currently_running`` before
-    executing it (ComfyUI 0.3.64 and 0.33). The item counts only if it carries this very prompt.
+    executing it (ComfyUI 0.3.64 and 0.33). The item counts only if its prompt holds ``node_id``.
     """
     try:
         from server import PromptServer
@@ -129,7 +130,8 @@ def outputs_to_execute(prompt: dict[str, Any]) -> list[str] | None:
             isinstance(item, (list, tuple))
             and len(item) > 4
             and item[1] == prompt_id
-            and item[2] == prompt
+            and isinstance(item[2], dict)
+            and node_id in item[2]
             and isinstance(item[4], (list, tuple, set))
         ):
             return [str(node_id) for node_id in item[4]]
@@ -170,7 +172,7 @@ def refuse_unused_results(prompt: dict[str, Any] | None, node_id: str | None, no
     """
     if not isinstance(prompt, dict) or str(node_id) not in prompt:
         return
-    outputs = outputs_to_execute(prompt)
+    outputs = outputs_to_execute(str(node_id))
     if outputs is None:
         return
     links = readers_of(prompt)
