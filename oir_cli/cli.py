@@ -824,7 +824,8 @@ def connect(args: argparse.Namespace, stream: TextIO | None) -> Connection:
     """Use ``--server`` or start ComfyUI from ``--comfyui``; the server must answer ``/system_stats``."""
     if args.server:
         client = ComfyClient(args.server)
-        client.system_stats()  # raises ServerUnreachable with one line
+        # a wrong URL fails at once (raises ServerUnreachable with one line); retries are for later
+        ComfyClient(args.server, retries=0).system_stats()
         return Connection(client)
     if args.comfyui is None:
         raise HeadlessError(
