@@ -585,7 +585,7 @@ def run_batch(
             try:
                 runner.check(case.spec, check)
             except ServerUnreachable as error:
-                not_run(pending[index:], error)
+                not_run([*ready, *pending[index:]], error)
                 raise
             except (SpecError, HeadlessError) as error:
                 fail(case, case_dir, error)

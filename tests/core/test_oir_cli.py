@@ -1147,6 +1147,20 @@ def test_unreachable_server_stops_the_batch(files: dict[str, Path], tmp_path: Pa
     assert runner.checked == ["a"] and runner.calls == []
     listed = json.loads((tmp_path / "out" / "batch_report.json").read_text())["cases"]
     assert [(c["name"], c["status"]) for c in listed] == [("a", "failed"), ("b", "failed")]
+    # lost after the first check: the case already checked is listed too
+    runner = FakeRunner()
+    checks = runner.check
+
+    def lost_at_b(spec: EditSpec, local: Any) -> None:
+        if spec.name == "b":
+            raise ServerUnreachable("cannot reach ComfyUI at http://x (refused)")
+        checks(spec, local)
+
+    runner.check = lost_at_b  # type: ignore[method-assign]
+    with pytest.raises(ServerUnreachable):
+        run_batch(_cases(files, ["a", "b"]), tmp_path / "out2", lambda: runner, stream=None)
+    listed = json.loads((tmp_path / "out2" / "batch_report.json").read_text())["cases"]
+    assert [(c["name"], c["error"][:8]) for c in listed] == [("a", "not run:"), ("b", "not run:")]
     assert all(c["error"].startswith("not run: cannot reach ComfyUI") for c in listed)
 
 
