@@ -42,6 +42,7 @@ from .validation import (
     reassembly_levels_downstream,
     refuse_unfit_reassembly,
     refuse_unknown_choices,
+    refuse_unused_results,
 )
 
 CATEGORY = "OIR/sampling"
@@ -184,6 +185,9 @@ class OIRDDIMInversion(io.ComfyNode):
         # Before the first model call: the reassembly this trajectory feeds must fit its T levels.
         # (``hidden`` is set when ComfyUI executes the node; a direct call has no prompt to read.)
         hidden = cls.hidden
+        refuse_unused_results(
+            getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), "trajectory"
+        )
         refuse_unfit_reassembly(
             getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), sigmas.numel() - 1
         )
@@ -315,11 +319,15 @@ class OIRParallelStepSearch(io.ComfyNode):
         scorer: Any = None,
         image: torch.Tensor | None = None,
     ) -> io.NodeOutput:
+        hidden = cls.hidden
+        # Before any model call: a search nothing reads (its scorer's branch refused) is not run.
+        refuse_unused_results(
+            getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), "candidates"
+        )
         check_trajectory_source(trajectory, model_facts(model))
         edit = check_edit(oir_edit, trajectory)
         # Before any model call: every mask must hold a region on the latent grid under the rules the
         # reassembly will use (empty after resizing, covered by a later pair, overlaps under 'error').
-        hidden = cls.hidden
         overlap, geometry = mask_rules_downstream(
             getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None)
         )

@@ -8,6 +8,10 @@
 - OIR DDIM Inversion checks the ``R`` and ``r`` of every reassembly its trajectory feeds (read from
   the queued prompt) before its first model call, so a graph whose reassembly cannot fit never
   runs the inversion or the search.
+- OIR DDIM Inversion and OIR Parallel Step Search refuse to start when no output node that uses
+  their results will run (:func:`refuse_unused_results`): ComfyUI runs a prompt as long as one
+  output node validates, so a graph whose scorer or save branch was refused would otherwise pay
+  for a whole search that nothing reads.
 """
 
 from __future__ import annotations
@@ -95,3 +99,102 @@ def mask_rules_downstream(prompt: dict[str, Any] | None, search_id: str | None) 
         if isinstance(overlap, str) and isinstance(geometry, str):
             return overlap, geometry
     return "later_wins", "official"
+
+
+SEARCH_NODE = "OIRParallelStepSearch"
+"""An output node only so that a cached run re-sends its strip (ARCHITECTURE.md §5): its own display
+does not make the model calls before it worth running."""
+
+
+def outputs_to_execute(node_id: str) -> list[str] | None:
+    """The output nodes ComfyUI executes for the prompt running now (which holds ``node_id``), or
+    ``None`` if unknown.
+
+    ComfyUI's ``/prompt`` validates every output node, drops those that fail (with their branches)
+    and queues ``(number, prompt_id, prompt, extra_data, outputs_to_execute, ...)``; its worker sets
+    ``PromptServer.instance.last_prompt_id`` and moves the item to ``currently_running`` before
+    executing it (ComfyUI 0.3.64 and 0.33). The item counts only if its prompt holds ``node_id``.
+    """
+    try:
+        from server import PromptServer
+    except ImportError:  # not inside a ComfyUI server
+        return None
+    instance = getattr(PromptServer, "instance", None)
+    queue = getattr(instance, "prompt_queue", None)
+    prompt_id = getattr(instance, "last_prompt_id", None)
+    if queue is None or prompt_id is None or not hasattr(queue, "get_current_queue_volatile"):
+        return None
+    running, _ = queue.get_current_queue_volatile()
+    for item in running:
+        if (
+            isinstance(item, (list, tuple))
+            and len(item) > 4
+            and item[1] == prompt_id
+            and isinstance(item[2], dict)
+            and node_id in item[2]
+            and isinstance(item[4], (list, tuple, set))
+        ):
+            return [str(node_id) for node_id in item[4]]
+    return None
+
+
+def readers_of(prompt: dict[str, Any]) -> dict[str, set[str]]:
+    """``node id -> ids of the nodes with an input linked to one of its outputs``."""
+    readers: dict[str, set[str]] = {}
+    for reader, node in prompt.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for value in (inputs or {}).values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                readers.setdefault(str(value[0]), set()).add(str(reader))
+    return readers
+
+
+def downstream_of(readers: dict[str, set[str]], node_id: str) -> set[str]:
+    """Every node that reads ``node_id``'s outputs, directly or through other nodes (``readers``:
+    :func:`readers_of`)."""
+    found: set[str] = set()
+    todo = [node_id]
+    while todo:
+        for reader in readers.get(todo.pop(), ()):
+            if reader not in found:
+                found.add(reader)
+                todo.append(reader)
+    return found
+
+
+def refuse_unused_results(prompt: dict[str, Any] | None, node_id: str | None, node_name: str) -> None:
+    """Raise before any model call if no output node that reads this node's results will run.
+
+    Which outputs run is ComfyUI's decision at queue time (``outputs_to_execute``: the output nodes
+    that validated, or the partial-run targets); the queued prompt says which nodes read this one.
+    OIR Parallel Step Search's own display does not count. Nothing is refused when either is unknown
+    (a direct call, a node ComfyUI added while running, another executor).
+    """
+    if not isinstance(prompt, dict) or str(node_id) not in prompt:
+        return
+    outputs = outputs_to_execute(str(node_id))
+    if outputs is None:
+        return
+    links = readers_of(prompt)
+    readers = downstream_of(links, str(node_id))
+    searches = {
+        i for i, node in prompt.items() if isinstance(node, dict) and node.get("class_type") == SEARCH_NODE
+    }
+    if any(output in readers and output not in searches for output in outputs):
+        return
+    ends = sorted(reader for reader in readers if not links.get(reader) and reader not in searches)
+    named = ", ".join(f"{i} ({_title(prompt[i])})" for i in ends[:4]) or "none"
+    raise OIRInputError(
+        node_name,
+        f"node {node_id}",
+        f"none of the outputs that use its results will run (ComfyUI runs only {sorted(outputs)}; "
+        f"the outputs fed by this node: {named}), so its model calls would be wasted",
+        "fix the errors ComfyUI listed for the other nodes (e.g. a missing link, such as the Mask Metric "
+        "Scorer's scorer) and queue the whole graph",
+    )
+
+
+def _title(node: Any) -> str:
+    meta = node.get("_meta") if isinstance(node, dict) else None
+    title = meta.get("title") if isinstance(meta, dict) else None
+    return str(title or (node.get("class_type") if isinstance(node, dict) else "?"))

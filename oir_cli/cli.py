@@ -205,6 +205,9 @@ class CaseRunner(Protocol):
     def run(self, spec: EditSpec, check: LocalCheck, out_dir: Path) -> dict[str, Any]:
         """Run one validated spec into ``out_dir`` and return its report."""
 
+    def probe(self) -> None:
+        """Raise :class:`ServerUnreachable` if the server does not answer (after its retries)."""
+
 
 class EditRunner:
     """Runs edit specs on one ComfyUI server.
@@ -316,6 +319,10 @@ class EditRunner:
         self.facts()
         self.check_workflow(spec, self.build(spec, local))
 
+    def probe(self) -> None:
+        """``/system_stats`` answers (retried as every request): the server is still there."""
+        self.client.system_stats()
+
     def run(self, spec: EditSpec, check: LocalCheck, out_dir: Path) -> dict[str, Any]:
         """Check on the server, upload, queue, follow, download; return the report (outputs written)."""
         timings: dict[str, Any] = {}
@@ -341,13 +348,15 @@ class EditRunner:
         client_id = uuid.uuid4().hex
         events = self.client.events(client_id)
         progress = Progress(describe_nodes(workflow), self.stream, spec.name)
+        prompt_id = str(uuid.uuid4())  # named before it is sent: it can be cancelled whatever happens
         try:
-            prompt_id = self.client.queue(workflow, client_id)
-            try:
-                entry = self.client.wait(prompt_id, events, self.timeout, progress)
-            except KeyboardInterrupt:
-                self.client.interrupt(prompt_id)
-                raise
+            prompt_id = self.client.queue(workflow, client_id, prompt_id)
+            entry = self.client.wait(prompt_id, events, self.timeout, progress)
+        except BaseException:
+            # Giving up for any reason (--timeout, Ctrl-C, the server stopped answering): never leave
+            # this edit's prompt queued or running on the server; other prompts are not touched.
+            self.client.interrupt(prompt_id)
+            raise
         finally:
             if events is not None:
                 events.close()
@@ -562,9 +571,11 @@ def run_batch(
     without touching the server. ``runner_factory`` is called once, only if some case needs a
     server (so an all-skipped or all-invalid batch starts none); then every pending case is checked
     against the server (names, ranges) before the first edit runs, so a typo fails in seconds, not
-    after hours. A lost server (:class:`ServerUnreachable`) fails the case it was on and stops the
-    batch. ``batch_report.json`` in ``out_dir`` lists every case's outcome, also when the batch
-    stops early.
+    after hours. When the client gives up on a case (the server stopped answering within its
+    retries, :mod:`oir_cli.client`), that case fails with the reason (its prompt was cancelled by
+    the runner) and the batch goes on if the server answers again; if it does not, the cases not
+    run yet fail as "not run" and :class:`ServerUnreachable` is raised. ``batch_report.json`` in
+    ``out_dir`` lists every case, also when the batch stops early.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[CaseResult] = []
@@ -593,28 +604,37 @@ def run_batch(
         except SpecError as error:
             fail(case, case_dir, error)
 
+    def not_run(rest: Sequence[tuple[Case, LocalCheck, Path]], error: ServerUnreachable) -> None:
+        for case, _, case_dir in rest:
+            fail(case, case_dir, HeadlessError(f"not run: {error}"))
+
     try:
         runner = runner_factory() if pending else None
         ready = []
-        for case, check, case_dir in pending:  # every case's names and ranges before the first run
+        for index, (case, check, case_dir) in enumerate(pending):  # names and ranges before any run
             assert case.spec is not None and runner is not None
             try:
                 runner.check(case.spec, check)
             except ServerUnreachable as error:
-                fail(case, case_dir, error)
+                not_run([*ready, *pending[index:]], error)
                 raise
             except (SpecError, HeadlessError) as error:
                 fail(case, case_dir, error)
                 continue
             ready.append((case, check, case_dir))
-        for case, check, case_dir in ready:
+        for index, (case, check, case_dir) in enumerate(ready):
             assert case.spec is not None and runner is not None
             started = time.monotonic()
             try:
                 report = runner.run(case.spec, check, case_dir)
-            except ServerUnreachable as error:
+            except ServerUnreachable as error:  # the runner cancelled this case's prompt
                 fail(case, case_dir, error, time.monotonic() - started)
-                raise
+                try:
+                    runner.probe()
+                except ServerUnreachable as lost:
+                    not_run(ready[index + 1 :], lost)
+                    raise
+                continue
             except (SpecError, HeadlessError) as error:
                 fail(case, case_dir, error, time.monotonic() - started)
                 continue
@@ -872,7 +892,8 @@ def connect(args: argparse.Namespace, stream: TextIO | None) -> Connection:
     if args.server:
         client = ComfyClient(args.server)
         try:
-            client.system_stats()
+            # a wrong URL fails at once, with no retries (they are for a server lost later)
+            ComfyClient(args.server, retries=0).system_stats()
         except ServerUnreachable as error:  # before anything was queued: the --server input is wrong
             raise HeadlessError(f"{error}: check --server (is ComfyUI running there?)") from None
         return Connection(client)

@@ -7,6 +7,12 @@ used. Errors are one line for the user, and their type says what happened (``cli
 :class:`ServerFailure` is the server failing the edit: :class:`ServerUnreachable` (no answer),
 :class:`HTTPStatusError` (an error status), :class:`BadAnswer` (an answer that is not ComfyUI's);
 :class:`ExecutionFailed` is ComfyUI reporting a failure while it ran the workflow.
+
+A slow answer, a dropped connection or a 502/503/504 is retried with exponential backoff by
+urllib3's ``Retry`` (:func:`retry_policy`), so a busy server does not end a batch; only when every
+try failed is the server unreachable. Queuing is the one request never re-sent blindly: the client
+names the prompt itself (``prompt_id``), asks the server whether it has it after a lost answer,
+and can always cancel it by that name.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ import contextlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import requests
 import websocket
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from . import answers
 from .answers import AnswerInvalid
@@ -117,9 +126,49 @@ def describe_refusal(refusal: answers.Refusal | answers.Queued, workflow: Mappin
     return one_line(str(error or "no reason given"))
 
 
+RETRIES = 5
+"""Retries of one request after its first try (slow answer, dropped connection, 502/503/504)."""
+
+BACKOFF_S = 0.5
+"""First wait between tries; it doubles after every try, up to :data:`BACKOFF_MAX_S`."""
+
+BACKOFF_MAX_S = 8.0
+
+
+def retry_policy(retries: int = RETRIES, *, resend: bool = True) -> Retry:
+    """urllib3's ``Retry`` for ComfyUI's API: connection errors, read errors (a timeout, a dropped
+    connection) and 502/503/504 answers are tried again after ``BACKOFF_S * 2**n`` seconds (at most
+    :data:`BACKOFF_MAX_S`), ``retries`` times. The time one request can take is thereby bounded:
+    ``(retries + 1) * timeout`` plus at most 16 s of waits for the defaults.
+
+    ``resend=False``: only failures to connect are retried (the request never reached the server),
+    for requests that must not arrive twice (``POST /prompt``).
+    """
+    return Retry(
+        total=retries,
+        connect=retries,
+        read=retries if resend else 0,
+        status=retries if resend else 0,
+        other=retries if resend else 0,
+        allowed_methods=None,  # every request oir-edit re-sends is idempotent (see ComfyClient)
+        status_forcelist=(502, 503, 504),
+        backoff_factor=BACKOFF_S,
+        backoff_max=BACKOFF_MAX_S,
+        raise_on_status=False,  # the last answer's status becomes HTTPStatusError
+    )
+
+
+def _session(retry: Retry) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def _reason(error: requests.RequestException) -> str:
     """The cause of a failed request in a few words (``requests`` nests it inside pool messages)."""
-    if isinstance(error, requests.Timeout):
+    if isinstance(error, requests.Timeout) or "timed out" in str(error):
         return f"no answer within the timeout: {type(error).__name__}"
     errno = re.search(r"\[Errno -?\d+\][^'\")]*", str(error))
     return errno.group(0).strip() if errno else one_line(str(error), 200)
@@ -171,30 +220,38 @@ class EventStream:
 class ComfyClient:
     """A ComfyUI server's HTTP API.
 
+    Every request but ``POST /prompt`` is idempotent (uploads are named by their content, a cancel
+    names its prompt) and is retried by :func:`retry_policy`; see :meth:`queue` for the exception.
+
     Args:
         url: the server, e.g. ``http://127.0.0.1:8188``.
-        timeout: seconds for one HTTP request (waiting for a whole edit is :meth:`wait`'s job).
+        timeout: seconds for one try of one HTTP request (waiting for a whole edit is :meth:`wait`'s job).
+        retries: tries after the first one (:func:`retry_policy`).
     """
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = RETRIES) -> None:
         if "://" not in url:
             url = f"http://{url}"
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self.session = requests.Session()
+        self.session = _session(retry_policy(retries))
+        self._send_once = _session(retry_policy(retries, resend=False))
         self._object_info: dict[str, dict[str, Any] | None] = {}
 
     # plain requests ------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, **kwargs: Any) -> bytes:
-        """One request (``kwargs`` as ``requests`` takes them); the answer's body.
+    def request(self, method: str, path: str, *, resend: bool = True, **kwargs: Any) -> bytes:
+        """One request (``kwargs`` as ``requests`` takes them), retried; the answer's body.
+
+        ``resend=False``: retried only while it cannot be delivered (:func:`retry_policy`).
 
         Raises:
-            ServerUnreachable: no server answers.
+            ServerUnreachable: no answer after every try.
             HTTPStatusError: the server answered with an error status.
         """
+        session = self.session if resend else self._send_once
         try:
-            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+            response = session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as error:
             raise ServerUnreachable(f"cannot reach ComfyUI at {self.url} ({_reason(error)})") from None
         if response.status_code >= 400:
@@ -216,9 +273,9 @@ class ComfyClient:
         except ValueError:
             raise BadAnswer(self.url, f"GET {path}", "the body is not JSON") from None
 
-    def post_json(self, path: str, payload: Any) -> Any:
+    def post_json(self, path: str, payload: Any, *, resend: bool = True) -> Any:
         """``POST`` ``payload`` as JSON; the answer as JSON (``None`` when empty), unchecked."""
-        body = self.request("POST", path, json=payload)
+        body = self.request("POST", path, json=payload, resend=resend)
         try:
             return json.loads(body) if body.strip() else None
         except ValueError:
@@ -253,7 +310,7 @@ class ComfyClient:
         answer = self.checked(answers.Upload, body, "POST /upload/image")
         return f"{answer.subfolder}/{answer.name}" if answer.subfolder else answer.name
 
-    def queue(self, workflow: Mapping[str, Any], client_id: str) -> str:
+    def queue(self, workflow: Mapping[str, Any], client_id: str, prompt_id: str | None = None) -> str:
         """``POST /prompt``; returns the prompt id or raises one line built from ``node_errors``.
 
         ComfyUI queues a prompt as long as *one* output node validates and drops the branches whose
@@ -261,9 +318,17 @@ class ComfyClient:
         no edit, so such a partial prompt is taken off the queue again and refused as a whole. A 400
         answer is ComfyUI's validation refusing the input (:class:`HeadlessError`, exit 2); any
         other error status is the server failing (:class:`HTTPStatusError`, exit 1).
+
+
+        ``prompt_id`` (a UUID; a new one by default) names the prompt before it is sent, so the
+        caller can cancel it whatever happens. The request is not re-sent after it may have arrived
+        (that would queue the edit twice): when its answer is lost, the server's queue and history
+        say whether it has the prompt.
         """
+        proposed = prompt_id or str(uuid.uuid4())
+        payload = {"prompt": workflow, "client_id": client_id, "prompt_id": proposed}
         try:
-            body = self.request("POST", "/prompt", json={"prompt": workflow, "client_id": client_id})
+            body = self.request("POST", "/prompt", json=payload, resend=False)
         except HTTPStatusError as error:
             if error.status != 400:
                 raise
@@ -271,11 +336,25 @@ class ComfyClient:
             raise HeadlessError(
                 f"ComfyUI refused the workflow: {describe_refusal(refusal, workflow)}"
             ) from None
+        except ServerUnreachable:
+            if self.has_prompt(proposed):
+                return proposed
+            raise
         answer = self.checked(answers.Queued, body, "POST /prompt")
         if answer.node_errors:
             self.interrupt(answer.prompt_id)
             raise HeadlessError(f"ComfyUI refused the workflow: {describe_refusal(answer, workflow)}")
         return answer.prompt_id
+
+    def has_prompt(self, prompt_id: str) -> bool:
+        """Whether the server has ``prompt_id`` queued, running or finished (``/queue``, ``/history``)."""
+        queue = self.get_json("/queue")
+        if not isinstance(queue, dict):
+            raise BadAnswer(self.url, "GET /queue", "the answer is not a JSON object")
+        for item in (queue.get("queue_running") or []) + (queue.get("queue_pending") or []):
+            if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
+                return True
+        return self.history(prompt_id) is not None
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The checked ``/history/<id>`` entry, or ``None`` while the prompt has not finished."""

@@ -208,7 +208,7 @@ class ComfyServer:
                 env=env,
                 start_new_session=True,  # Ctrl-C in the terminal reaches oir-edit, which stops the server
             )
-        client = ComfyClient(self.url, timeout=5.0)
+        client = ComfyClient(self.url, timeout=5.0, retries=0)  # this loop is the retry
         deadline = started + self.startup_timeout
         try:
             while True:

@@ -531,20 +531,46 @@ class Case:
     error: str | None = None
 
 
+MAX_SPEC_BYTES = 8 * 1024 * 1024
+"""The largest spec file read (8 MiB): a spec is a few hundred bytes, the official OIR-Bench configs
+well under 1 MiB; anything bigger is not a spec and is refused before it is parsed."""
+
+
 def _read_structured(path: Path) -> Any:
+    """A spec file's YAML/JSON content, or one line saying why it cannot be one.
+
+    Read defensively (one bad file must fail only its own case): too large, binary (NUL bytes),
+    not UTF-8 text, or not valid YAML/JSON each give a :class:`SpecError` naming the file.
+    """
     import yaml
 
+    kind = path.suffix.lstrip(".").upper() or "YAML"
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(
+                f"{path}: {size / 2**20:.1f} MiB is too large for a spec file (at most "
+                f"{MAX_SPEC_BYTES // 2**20} MiB of {kind} text): is it the wrong file?"
+            )
+        data = path.read_bytes()
     except OSError as error:
         raise SpecError(f"{path}: cannot read ({error.strerror or error})") from None
+    if b"\x00" in data:
+        raise SpecError(f"{path}: a binary file, not {kind} text (it holds NUL bytes): is it the wrong file?")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}): "
+            "save it as UTF-8"
+        ) from None
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
         return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
+    except (json.JSONDecodeError, yaml.YAMLError, RecursionError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SpecError(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({first})") from None
+        raise SpecError(f"{path}: not valid {kind} ({first})") from None
 
 
 def _is_our_spec(data: Any) -> bool:
@@ -555,31 +581,36 @@ def _is_bench_case(data: Any) -> bool:
     return isinstance(data, Mapping) and "image_path" in data and "origin_prompt" in data
 
 
-def resolve_bench_path(raw: str, anchor: Path) -> Path:
-    """Find an OIR-Bench path: relative to ``anchor`` or one of its parents, or by its tail.
+BENCH_FOLDER = "OIR-Bench"
+"""The benchmark's folder name; its configs name files relative to the folder that holds it."""
 
-    OIR-Bench configs hold paths such as ``OIR-Bench/multi_object/mask/<case>/<object>.png``
-    (relative to the official repository) or absolute paths from the authors' machines. The first
-    existing candidate wins: ``anchor/raw``, ``parent/raw`` for up to four parents, then the
-    shortest tails of ``raw`` (``multi_object/mask/...``, ``mask/...``) under the same folders.
-    When nothing exists, ``anchor/raw`` is returned (and reported missing later).
+
+def bench_base(config: Path) -> Path:
+    """The folder an OIR-Bench config's relative paths are relative to.
+
+    The official configs name files as ``OIR-Bench/multi_object/mask/<case>/<object>.png``, relative
+    to the official repository's root, the folder that holds ``OIR-Bench``. So for a config inside
+    an ``OIR-Bench`` folder (the nearest one above it) the base is that folder's parent; for a config
+    anywhere else, its own folder (as for spec files).
     """
-    path = Path(raw).expanduser()
-    if path.is_absolute() and path.exists():
-        return path
-    parts = path.parts[1:] if path.is_absolute() else path.parts
-    roots = [anchor, *list(anchor.parents)[:4]]
-    for start in range(len(parts)):
-        tail = Path(*parts[start:])
-        for root in roots:
-            candidate = root / tail
-            if candidate.exists():
-                return candidate
-    return anchor / Path(*parts) if parts else anchor
+    folder = Path(config).resolve().parent
+    for candidate in (folder, *folder.parents):
+        if candidate.name == BENCH_FOLDER:
+            return candidate.parent
+    return folder
 
 
-def bench_cases(name: str, data: Mapping[str, Any], anchor: Path) -> list[tuple[str, dict[str, Any]]]:
+def resolve_bench_path(raw: str, base: Path) -> Path:
+    """An OIR-Bench path exactly as named: absolute as it is, relative against ``base``
+    (:func:`bench_base`). Nothing else is tried: a missing file fails its case with this path,
+    never a same-named file found elsewhere."""
+    return _resolve(str(raw).strip(), base)
+
+
+def bench_cases(name: str, data: Mapping[str, Any], base: Path) -> list[tuple[str, dict[str, Any]]]:
     """Translate one OIR-Bench config entry into spec mappings (paths already absolute).
+
+    ``base``: the folder relative paths are relative to (:func:`bench_base` of the config file).
 
     Multi-object entries (``origin_change``, ``prompt_change``, ``prompt_change_mask``,
     ``guided_prompt`` as ``[prefix, suffix]`` templates, ``target_prompt``) give one case.
@@ -589,7 +620,7 @@ def bench_cases(name: str, data: Mapping[str, Any], anchor: Path) -> list[tuple[
     """
     item = _normalise_keys(data)
     original = str(item["origin_prompt"]).strip()
-    image = str(resolve_bench_path(str(item["image_path"]), anchor))
+    image = str(resolve_bench_path(str(item["image_path"]), base))
     common: dict[str, Any] = {"image": image, "prompt": original}
     for key in ("reassembly_step", "reinversion_steps"):
         if key in item:
@@ -609,7 +640,7 @@ def bench_cases(name: str, data: Mapping[str, Any], anchor: Path) -> list[tuple[
             edit: dict[str, Any] = {
                 "source": str(source),
                 "target": str(target),
-                "mask": str(resolve_bench_path(str(mask), anchor)),
+                "mask": str(resolve_bench_path(str(mask), base)),
             }
             if templates:
                 template = _as_list(templates[k])
@@ -629,7 +660,7 @@ def bench_cases(name: str, data: Mapping[str, Any], anchor: Path) -> list[tuple[
         if not (original.startswith(prefix.strip()) and original.endswith(suffix.strip())):
             raise SpecError(f"{name}: origin_prompt does not start with {prefix!r} and end with {suffix!r}")
         source = original[len(prefix.rstrip()) : len(original) - len(suffix.lstrip())].strip()
-        mask = str(resolve_bench_path(str(item.get("origin_prompt_mask", "")), anchor))
+        mask = str(resolve_bench_path(str(item.get("origin_prompt_mask", "")), base))
         cases = []
         for target in _as_list(item["target_changes"]):
             target_prompt = f"{prefix}{target}{suffix}".strip()
@@ -647,24 +678,51 @@ def bench_cases(name: str, data: Mapping[str, Any], anchor: Path) -> list[tuple[
     raise SpecError(f"{name}: OIR-Bench entry without prompt_change or target_changes")
 
 
+def _is_entry(data: Any) -> bool:
+    return _is_our_spec(data) or _is_bench_case(data)
+
+
 def _file_entries(path: Path) -> list[tuple[str, Any]] | None:
     """``(name, entry)`` of a spec file: one spec / OIR-Bench entry, or a mapping of them; ``None``
-    when the file is not a spec at all."""
+    when the file is a mapping but no spec at all (other YAML/JSON in the folder).
+
+    A mapping of entries keeps the entries that are not specs, so that each fails as its own case.
+
+    Raises:
+        SpecError: the file cannot be read (:func:`_read_structured`) or is not a mapping.
+    """
     data = _read_structured(path)
-    if _is_our_spec(data) or _is_bench_case(data):
+    if not isinstance(data, Mapping):
+        shape = "empty" if data is None else f"a {type(data).__name__}"
+        raise SpecError(
+            f"{path}: {shape}, not an edit spec (a mapping with image, prompt and edits, or OIR-Bench "
+            "entries)"
+        )
+    if _is_entry(data):
         return [(path.stem, data)]
-    if (
-        isinstance(data, Mapping)
-        and data
-        and all(_is_our_spec(v) or _is_bench_case(v) for v in data.values())
-    ):
+    if any(_is_entry(v) for v in data.values()):
         return [(str(k), v) for k, v in data.items()]
     return None
 
 
-def _expand(name: str, entry: Any, base: Path) -> list[tuple[str, Any]]:
-    """Spec mappings of one entry (an OIR-Bench entry can hold several cases)."""
-    return bench_cases(name, entry, base) if _is_bench_case(entry) else [(name, entry)]
+def _expand(name: str, entry: Any, path: Path) -> list[tuple[str, Any]]:
+    """Spec mappings of one entry of the spec file ``path`` (an OIR-Bench entry can hold several
+    cases; its paths are relative to :func:`bench_base`, a spec's to the file's folder)."""
+    if _is_bench_case(entry):
+        return bench_cases(name, entry, bench_base(path))
+    if not _is_our_spec(entry):
+        raise SpecError(
+            f"{path}: entry {name!r} is not an edit spec (it needs image, prompt and edits, or "
+            "OIR-Bench's image_path and origin_prompt)"
+        )
+    return [(name, entry)]
+
+
+def _one_line_error(where: str, error: Exception) -> SpecError:
+    """Any error building a case as one line (a value of the wrong type can raise inside a parser)."""
+    if isinstance(error, SpecError):
+        return error
+    return SpecError(f"{where}: {type(error).__name__}: {' '.join(str(error).split())}")
 
 
 def load_spec_file(path: Path, defaults: Mapping[str, Any] | None = None) -> list[Case]:
@@ -672,17 +730,20 @@ def load_spec_file(path: Path, defaults: Mapping[str, Any] | None = None) -> lis
 
     Accepted shapes: one spec (``image``, ``prompt``, ``edits``, ...), a mapping of case name to
     spec, an OIR-Bench config (a mapping of case name to ``image_path``/``origin_prompt``/...), or
-    one OIR-Bench entry. Cases that cannot be built come back with ``error`` set. A file that is
-    not a spec at all gives an empty list.
+    one OIR-Bench entry. Cases that cannot be built come back with ``error`` set. A mapping that is
+    no spec at all gives an empty list.
+
+    Raises:
+        SpecError: the file cannot be read or is not a mapping (the batch fails it as one case).
     """
     path = Path(path).resolve()
     cases: list[Case] = []
     for name, entry in _file_entries(path) or []:
         try:
-            for case_name, mapping in _expand(name, entry, path.parent):
+            for case_name, mapping in _expand(name, entry, path):
                 cases.append(_case(case_name, path, mapping, path.parent, defaults))
-        except SpecError as error:
-            cases.append(Case(name, path, error=str(error)))
+        except (ValueError, TypeError) as error:
+            cases.append(Case(name, path, error=str(_one_line_error(name, error))))
     return cases
 
 
@@ -696,19 +757,24 @@ def single_spec(path: Path, overrides: Mapping[str, Any] | None = None) -> EditS
     entries = _file_entries(path)
     if entries is None:
         raise SpecError(f"{path}: not an edit spec (it needs image, prompt and edits)")
-    expanded = [case for name, entry in entries for case in _expand(name, entry, path.parent)]
-    if len(expanded) != 1:
-        raise SpecError(f"{path} holds {len(expanded)} cases: run them with 'oir-edit batch {path.parent}'")
-    name, mapping = expanded[0]
-    merged = {**_normalise_keys(mapping), **_normalise_keys(overrides or {})}
-    return spec_from_mapping(merged, path.parent, name)
+    try:
+        expanded = [case for name, entry in entries for case in _expand(name, entry, path)]
+        if len(expanded) != 1:
+            raise SpecError(
+                f"{path} holds {len(expanded)} cases: run them with 'oir-edit batch {path.parent}'"
+            )
+        name, mapping = expanded[0]
+        merged = {**_normalise_keys(mapping), **_normalise_keys(overrides or {})}
+        return spec_from_mapping(merged, path.parent, name)
+    except (ValueError, TypeError) as error:
+        raise _one_line_error(str(path), error) from None
 
 
 def _case(name: str, source: Path, mapping: Mapping[str, Any], base: Path, defaults: Any) -> Case:
     try:
         return Case(name, source, spec=spec_from_mapping(mapping, base, name, defaults))
-    except SpecError as error:
-        return Case(name, source, error=str(error))
+    except (ValueError, TypeError) as error:
+        return Case(name, source, error=str(_one_line_error(name, error)))
 
 
 def safe_case_dir(name: str) -> Path:

@@ -51,7 +51,6 @@ from oir_cli.specs import (
     parse_controlnet_arg,
     parse_edit_arg,
     parse_lora_arg,
-    resolve_bench_path,
     spec_from_mapping,
     validate_local,
 )
@@ -332,7 +331,7 @@ def _oir_bench(root: Path) -> Path:
             "origin_prompt": "a bird perched on a branch with white flowers ",
             "target_prompt_list": ["a ", " perched on a branch with white flowers"],
             "target_changes": ["duck", "flamingo"],
-            "origin_prompt_mask": "/home/someone/code/OIR/OIR-Bench/single_object/mask/bird_0001_0/bird.png",
+            "origin_prompt_mask": "OIR-Bench/single_object/mask/bird_0001_0/bird.png",
             "generation_image_path": "single_object_results/",
         }
     }
@@ -361,20 +360,46 @@ def test_oir_bench_layout_is_discovered(tmp_path: Path) -> None:
     assert duck is not None and duck.prompt == "a bird perched on a branch with white flowers"
     (edit,) = duck.edits
     assert (edit.source, edit.target) == ("bird", "duck")
-    assert edit.mask == bench / "single_object" / "mask" / "bird_0001_0" / "bird.png"  # found by its tail
+    assert edit.mask == bench / "single_object" / "mask" / "bird_0001_0" / "bird.png"
     assert duck.target_prompt == "a duck perched on a branch with white flowers"
     plan = validate_local(multi).plan
     assert plan.guided == [e.guided_prompt for e in multi.edits] and plan.score_texts == ["fry rice", "knife"]
     assert specs.safe_case_dir("bird_0001_0/duck") == Path("bird_0001_0") / "duck"
 
 
-def test_bench_paths_resolve_from_parents_and_tails(tmp_path: Path) -> None:
-    target = _save(tmp_path / "OIR-Bench" / "m" / "x.png", (8, 8))
-    anchor = tmp_path / "OIR-Bench"
-    assert resolve_bench_path("OIR-Bench/m/x.png", anchor) == target  # relative to a parent
-    assert resolve_bench_path("/elsewhere/OIR/OIR-Bench/m/x.png", anchor) == target  # by its tail
-    assert resolve_bench_path("m/x.png", anchor) == target
-    assert resolve_bench_path("missing/y.png", anchor) == anchor / "missing" / "y.png"
+def test_bench_paths_are_used_exactly_as_named(tmp_path: Path) -> None:
+    """Relative to the folder holding OIR-Bench (the official repository's root), never a same-named
+    file elsewhere: a missing mask fails its case with its exact path, even with a decoy nearby."""
+    bench = _oir_bench(tmp_path)
+    assert specs.bench_base(bench / "multi_object.yaml") == tmp_path
+    assert specs.bench_base(bench / "sub" / "deeper.yaml") == tmp_path
+    assert specs.bench_base(tmp_path / "configs" / "c.yaml") == tmp_path / "configs"  # like a spec file
+    named = "OIR-Bench/multi_object/mask/multi_object_009/dumplings.png"
+    (bench / "multi_object" / "mask" / "multi_object_009" / "dumplings.png").unlink()
+    _save(bench / "dumplings.png", (64, 64), (0, 0, 30, 30))  # decoys: the same name next to the config
+    _save(bench / "multi_object" / "dumplings.png", (64, 64), (0, 0, 30, 30))
+    _save(tmp_path / "mask" / "multi_object_009" / "dumplings.png", (64, 64), (0, 0, 30, 30))
+    (bench / "single_object.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "bird_0001_0": {
+                    **yaml.safe_load((bench / "single_object.yaml").read_text())["bird_0001_0"],
+                    "origin_prompt_mask": "/home/someone/OIR/OIR-Bench/single_object/mask/b/bird.png",
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
+    cases = {case.name: case for case in discover_cases(bench)}
+    multi = cases["multi_object_009"].spec
+    assert multi is not None and multi.edits[0].mask == tmp_path / named
+    with pytest.raises(SpecError) as refused:
+        validate_local(multi)
+    assert f"{tmp_path / named} does not exist" in str(refused.value)
+    duck = cases["bird_0001_0/duck"].spec  # an absolute path from another machine stays as it is
+    assert duck is not None and duck.edits[0].mask == Path(
+        "/home/someone/OIR/OIR-Bench/single_object/mask/b/bird.png"
+    )
 
 
 def test_discovery_ignores_non_specs_skips_output_and_reports_broken_files(
@@ -398,6 +423,56 @@ def test_discovery_ignores_non_specs_skips_output_and_reports_broken_files(
     assert "case name also used in" in (cases[2].error or "")
     with pytest.raises(SpecError, match="does not exist"):
         discover_cases(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\x00\xff\xfe", "a binary file, not YAML text"),
+        (b"image: photo.png\nprompt: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 28)"),
+        (b"- image: photo.png\n- prompt: p\n", "a list, not an edit spec"),
+        (b"just words\n", "a str, not an edit spec"),
+        (b"", "empty, not an edit spec"),
+        (b"x: [[[\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_spec_file_fails_its_own_case_and_the_batch_goes_on(
+    files: dict[str, Path], tmp_path: Path, content: bytes, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(yaml.safe_dump(_spec_mapping(files, tmp_path)), encoding="utf-8")
+    (folder / "bad.yaml").write_bytes(content)
+    (folder / "c.yaml").write_text(yaml.safe_dump(_spec_mapping(files, tmp_path)), encoding="utf-8")
+    cases = discover_cases(folder)
+    assert [(c.name, c.spec is not None) for c in cases] == [("a", True), ("bad", False), ("c", True)]
+    error = cases[1].error or ""
+    assert error.startswith(f"{folder / 'bad.yaml'}: ") and problem in error and "\n" not in error
+    # --spec with the same file: one line, exit 2
+    assert cli.main(["--spec", str(folder / "bad.yaml"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"oir-edit: error: {error}"
+
+
+def test_huge_spec_files_and_bad_entries_fail_their_own_cases(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    good = _spec_mapping(files, tmp_path)
+    monkeypatch.setattr(specs, "MAX_SPEC_BYTES", 2048)
+    (folder / "huge.yaml").write_text("# padding\n" * 300 + yaml.safe_dump(good), encoding="utf-8")
+    mixed = {
+        "fine": good,
+        "listed": [1, 2],
+        "odd_lora": dict(good, loras=[{"name": "x", "strength": "lots"}]),
+    }
+    (folder / "mixed.yaml").write_text(yaml.safe_dump(mixed), encoding="utf-8")
+    cases = {c.name: c for c in discover_cases(folder)}
+    assert sorted(cases) == ["fine", "huge", "listed", "odd_lora"] and cases["fine"].spec is not None
+    assert "too large for a spec file (at most 0 MiB" in (cases["huge"].error or "")
+    assert "entry 'listed' is not an edit spec" in (cases["listed"].error or "")
+    assert cases["odd_lora"].spec is None  # the bad entry fails alone, in one line
+    assert cases["odd_lora"].error == "odd_lora: lora 1: strength 'lots' is not a number"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -568,7 +643,7 @@ def _closed_url() -> str:
 
 def test_unreachable_server_is_one_line() -> None:
     with pytest.raises(ServerUnreachable, match=r"cannot reach ComfyUI at http://127\.0\.0\.1:") as caught:
-        ComfyClient(_closed_url(), timeout=2).system_stats()
+        ComfyClient(_closed_url(), timeout=2, retries=1).system_stats()
     assert "\n" not in str(caught.value)
 
 
@@ -995,6 +1070,10 @@ class FakeRunner:
             raise ExecutionFailed(f"ComfyUI failed in node 9 for {spec.name}", details="traceback here")
         return {"status": "ok", "case": spec.name, "chosen_steps": [3, 4]}
 
+    def probe(self) -> None:
+        if self.unreachable:
+            raise ServerUnreachable("cannot reach ComfyUI at http://x (refused)")
+
 
 def _cases(files: dict[str, Path], names: list[str]) -> list[Case]:
     return [Case(name, Path(f"{name}.yaml"), spec=make_spec(files, name=name)) for name in names]
@@ -1056,9 +1135,84 @@ def test_unreachable_server_stops_the_batch(files: dict[str, Path], tmp_path: Pa
     with pytest.raises(ServerUnreachable):
         run_batch(_cases(files, ["a", "b"]), tmp_path / "out", lambda: runner, stream=None)
     assert runner.checked == ["a"] and runner.calls == []
-    cases = json.loads((tmp_path / "out" / "batch_report.json").read_text())["cases"]
-    assert [(c["name"], c["status"]) for c in cases] == [("a", "failed")]  # the case it was on
+    listed = json.loads((tmp_path / "out" / "batch_report.json").read_text())["cases"]
+    assert [(c["name"], c["status"]) for c in listed] == [("a", "failed"), ("b", "failed")]
     assert "cannot reach ComfyUI" in (tmp_path / "out" / "a" / "error.txt").read_text()
+    # lost after the first check: the case already checked is listed too
+    runner = FakeRunner()
+    checks = runner.check
+
+    def lost_at_b(spec: EditSpec, local: Any) -> None:
+        if spec.name == "b":
+            raise ServerUnreachable("cannot reach ComfyUI at http://x (refused)")
+        checks(spec, local)
+
+    runner.check = lost_at_b  # type: ignore[method-assign]
+    with pytest.raises(ServerUnreachable):
+        run_batch(_cases(files, ["a", "b"]), tmp_path / "out2", lambda: runner, stream=None)
+    listed = json.loads((tmp_path / "out2" / "batch_report.json").read_text())["cases"]
+    assert [(c["name"], c["error"][:8]) for c in listed] == [("a", "not run:"), ("b", "not run:")]
+    assert all(c["error"].startswith("not run: cannot reach ComfyUI") for c in listed)
+
+
+class LostAnswerClient(FakeClient):
+    """Queues (recording the prompt id it was given), then stops answering ``/history``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[str] = []
+        self.interrupted: list[str] = []
+
+    def upload_image(self, source: Path | bytes, name: str, subfolder: str = "oir-edit") -> str:
+        return f"{subfolder}/{name}"
+
+    def events(self, client_id: str, timeout: float = 10.0) -> None:
+        return None
+
+    def queue(self, workflow: Any, client_id: str, prompt_id: str | None = None) -> str:
+        assert prompt_id is not None, "the prompt is named before it is sent"
+        self.queued.append(prompt_id)
+        return prompt_id
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None:
+        raise ServerUnreachable(
+            "cannot reach ComfyUI at http://x (no answer within the timeout: ReadTimeout)"
+        )
+
+    def interrupt(self, prompt_id: str) -> None:
+        self.interrupted.append(prompt_id)
+
+
+def test_giving_up_on_an_edit_cancels_its_own_prompt(files: dict[str, Path], tmp_path: Path) -> None:
+    client = LostAnswerClient()
+    runner = EditRunner(client, stream=None)
+    spec = make_spec(files)
+    with pytest.raises(ServerUnreachable):
+        runner.run(spec, validate_local(spec), tmp_path / "out")
+    assert len(client.queued) == 1 and client.interrupted == client.queued
+
+
+class LosingRunner(FakeRunner):
+    """The server stops answering during ``lost``'s run, then answers again."""
+
+    def run(self, spec: EditSpec, check: Any, out_dir: Path) -> dict[str, Any]:
+        if spec.name == "lost":
+            self.calls.append(spec.name)
+            raise ServerUnreachable(
+                "cannot reach ComfyUI at http://x (no answer within the timeout: ReadTimeout)"
+            )
+        return super().run(spec, check, out_dir)
+
+
+def test_a_case_the_client_gave_up_on_fails_and_the_batch_goes_on(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    runner = LosingRunner()
+    results = run_batch(_cases(files, ["lost", "next"]), tmp_path / "out", lambda: runner, stream=None)
+    assert [(r.name, r.status) for r in results] == [("lost", "failed"), ("next", "done")]
+    assert "no answer within the timeout" in (results[0].error or "")
+    listed = json.loads((tmp_path / "out" / "batch_report.json").read_text())["cases"]
+    assert [c["name"] for c in listed] == ["lost", "next"]
 
 
 def test_batch_command_exit_codes(

@@ -145,11 +145,43 @@ def _register_routes() -> None:
 
 _register_routes()
 
+class OIRTestWaitForFile:
+    """Holds ComfyUI's queue until ``path`` exists (a test's release signal), at most ``timeout`` s.
+
+    Lets a test keep another prompt *pending* behind it for as long as it needs, with no timing.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"path": ("STRING", {}), "timeout": ("FLOAT", {"default": 300.0})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **_: Any) -> float:
+        return float("nan")  # never cached
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "wait"
+    CATEGORY = "OIR/testing"
+
+    def wait(self, path: str, timeout: float) -> dict[str, Any]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not Path(path).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} did not appear within {timeout} s")
+            time.sleep(0.05)
+        return {}
+
+
 NODE_CLASS_MAPPINGS = {
     "OIRTestTinyCheckpointLoader": OIRTestTinyCheckpointLoader,
     "OIRTestStallingCheckpointLoader": OIRTestStallingCheckpointLoader,
+    "OIRTestWaitForFile": OIRTestWaitForFile,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "OIRTestTinyCheckpointLoader": "OIR Test: Tiny Checkpoint Loader",
     "OIRTestStallingCheckpointLoader": "OIR Test: Stalling Checkpoint Loader",
+    "OIRTestWaitForFile": "OIR Test: Wait For File",
 }
