@@ -105,7 +105,7 @@ def test_multigpu_cfg_split_gets_the_rowwise_shared_forward(
 
     def run(model: Any) -> torch.Tensor:
         original, negative, target = prompts["original"], prompts["negative"], prompts["target"]
-        host = comfy_host.ComfyHost(model, original, negative, guided, target, 6.0, call_budget_s=None)
+        host = comfy_host.ComfyHost(model, original, negative, guided, target, 6.0)
         start = comfy_host.model_space_in(model, latent)
         return host.run(stage, lambda denoise, _: torch.stack([denoise(start, s, ids) for s in sigmas[:-1]]))
 
