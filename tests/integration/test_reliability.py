@@ -86,15 +86,15 @@ def _run_and_interrupt(
                 if server.client.history(prompt_id) is not None:
                     break
                 continue
-            data = event.get("data") or {}
+            data = event.data if isinstance(event.data, dict) else {}
             if data.get("prompt_id") != prompt_id:
                 continue
-            if event["type"] == "progress" and str(data.get("node")) == stage_id:
+            if event.type == "progress" and str(data.get("node")) == stage_id:
                 seen.append(int(data["value"]))
                 if sent_at is None:
                     sent_at = int(data["value"])
                     server.client.post_json("/interrupt", {"prompt_id": prompt_id})
-            if event["type"] in ("execution_interrupted", "execution_error", "execution_success"):
+            if event.type in ("execution_interrupted", "execution_error", "execution_success"):
                 break
     finally:
         events.close()
