@@ -170,7 +170,7 @@ def background_psnr(edited: Tensor, reference: Tensor, weights: Tensor) -> float
         return None
     scale = (edited.shape[0] // weights.shape[0], edited.shape[1] // weights.shape[1])
     pixels = kept.repeat_interleave(scale[0], 0).repeat_interleave(scale[1], 1).to(edited.device)
-    error = (edited.float() - reference.float().to(edited.device))[pixels]
+    error = (edited.detach().float() - reference.detach().float().to(edited.device))[pixels]
     mse = max(float((error**2).mean()), 1e-10)
     return round(10.0 * math.log10(1.0 / mse), 3)
 
