@@ -164,13 +164,30 @@ def _lora_on_attention(model: Any, seed: int = 5) -> dict[str, torch.Tensor]:
     return lora
 
 
+def _control_spy(record: Any) -> Any:
+    """A conditioning ControlNet that adds nothing and calls ``record(t, transformer_options)`` on
+    every forward ComfyUI gives it (a copy, as ComfyUI makes per sampling, records the same way)."""
+    import comfy.controlnet
+
+    class ControlSpy(comfy.controlnet.ControlBase):
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):  # type: ignore[no-untyped-def]
+            record(t, transformer_options)
+            return None
+
+        def copy(self) -> ControlSpy:
+            twin = ControlSpy()
+            self.copy_to(twin)
+            return twin
+
+    return ControlSpy()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_and_a_conditioning_controlnet_act_on_every_family(
     nodes, family_models, scorer_folder, family: str
 ) -> None:
     """A LoRA loaded by ComfyUI's own loader changes the edit; a ControlNet attached to the original
     prompt reaches the guided rows of the search (ComfyUI calls it for every family's forward)."""
-    import comfy.controlnet
     import comfy.sd
 
     base, clip, vae = family_models[family]
@@ -181,18 +198,11 @@ def test_lora_and_a_conditioning_controlnet_act_on_every_family(
     branches_seen: set[int] = set()
     walks_seen: set[tuple[float, ...]] = set()
 
-    class ControlSpy(comfy.controlnet.ControlBase):
-        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):  # type: ignore[no-untyped-def]
-            walks_seen.add(tuple(round(float(s), 5) for s in transformer_options["sample_sigmas"]))
-            branches_seen.update(transformer_options.get("cond_or_uncond", []))
-            return None
+    def seen(t: torch.Tensor, options: dict[str, Any]) -> None:
+        walks_seen.add(tuple(round(float(s), 5) for s in options["sample_sigmas"]))
+        branches_seen.update(options.get("cond_or_uncond", []))
 
-        def copy(self) -> ControlSpy:
-            twin = ControlSpy()
-            self.copy_to(twin)
-            return twin
-
-    control = ControlSpy()
+    control = _control_spy(seen)
     family_hook = _family_hook(family)
 
     def hook(conditioning: list) -> list:
@@ -300,7 +310,6 @@ def test_preserve_keeps_the_source_outside_with_lora_and_controlnet_on_every_ste
     the edited latent equals the source's clean latent beyond the feather band exactly, a LoRA and a
     conditioning ControlNet still act on every model call (the same rows and controlled levels as
     ``official``), and the UI reports the background PSNR of both."""
-    import comfy.controlnet
     import comfy.sd
 
     if family == "sd15":
@@ -311,17 +320,7 @@ def test_preserve_keeps_the_source_outside_with_lora_and_controlnet_on_every_ste
     patched, _ = comfy.sd.load_lora_for_models(base, None, lora, 1.0, 0.0)
     calls: list[float] = []
 
-    class ControlSpy(comfy.controlnet.ControlBase):
-        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):  # type: ignore[no-untyped-def]
-            calls.append(float(t.flatten()[0]))
-            return None
-
-        def copy(self) -> ControlSpy:
-            twin = ControlSpy()
-            self.copy_to(twin)
-            return twin
-
-    control = ControlSpy()
+    control = _control_spy(lambda t, options: calls.append(float(t.flatten()[0])))
     family_hook = _family_hook(family) if family != "sd15" else None
 
     def hook(conditioning: list) -> list:
