@@ -342,6 +342,10 @@ def background_metric(  # type: ignore[no-untyped-def]
         images = decode(torch.stack([result.latent, trajectory.source_latent().to(result.latent)]))
         psnr = background_psnr(images[0], images[1], result.preserve_weights)
         measured[background] = (seconds, counter.rows - before, psnr)
+        print(
+            f"reassembly, background {background}: {seconds:.2f} s, {counter.rows - before} UNet rows, "
+            f"PSNR {psnr} dB"
+        )
     (o_s, o_rows, o_psnr), (p_s, p_rows, p_psnr) = measured["official"], measured["preserve"]
     return Metric(
         "5. reassembly, background preserve vs official (feather 2): UNet rows / wall",
