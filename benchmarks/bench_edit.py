@@ -22,6 +22,10 @@ the search can land (counted with the engine's own search and reassembly on the 
 Row ratios transfer to a GPU with a full-size model; wall ratios on CPU with tiny models weigh the
 VAE and scorer far more than on a GPU.
 
+Metric 5: the reassembly alone with ``background`` ``official`` and ``preserve`` (feather 2): rows
+and wall of preserve over official (it adds no model call), and each one's background PSNR against
+the source's VAE round trip.
+
 Run: ``COMFYUI_PATH=/path/to/ComfyUI python benchmarks/bench_edit.py``
 """
 
@@ -41,7 +45,8 @@ from torch import Tensor
 from oir_core.candidates import CandidateSet, exhaustive_steps, generate_candidates
 from oir_core.inversion import invert
 from oir_core.metric import CandidateScorer, ColorTargetScorer
-from oir_core.reassembly import reassemble
+from oir_core.options import BACKGROUND_MODES
+from oir_core.reassembly import background_psnr, reassemble
 from oir_core.search import coarse_to_fine_candidates, score_candidate_pairs
 
 COARSE_MEAN, COARSE_WORST = 6.0, 8.0
@@ -177,6 +182,8 @@ def main() -> None:
         images = vae.decode(comfy_host.model_space_out(model, latents))
         return images.float().clamp(0, 1).cpu()
 
+    trajectories: dict[str, Any] = {}
+
     def edit(mode: str) -> tuple[Phases, list[int]]:
         counter.reset()
         clock = PhaseClock(counter, args.device)
@@ -191,6 +198,7 @@ def main() -> None:
                 clean_sigma=comfy_host.clean_sigma(model),
             ),
         )
+        trajectories[mode] = trajectory
 
         def score(candidates: CandidateSet) -> list[int]:
             images = clock("VAE decode candidates", lambda: decode(candidates.latents))
@@ -315,7 +323,46 @@ def main() -> None:
                 ),
             )
         )
+    report.add(
+        background_metric(
+            host, counter, trajectories["exhaustive"], results["exhaustive"][1], masks, args, decode
+        )
+    )
     report.emit(args.json_out)
+
+
+def background_metric(  # type: ignore[no-untyped-def]
+    host: Any, counter: Any, trajectory: Any, chosen: list[int], masks: list[Tensor], args: Any, decode: Any
+):
+    """The reassembly alone (pairs denoised from the chosen steps) with ``background`` official and
+    ``preserve`` (feather 2): UNet rows and wall time of preserve over official, and the background
+    PSNR against the source's VAE round trip of each (ARCHITECTURE.md §4.5)."""
+    measured = {}
+    for background in BACKGROUND_MODES:
+        before = counter.rows
+        seconds, result = benchlib.timed(
+            lambda background=background: reassemble(
+                host, trajectory, chosen, masks, args.reassembly_step, args.reinversion_steps,
+                background_mode=background, feather=2,
+            ),
+            args.device,
+        )  # fmt: skip
+        images = decode(torch.stack([result.latent, trajectory.source_latent().to(result.latent)]))
+        psnr = background_psnr(images[0], images[1], result.preserve_weights)
+        measured[background] = (seconds, counter.rows - before, psnr)
+        print(
+            f"reassembly, background {background}: {seconds:.2f} s, {counter.rows - before} UNet rows, "
+            f"PSNR {psnr} dB"
+        )
+    (o_s, o_rows, o_psnr), (p_s, p_rows, p_psnr) = measured["official"], measured["preserve"]
+    return Metric(
+        "5. reassembly, background preserve vs official (feather 2): UNet rows / wall",
+        f"{fmt_ratio(p_rows / o_rows)} / {fmt_ratio(p_s / o_s)}",
+        "rows 1.00×",
+        p_rows == o_rows,
+        f"official {o_rows} rows {o_s:.2f} s, background PSNR {o_psnr} dB; preserve {p_rows} rows "
+        f"{p_s:.2f} s, background PSNR {p_psnr} dB (vs the source's VAE round trip, beyond the band)",
+    )
 
 
 def shared_rows(steps: int, reassembly_step: int, reinversion_steps: int) -> int:

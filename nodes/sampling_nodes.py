@@ -18,11 +18,19 @@ from ..oir_core.errors import OIRInputError
 from ..oir_core.figures import pair_candidate_grids, pair_titles
 from ..oir_core.inversion import InversionTrajectory, check_trajectory_source, choose_convention, invert
 from ..oir_core.masks import region_masks
-from ..oir_core.options import CONVENTIONS, LATENT_FACTOR, MASK_GEOMETRIES, MIN_IMAGE_SIDE, SEARCH_MODES
-from ..oir_core.reassembly import reassemble
+from ..oir_core.options import (
+    BACKGROUND_MODES,
+    CONVENTIONS,
+    LATENT_FACTOR,
+    MASK_GEOMETRIES,
+    MAX_FEATHER,
+    MIN_IMAGE_SIDE,
+    SEARCH_MODES,
+)
+from ..oir_core.reassembly import background_psnr, reassemble
 from ..oir_core.sampling import OFFICIAL_FAMILY
 from ..oir_core.search import run_search
-from ..oir_core.steps import validate_reassembly
+from ..oir_core.steps import validate_background, validate_reassembly
 from .comfy_host import (
     ComfyHost,
     clean_sigma,
@@ -409,7 +417,10 @@ class OIRObjectReassembly(io.ComfyNode):
                 "cfg needed; the UI reports which); the pair latents are merged by mask over the inverted "
                 "background x_R, re-inverted r steps with the original prompt and denoised with the target "
                 "prompt. A chosen step <= R starts from x_R itself (as if it were R). Overlapping masks: the "
-                "later pair wins (or error)."
+                "later pair wins (or error). background 'preserve' (not the paper's §3.3, which repaints the "
+                "whole latent) keeps the inversion's own latent outside the masks at every re-inversion and "
+                "denoising level. With a VAE connected, the UI reports the background's PSNR against the "
+                "source's VAE round trip."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (LoRA and patches apply)."),
@@ -466,13 +477,41 @@ class OIRObjectReassembly(io.ComfyNode):
                     "1/255 is inside; each latent cell takes the pixel at its top-left corner); centered = "
                     "values > 0.5, each cell takes its centre pixel.",
                 ),
+                io.Combo.Input(
+                    "background",
+                    options=list(BACKGROUND_MODES),
+                    default="official",
+                    tooltip="official = the paper (§3.3): the last R + r levels denoise the whole latent, so "
+                    "the unedited background drifts from the source. preserve = after every re-inversion "
+                    "and denoising step the latent outside the masks is the inversion's own latent at that "
+                    "level (blended-latent style): the background stays the source's; no extra model call.",
+                ),
+                io.Int.Input(
+                    "feather",
+                    default=0,
+                    min=0,
+                    max=MAX_FEATHER,
+                    tooltip="preserve only: boundary ramp in latent cells (8 px each); 0 = hard edge. The "
+                    "kept weight is the smoothstep of the distance to the masks over feather + 1 cells; "
+                    "inside the masks nothing is overwritten.",
+                ),
+                io.Vae.Input(
+                    "vae",
+                    optional=True,
+                    tooltip="Optional: decodes the result and the source latent to report the background's "
+                    "PSNR (cells beyond the feather band) against the source's VAE round trip.",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The edited latent, for VAE Decode.")],
         )
 
     @classmethod
-    def validate_inputs(cls, overlap: str | None = None, mask_geometry: str | None = None) -> bool | str:
-        return refuse_unknown_choices(cls, overlap=overlap, mask_geometry=mask_geometry)
+    def validate_inputs(
+        cls, overlap: str | None = None, mask_geometry: str | None = None, background: str | None = None
+    ) -> bool | str:
+        return refuse_unknown_choices(
+            cls, overlap=overlap, mask_geometry=mask_geometry, background=background
+        )
 
     @classmethod
     def execute(
@@ -490,8 +529,12 @@ class OIRObjectReassembly(io.ComfyNode):
         max_batch: int,
         negative: list | None = None,
         mask_geometry: str = "official",
+        background: str = "official",
+        feather: int = 0,
+        vae: Any = None,
     ) -> io.NodeOutput:
         check_choice(mask_geometry, MASK_GEOMETRIES, "mask_geometry")
+        validate_background(background, feather)
         check_trajectory_source(trajectory, model_facts(model))
         edit = check_edit(oir_edit, trajectory)
         check_conditioning(original, "original")
@@ -527,6 +570,8 @@ class OIRObjectReassembly(io.ComfyNode):
             on_level=level_progress(),
             mask_geometry=mask_geometry,  # type: ignore[arg-type]
             searched=searched,
+            background_mode=background,
+            feather=feather,
         )
         if not torch.isfinite(result.latent).all():
             raise OIRInputError(
@@ -539,8 +584,22 @@ class OIRObjectReassembly(io.ComfyNode):
             {"step": step, "source": source, "why_denoised": reason if source == "denoised" else ""}
             for step, source, reason in zip(chosen_steps.steps, result.pair_sources, reasons)
         ]
-        report = {"reassembly_step": result.reassembly_step, "pairs": pairs}
+        report = {
+            "reassembly_step": result.reassembly_step,
+            "pairs": pairs,
+            "background": background,
+            "feather": feather,
+            # dB over the cells beyond the feather band, vs the source's VAE round trip (None: no VAE)
+            "background_psnr": None if vae is None else _background_psnr(vae, model, trajectory, result),
+        }
         return io.NodeOutput(
             {"samples": model_space_out(model, result.latent[None].clone())},
             ui={"oir_reassembly": [report], "oir_split": host.split_report()},
         )
+
+
+def _background_psnr(vae: Any, model: Any, trajectory: InversionTrajectory, result: Any) -> float | None:
+    """PSNR of the decoded edit against the decoded source latent (the VAE round trip), outside the
+    masks beyond the feather band (:func:`oir_core.reassembly.background_psnr`)."""
+    images = decode(vae, model, torch.stack([result.latent, trajectory.source_latent().to(result.latent)]))
+    return background_psnr(images[0], images[1], result.preserve_weights)

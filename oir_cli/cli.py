@@ -126,6 +126,8 @@ _FLAG_OF_INPUT = {
     "reinversion_steps": "--reinversion-steps",
     "overlap": "--overlap",
     "mask_geometry": "--mask-geometry",
+    "background": "--background",
+    "feather": "--feather",
     "occurrence": "--edit",
 }
 """Which flag sets a workflow input, for error messages about server-side limits."""
@@ -397,6 +399,10 @@ class EditRunner:
                 "reinversion_steps": check.reassembly[1],
                 # per pair: "search" (the search's latent at R reused), "denoised" (and why), "inverted"
                 "pairs": reused.get("pairs", []),
+                "background": spec.background,
+                "feather": spec.feather,
+                # dB outside the masks beyond the feather band, against the source's VAE round trip
+                "background_psnr": reused.get("background_psnr"),
             },
             "worked_at_size": list(check.padded_size),
             "mask_rules": list(check.mask_rules),
@@ -711,6 +717,14 @@ def _add_edit_options(parser: argparse.ArgumentParser, single: bool) -> None:
     edit.add_argument(
         "--mask-geometry", help="official (the paper's mask resizing, default) or centered (see README)"
     )
+    edit.add_argument(
+        "--background",
+        help="official (the paper: the last steps repaint everything) or preserve (the source kept "
+        "outside the masks)",
+    )
+    edit.add_argument(
+        "--feather", type=int, help="preserve's soft edge in latent cells (8 px each), 0 = hard"
+    )
     edit.add_argument("--max-batch", type=int, help="rows per model call, 0 = fit memory")
     edit.add_argument(
         "--lora", action="append", metavar="NAME:STRENGTH", help="LoRA on model and CLIP (repeatable)"
@@ -845,6 +859,8 @@ _SPEC_FLAGS = (
     "step_override",
     "overlap",
     "mask_geometry",
+    "background",
+    "feather",
     "max_batch",
     "target_prompt",
     "prompt",

@@ -44,6 +44,7 @@ from oir_core.errors import OIRInputError
 from oir_core.options import (
     ASPECT_TOLERANCE,
     ATTENTION_MODES,
+    BACKGROUND_MODES,
     CONVENTIONS,
     FIDELITY_SPACES,
     LATENT_FACTOR,
@@ -57,7 +58,13 @@ from oir_core.options import (
 )
 from oir_core.prompts import EditPairText, PromptPlan, build_prompts
 from oir_core.regions import exclusive_regions
-from oir_core.steps import coarse_steps, parse_step_overrides, parse_steps, validate_reassembly
+from oir_core.steps import (
+    coarse_steps,
+    parse_step_overrides,
+    parse_steps,
+    validate_background,
+    validate_reassembly,
+)
 
 from . import pictures
 
@@ -184,6 +191,8 @@ class EditSpec:
     step_override: str = ""
     overlap: str = "later_wins"
     mask_geometry: str = "official"
+    background: str = "official"
+    feather: int = 0
     max_batch: int = 0
     loras: tuple[LoraItem, ...] = ()
     controlnets: tuple[ControlNetItem, ...] = ()
@@ -219,6 +228,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "convention": CONVENTIONS,
     "overlap": OVERLAP_RULES,
     "mask_geometry": MASK_GEOMETRIES,
+    "background": BACKGROUND_MODES,
     "scorer_backend": SCORER_BACKENDS,
     "scorer_device": SCORER_DEVICES,
     "scorer_precision": SCORER_PRECISIONS,
@@ -278,6 +288,8 @@ class SpecSettings(BaseModel):
     step_override: str | None = None
     overlap: Annotated[str, _choice("overlap")] | None = None
     mask_geometry: Annotated[str, _choice("mask_geometry")] | None = None
+    background: Annotated[str, _choice("background")] | None = None
+    feather: WholeNumber | None = None
     max_batch: WholeNumber | None = None
 
 
@@ -969,6 +981,7 @@ def _check_numbers(spec: EditSpec) -> tuple[int, int]:
         raise SpecError(f"{where}: max_batch = {spec.max_batch}: must be 0 (auto) or more")
     try:
         reassembly = validate_reassembly(spec.steps, spec.reassembly_step, spec.reinversion_steps)
+        validate_background(spec.background, spec.feather)
         if spec.search_mode == "custom":
             parse_steps(spec.custom_steps or f"1-{spec.steps}", spec.steps)
         if spec.search_mode == "coarse_to_fine":
@@ -1153,6 +1166,8 @@ def fill_workflow(
         overlap=spec.overlap,
         max_batch=spec.max_batch,
         mask_geometry=spec.mask_geometry,
+        background=spec.background,
+        feather=spec.feather,
     )
     for save in nodes_of(graph, "SaveImage"):
         graph[save]["inputs"]["filename_prefix"] = filename_prefix or f"oir-edit/{safe_case_dir(spec.name)}"

@@ -72,6 +72,18 @@ class InversionTrajectory:
         """
         return x / math.sqrt(1.0 + self.landing_sigma**2)
 
+    def landing_state(self) -> Tensor:
+        """``[*latent_shape]`` the source's own state where every denoise lands (level 0 of the walks).
+
+        ``official`` lands at the t = 0 level, where the inversion's ``latents[0]`` sits; the other
+        conventions land at sigma = 0, where the state is the clean latent ``z0`` itself (for
+        ``official_x0`` ``latents[0]`` sits at sigma_min, so it is scaled back). :meth:`to_clean` of it
+        is ``z0``: the ``preserve`` background at level 0 (ARCHITECTURE.md §4.5).
+        """
+        if self.convention == "official":
+            return self.latents[0]
+        return self.source_latent()
+
     def source_latent(self) -> Tensor:
         """``[*latent_shape]`` the clean source latent ``z0`` the inversion started from."""
         return self.latents[0] / start_scale(self.convention, self.clean_sigma)

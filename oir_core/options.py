@@ -27,6 +27,14 @@ OVERLAP_RULES: tuple[str, ...] = ("later_wins", "error")
 MASK_GEOMETRIES: tuple[str, ...] = ("official", "centered")
 """How a mask is read and brought to a coarser grid (see :data:`oir_core.masks.MaskGeometry`)."""
 
+BACKGROUND_MODES: tuple[str, ...] = ("official", "preserve")
+"""What the reassembly's last levels do outside the edited regions (:mod:`oir_core.reassembly`):
+``official`` denoises the whole latent (paper §3.3); ``preserve`` keeps the inversion's own latent
+there at every level."""
+
+MAX_FEATHER = 32
+"""Widest ``preserve`` boundary ramp, in latent cells (256 px for an 8x VAE)."""
+
 SCORER_BACKENDS: tuple[str, ...] = ("auto", "transformers", "open_clip")
 """Which library loads the scorer CLIP (:mod:`oir_core.clip_backends`)."""
 

@@ -6,6 +6,14 @@
 3. ``z`` is re-inverted ``r`` levels with the original prompt (CFG off).
 4. The last ``R + r`` levels are denoised with the target prompt (CFG).
 
+``background="preserve"`` (not in the paper, which repaints the whole latent in steps 3-4): after
+every step of 3 and 4 the latent outside the edited regions is replaced by the inversion's own
+latent at the level the step reached (blended-latent style), ``x <- w * x_level + (1 - w) * x``,
+with the weights :func:`preserve_weights` (``feather`` cells of smooth ramp next to the regions,
+0 inside them). At level 0 the background is the source's landing state
+(:meth:`InversionTrajectory.landing_state`), so the final latent is ``z0`` there. No model call
+is added.
+
 Rule for ``t_k* <= R`` (the official code crashes there): the pair starts at level ``R`` from the
 inverted latent ``x_R`` itself, exactly as if ``t_k* = R`` (zero guided steps), so its region is
 edited only by the shared target-prompt denoise of the last ``R + r`` levels. The effective start
@@ -14,10 +22,12 @@ of every pair is reported.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import OIRInputError
@@ -26,6 +36,7 @@ from .inversion import InversionTrajectory
 from .masks import MaskGeometry, OverlapRule, region_masks
 from .sampling import (
     CallStats,
+    LatentConstraint,
     LevelCallback,
     ascending_walk,
     invert_levels,
@@ -34,7 +45,7 @@ from .sampling import (
     lockstep_total_rows,
     walked_levels,
 )
-from .steps import validate_reassembly
+from .steps import validate_background, validate_reassembly
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,10 @@ class ReassemblyResult:
         pair_sources: per pair, where its ``z_k`` came from: ``"search"`` (the search's own latent
             at ``R``, no model call), ``"denoised"`` (denoised here from ``t_k*``) or ``"inverted"``
             (``t_k* <= R``: ``x_R`` itself).
+        background_mode: ``"official"`` or ``"preserve"`` (see the module).
+        preserve_weights: ``[h, w]`` the weight of the inversion's latent per cell under
+            ``preserve`` (:func:`preserve_weights` of ``background`` and ``feather``; 1 beyond the
+            feather band, also reported under ``official`` so both are measured on the same cells).
     """
 
     latent: Tensor
@@ -66,6 +81,8 @@ class ReassemblyResult:
     reassembly_step: int = 0
     reinversion_steps: int = 0
     pair_sources: tuple[str, ...] = ()
+    background_mode: str = "official"
+    preserve_weights: Tensor | None = None
 
 
 def effective_starts(chosen_steps: Sequence[int], reassembly_step: int) -> list[int]:
@@ -89,6 +106,75 @@ def merge_regions(
     return merged + (spread * pair_latents).sum(0)
 
 
+def preserve_weights(background: Tensor, feather: int) -> Tensor:
+    """``[h, w]`` how much of the inversion's latent ``preserve`` keeps in each latent cell.
+
+    ``d`` is the Euclidean distance from a cell's centre to the nearest edited cell's centre, in
+    cells (0 inside the edited regions). The weight is the smoothstep ``3u^2 - 2u^3`` of
+    ``u = min(d / (feather + 1), 1)``: 0 in the edited regions (never overwritten), 1 from
+    ``feather + 1`` cells on, a ramp with zero slope at both ends in between. ``feather = 0`` gives the
+    hard background mask itself (every background cell has ``d >= 1``).
+
+    Args:
+        background: ``[h, w]`` 0/1, 1 where no pair claims the cell.
+        feather: ramp width in latent cells, ``0..MAX_FEATHER``.
+    """
+    edited = background < 0.5
+    if feather == 0 or not edited.any():
+        return (~edited).float()
+    reach = int(feather) + 1
+    height, width = edited.shape
+    padded = F.pad(edited[None, None].float(), (reach, reach, reach, reach))[0, 0] > 0.5
+    distance = torch.full(edited.shape, float(reach), device=background.device)
+    # Distances below ``reach`` only matter (beyond it the weight is 1): scan the offsets inside it.
+    for dy in range(-reach + 1, reach):
+        for dx in range(-reach + 1, reach):
+            length = math.hypot(dy, dx)
+            if length >= reach:
+                continue
+            near = padded[reach + dy : reach + dy + height, reach + dx : reach + dx + width]
+            distance = torch.where(near, distance.clamp(max=length), distance)
+    ramp = (distance / reach).clamp(0.0, 1.0)
+    return ramp * ramp * (3.0 - 2.0 * ramp)
+
+
+def background_constraint(trajectory: InversionTrajectory, weights: Tensor) -> LatentConstraint:
+    """``preserve``'s blend after each step: ``x <- w * b_level + (1 - w) * x``.
+
+    ``b_level`` is the inversion's latent at that level, the landing state
+    (:meth:`InversionTrajectory.landing_state`) at level 0. ``weights``: ``[h, w]``, broadcast
+    over rows, channels and frames; exact where they are 0 or 1.
+    """
+
+    def blend(level: int, x: Tensor) -> Tensor:
+        kept = trajectory.landing_state() if level == 0 else trajectory.latents[level]
+        w = weights.to(x).reshape(*([1] * (x.ndim - 2)), *weights.shape)
+        return w * kept.to(x) + (1.0 - w) * x
+
+    return blend
+
+
+def background_psnr(edited: Tensor, reference: Tensor, weights: Tensor) -> float | None:
+    """PSNR (dB) of ``edited`` against ``reference`` over the pixels of cells whose weight is 1.
+
+    Args:
+        edited, reference: ``[H, W, 3]`` images in 0..1 (``H, W`` whole multiples of ``h, w``).
+        weights: ``[h, w]`` :func:`preserve_weights` (the cells beyond the feather band count).
+
+    Returns:
+        ``10 log10(1 / MSE)`` over those pixels and channels, at most 100 (MSE floored at 1e-10:
+        identical pixels), or ``None`` when no cell lies beyond the band.
+    """
+    kept = weights >= 1.0
+    if not kept.any():
+        return None
+    scale = (edited.shape[0] // weights.shape[0], edited.shape[1] // weights.shape[1])
+    pixels = kept.repeat_interleave(scale[0], 0).repeat_interleave(scale[1], 1).to(edited.device)
+    error = (edited.detach().float() - reference.detach().float().to(edited.device))[pixels]
+    mse = max(float((error**2).mean()), 1e-10)
+    return round(10.0 * math.log10(1.0 / mse), 3)
+
+
 def reassemble(
     host: Host,
     trajectory: InversionTrajectory,
@@ -101,6 +187,8 @@ def reassemble(
     on_level: LevelCallback | None = None,
     mask_geometry: MaskGeometry = "official",
     searched: Sequence[Tensor | None] | None = None,
+    background_mode: str = "official",
+    feather: int = 0,
 ) -> ReassemblyResult:
     """Run OIR's reassembly: per-pair guided denoise to ``R``, merge, re-invert ``r``, target denoise.
 
@@ -118,6 +206,9 @@ def reassemble(
             level ``R`` (:attr:`oir_core.candidates.CandidateSet.kept`), or ``None``. A pair with one
             skips step 1: the search already walked exactly that path (same model, prompts and
             levels), so ``z_k`` is that latent.
+        background_mode: ``"official"`` (paper) or ``"preserve"``: the inversion's latent outside
+            the regions at every level of steps 3-4 (see the module).
+        feather: ``preserve``'s boundary ramp in latent cells (:func:`preserve_weights`; 0 = hard).
     """
     steps = trajectory.steps
     reassembly_step, reinversion_steps = validate_reassembly(steps, reassembly_step, reinversion_steps)
@@ -128,6 +219,7 @@ def reassemble(
             f"{len(chosen_steps)} steps for {len(masks)} edit pairs",
             "give one chosen step per edit pair",
         )
+    background_mode, feather = validate_background(background_mode, feather)
     bad = [t for t in chosen_steps if not 1 <= int(t) <= steps]
     if bad:
         raise OIRInputError("chosen_steps", bad, f"steps must lie in 1..{steps}", "use the search's choice")
@@ -188,9 +280,12 @@ def reassemble(
 
     # 2. Reassemble by masks at level R.
     merged = merge_regions(latents[reassembly_step], pair_latents, pair_regions, background)
+    weights = preserve_weights(background, feather)
+    constrain = background_constraint(trajectory, weights) if background_mode == "preserve" else None
+    start = merged if constrain is None else constrain(reassembly_step, merged[None])[0]
 
     # 3. Re-invert r levels with the original prompt, CFG off.
-    reinverted = merged
+    reinverted = start
     if reinversion_steps > 0:
         start_sigma = trajectory.clean_sigma
         stage = Stage(
@@ -205,7 +300,7 @@ def reassemble(
             stage,
             lambda denoiser, host_max: invert_levels(
                 denoiser,
-                merged.unsqueeze(0),
+                start.unsqueeze(0),
                 level_sigmas,
                 reassembly_step,
                 top,
@@ -214,6 +309,7 @@ def reassemble(
                 max_batch=max_batch or host_max,
                 stats=stats,
                 on_level=progress,
+                constrain=constrain,
             ),
         )
         reinverted = path[-1][0]
@@ -240,6 +336,7 @@ def reassemble(
                 max_batch=max_batch or host_max,
                 stats=stats,
                 on_level=progress,
+                constrain=constrain,
             ),
         )[0]
     return ReassemblyResult(
@@ -253,6 +350,8 @@ def reassemble(
         reassembly_step=reassembly_step,
         reinversion_steps=reinversion_steps,
         pair_sources=sources,
+        background_mode=background_mode,
+        preserve_weights=weights,
     )
 
 

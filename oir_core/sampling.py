@@ -38,6 +38,10 @@ InversionConvention = Literal["official", "official_x0", "euler"]
 OFFICIAL_FAMILY: tuple[str, ...] = ("official", "official_x0")
 """Conventions whose inversion steps evaluate the model at the next level (the OIR code's ``next_step``)."""
 
+LatentConstraint = Callable[[int, Tensor], Tensor]
+"""``constrain(level, x [B, *latent_shape]) -> x`` applied after every step of a walk to the latent
+that reached ``level`` (the reassembly's ``preserve`` background, ARCHITECTURE.md §4.5)."""
+
 LevelCallback = Callable[[int, int], "bool | None"]
 """``on_level(done, total)`` fires after every noise level a stage finishes. Raising aborts the
 stage (ComfyUI's interrupt exception passes straight through); returning ``False`` aborts it with
@@ -237,6 +241,7 @@ def invert_levels(
     max_batch: int | None = None,
     stats: CallStats | None = None,
     on_level: LevelCallback | None = None,
+    constrain: LatentConstraint | None = None,
 ) -> list[Tensor]:
     """Invert ``x`` (at level ``from_level``) up to ``to_level``; return every latent on the way.
 
@@ -246,6 +251,8 @@ def invert_levels(
         clean_sigma: where the clean latent "sits" for the first step out of level 0: the discrete
             model's t = 0 level for the official conventions (sigma ~ 0.029 for SD), otherwise
             ``None`` (a small positive start, :func:`safe_start_sigma`).
+        constrain: applied to the latent after each step (:data:`LatentConstraint`); the next step
+            and the returned list see its result.
 
     Returns:
         ``to_level - from_level + 1`` tensors ``[B, *latent_shape]``, levels ``from_level..to_level``.
@@ -261,6 +268,8 @@ def invert_levels(
             sigma = clean_sigma if clean_sigma else safe_start_sigma(sigma_next)
         x = inversion_step(chunked, x, sigma, sigma_next, convention)
         check_finite(x, "inversion", sigma_next)
+        if constrain is not None:
+            x = constrain(level + 1, x)
         stats.levels += 1
         latents.append(x)
         report_level(on_level, done, total)
@@ -331,6 +340,7 @@ def lockstep_denoise(
     on_level: LevelCallback | None = None,
     keep_levels: Sequence[int] = (),
     kept: dict[int, Tensor] | None = None,
+    constrain: LatentConstraint | None = None,
 ) -> Tensor:
     """Denoise many rows that start at different levels, in lockstep (ARCHITECTURE.md §4.3).
 
@@ -352,6 +362,8 @@ def lockstep_denoise(
             ``kept[level]`` (``[N, *latent_shape]``): rows walked down to that level hold the state
             there, rows starting at or below it their initial latent. The reassembly reuses them
             (a row's state at a level does not depend on where its walk ends). Full schedule only.
+        constrain: applied to the rows of each step (:data:`LatentConstraint`), with the level
+            they reached; the walk continues from its result.
 
     Returns:
         ``[N, *latent_shape]`` every row at ``end_level`` (rows that start there are returned as is).
@@ -381,6 +393,8 @@ def lockstep_denoise(
         x0_hat = chunked(rows, sigma, ids)
         next_rows = x0_hat.clone() if float(sigma_next) == 0.0 else ode_step(rows, x0_hat, sigma, sigma_next)
         check_finite(next_rows, "denoising", float(sigma))
+        if constrain is not None:
+            next_rows = constrain(next_level, next_rows)
         x.index_copy_(0, active.to(x.device), next_rows.to(x.dtype))
         position[active] = next_level
         if next_level in wanted:

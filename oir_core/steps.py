@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from .errors import OIRInputError
+from .options import BACKGROUND_MODES, MAX_FEATHER
 
 SearchMode = Literal["exhaustive", "coarse_to_fine", "custom"]
 
@@ -143,3 +144,19 @@ def validate_reassembly(steps: int, reassembly_step: int, reinversion_steps: int
             f"use at most {steps - reassembly_step} re-inversion steps, or -1 (auto: a fifth of the steps)",
         )
     return reassembly_step, reinversion_steps
+
+
+def validate_background(background: str, feather: int) -> tuple[str, int]:
+    """Check the reassembly's ``background`` choice and ``feather`` width (ARCHITECTURE.md §4.5)."""
+    if background not in BACKGROUND_MODES:
+        raise OIRInputError(
+            "background", background, "is not one of the options", f"use one of {BACKGROUND_MODES}"
+        )
+    if isinstance(feather, bool) or int(feather) != feather or not 0 <= int(feather) <= MAX_FEATHER:
+        raise OIRInputError(
+            "feather",
+            feather,
+            f"must be a whole number of latent cells in 0..{MAX_FEATHER}",
+            "use 0 for a hard edge, 2-4 for a soft one",
+        )
+    return background, int(feather)

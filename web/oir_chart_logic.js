@@ -603,3 +603,20 @@ export function originNode(node, inputName, inputNode, isPassThrough, maxHops = 
   }
   return current;
 }
+
+/**
+ * The reassembly's one-line summary from OIR Object Reassembly's `ui.oir_reassembly`
+ * (nodes/sampling_nodes.py): its background choice and the background's PSNR against the source's
+ * VAE round trip (cells beyond the feather band), or null when the payload has none.
+ * @param {any} output
+ * @returns {string|null}
+ */
+export function reassemblySummary(output) {
+  const report = Array.isArray(output?.oir_reassembly) ? output.oir_reassembly[0] : null;
+  if (!report || typeof report.background !== "string") return null;
+  const mode = report.background === "preserve" ? `preserve, feather ${report.feather ?? 0}` : report.background;
+  const psnr = Number.isFinite(report.background_psnr)
+    ? `${report.background_psnr.toFixed(2)} dB vs the VAE round trip`
+    : "connect a VAE to measure it";
+  return `background: ${mode} · background PSNR ${psnr}`;
+}

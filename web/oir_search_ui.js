@@ -36,12 +36,14 @@ import {
   stepReadout,
   viewUrl,
   withPairOverride,
+  reassemblySummary,
   xForStep,
   yForValue,
 } from "./oir_chart_logic.js";
 
 const SCORER = "OIRMaskMetricScorer";
 const SEARCH = "OIRParallelStepSearch";
+const REASSEMBLY = "OIRObjectReassembly";
 const OVERRIDE_WIDGET = "step_override";
 const CHART_WIDGET = "oir_search_chart";
 const STRIP_WIDGET = "oir_search_strip";
@@ -631,6 +633,32 @@ function decorateSearch(nodeType) {
   };
 }
 
+/**
+ * OIR Object Reassembly: one read-only line with its background choice and the background PSNR
+ * (a DOM widget never serialised, so saved widget values keep their positions).
+ * @param {any} nodeType
+ */
+function decorateReassembly(nodeType) {
+  const onExecuted = nodeType.prototype.onExecuted;
+  nodeType.prototype.onExecuted = function (output) {
+    const result = onExecuted?.apply(this, arguments);
+    showReassembly(this, output);
+    return result;
+  };
+}
+
+function showReassembly(node, output) {
+  const text = reassemblySummary(output);
+  if (text === null) return;
+  if (!node.oirSummary) {
+    const element = html("div", { class: "oir-summary" }, []);
+    node.oirSummary = element;
+    addViewWidget(node, "oir_reassembly_summary", { element, preferredHeight: () => 32 });
+  }
+  node.oirSummary.textContent = text;
+  node.setDirtyCanvas?.(true, true);
+}
+
 const STYLE = `
 .oir-chart, .oir-strip { box-sizing: border-box; font: 11px/1.3 sans-serif; color: var(--fg-color, #ddd);
   overflow: hidden; user-select: none; }
@@ -672,6 +700,7 @@ const STYLE = `
 .oir-cells { display: flex; gap: 1px; height: 12px; }
 .oir-cell { flex: 1 1 0; min-width: 2px; border-radius: 2px; }
 .oir-cell:hover { outline: 1px solid #fff; }
+.oir-summary { font: 11px/1.3 sans-serif; color: var(--fg-color, #ddd); white-space: normal; }
 .oir-cell-chosen { outline: 2px solid ${COLORS.highlight}; outline-offset: -1px; z-index: 1; }
 `;
 
@@ -701,6 +730,7 @@ app.registerExtension({
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name === SCORER) decorateScorer(nodeType);
     else if (nodeData?.name === SEARCH) decorateSearch(nodeType);
+    else if (nodeData?.name === REASSEMBLY) decorateReassembly(nodeType);
   },
   // Outputs restored from the queue history (no `executed` message then). The keys are node
   // locator ids: "<node id>" at the top level, "<subgraph uuid>:<node id>" inside a subgraph.
@@ -712,6 +742,7 @@ app.registerExtension({
     for (const [id, output] of Object.entries(nodeOutputs ?? {})) {
       const node = nodeByLocator(id);
       if (node?.oirChart) showScores(node, output);
+      if (node?.type === REASSEMBLY) showReassembly(node, output);
     }
   },
 });

@@ -90,8 +90,18 @@ class OfficialLoops:
         target: Any,
         reassembly: int,
         reinversion: int,
+        keep: Tensor | None = None,
     ) -> Tensor:
-        """``oir`` + ``reinversion_and_denoise``; ``masks: [K, h, w]`` already on the latent grid."""
+        """``oir`` + ``reinversion_and_denoise``; ``masks: [K, h, w]`` already on the latent grid.
+
+        ``keep`` (``[h, w]``, not the official code: this pack's ``preserve`` background, written
+        from its definition): after every re-inversion and denoising step the latent becomes
+        ``keep * latents[level] + (1 - keep) * z`` at the level the step reached.
+        """
+
+        def kept(level: int, z: Tensor) -> Tensor:
+            return z if keep is None else keep * latents[level] + (1 - keep) * z
+
         pair_latents = []
         for step, prompt in zip(chosen, guided):
             z = latents[step]
@@ -106,7 +116,10 @@ class OfficialLoops:
         z = background * latents[reassembly] + sum(m * p for m, p in zip(masks, pair_latents))
         for i in range(reassembly, reassembly + reinversion):
             t = self.timesteps[self.steps - i - 1]
-            z = self.next_step(self.eps(z, t, [original] * z.shape[0]), t, z)
-        for t in self.timesteps[-(reassembly + reinversion) :]:
-            z = self.prev_step(self.cfg_eps(z, t, target, original), t, z)
+            z = kept(i + 1, self.next_step(self.eps(z, t, [original] * z.shape[0]), t, z))
+        for level, t in enumerate(self.timesteps[-(reassembly + reinversion) :]):
+            z = kept(
+                reassembly + reinversion - level - 1,
+                self.prev_step(self.cfg_eps(z, t, target, original), t, z),
+            )
         return z

@@ -216,6 +216,30 @@ def test_reassembly_is_the_official_reassembly(
     assert relative(result.latent, expected[0]) < 1e-5
 
 
+def test_preserve_is_the_official_loops_with_the_inversion_kept_outside(setting: dict) -> None:
+    """``background='preserve'`` (not in the official code): the official loops in DDPM space with
+    the inversion's own latent put back outside the regions after every re-inversion and denoising
+    step; outside the regions the result is the source latent ``z0`` itself."""
+    trajectory = setting["trajectory"]
+    masks = torch.zeros(2, *SHAPE[1:], dtype=DTYPE)
+    masks[0, 1:5, 0:3] = 1.0
+    masks[1, 3:7, 5:8] = 1.0
+    result = reassemble(
+        setting["host"], trajectory, [7, 4], list(masks), 3, 3, overlap="error", background_mode="preserve"
+    )
+    keep = 1.0 - masks.sum(0)
+    expected = setting["loops"].reassembly(
+        setting["reference"], [7, 4], masks, list(GUIDED), ORIGINAL, TARGET, 3, 3, keep=keep
+    )
+    assert relative(result.latent, expected[0]) < 1e-5
+    outside = keep.bool().expand_as(result.latent)
+    assert relative(result.latent[outside], setting["z0"][0][outside]) < 1e-12
+    official = setting["loops"].reassembly(
+        setting["reference"], [7, 4], masks, list(GUIDED), ORIGINAL, TARGET, 3, 3
+    )
+    assert relative(official[0], expected[0]) > 1e-3
+
+
 def change_all_masks_shape(masks: Tensor, latent_hw: tuple[int, int]) -> Tensor:
     """The official reassembly's masks: the mask files read as ``>= 1``, ``nearest`` to the latent, > 0.5."""
     binary = (masks * 255).round() >= 1

@@ -207,6 +207,8 @@ def test_spec_file_paths_are_relative_to_the_file(files: dict[str, Path], tmp_pa
         ({"steps": 5.5}, "'steps' = 5.5 is not a whole number"),
         ({"max_batch": True}, "'max_batch' = True is not a whole number"),  # YAML's yes
         ({"scorer_precision": "fp8"}, "'scorer_precision' = 'fp8' is not one of fp32, fp16"),
+        ({"background": "keep"}, "'background' = 'keep' is not one of official, preserve"),
+        ({"feather": 1.5}, "'feather' = 1.5 is not a whole number"),
         ({"edits": [{"source": "dog", "target": "cat"}]}, "lacks mask"),
         ({"edits": [{"source": "dog", "target": "cat", "mask": "m.png", "colour": 1}]}, "unknown edit field"),
         ({"edits": [{"source": "dog", "target": "cat", "mask": "m.png", "occurrence": -1}]}, "occurrence -1"),
@@ -283,6 +285,24 @@ def test_flags_override_the_spec_file(
     assert spec.steps == 8 and spec.cfg == 5.0  # the flag wins, the file's other fields stay
     assert spec.edits == (EditItem("dog", "kitten", files["dog"]),)  # --edit replaces the file's edits
     assert spec.reassembly_step == 3
+
+
+def test_background_flags_reach_the_reassembly_and_are_checked_locally(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_spec_mapping(files, tmp_path)), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    flags = ["--spec", str(path), "--background", "preserve", "--feather", "2", "--out", "o"]
+    spec = spec_from_args(build_parser("run").parse_args(flags))
+    assert (spec.background, spec.feather) == ("preserve", 2)
+    graph = fill_workflow(load_template(), spec, uploads_for(spec), scorer="clip-b16")
+    reassembly = next(n for n in graph.values() if n["class_type"] == "OIRObjectReassembly")
+    assert (reassembly["inputs"]["background"], reassembly["inputs"]["feather"]) == ("preserve", 2)
+    assert reassembly["inputs"]["vae"] == ["1", 2]  # the node measures the background's PSNR
+    wide = spec_from_args(build_parser("run").parse_args([*flags[:-2], "--feather", "99", "--out", "o"]))
+    with pytest.raises(SpecError, match=r"feather.*0\.\.32"):
+        specs.validate_local(wide)
 
 
 def test_single_run_refuses_a_file_with_several_cases(files: dict[str, Path], tmp_path: Path) -> None:
@@ -698,7 +718,8 @@ def test_two_pair_spec_fills_every_input(files: dict[str, Path]) -> None:
     }  # fmt: skip
     assert graph["13"]["inputs"] == {
         "cfg": 6.0, "reassembly_step": 2, "reinversion_steps": 2, "overlap": "later_wins", "max_batch": 0,
-        "mask_geometry": "official", "model": ["1", 0], "trajectory": ["9", 0], "oir_edit": ["8", 2],
+        "mask_geometry": "official", "background": "official", "feather": 0, "vae": ["1", 2],
+        "model": ["1", 0], "trajectory": ["9", 0], "oir_edit": ["8", 2],
         "chosen_steps": ["12", 0], "original": ["8", 0], "target": ["8", 1],
     }  # fmt: skip
     assert graph["15"]["inputs"] == {"filename_prefix": "oir-edit/case", "images": ["14", 0]}

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-from engine_fixtures import SD_CLEAN_SIGMA, CallRecorder, clean_latent, prompt_means
+from engine_fixtures import (
+    SD_CLEAN_SIGMA,
+    CallRecorder,
+    TinyConditionedNet,
+    clean_latent,
+    prompt_means,
+    walk_by_hand,
+)
 
 from oir_core import FunctionHost, OIRInputError, invert, reassemble
 from oir_core.analytic import GaussianModel, ddim_uniform_schedule
@@ -300,3 +309,194 @@ def test_approximate_candidates_keep_nothing() -> None:
         host, trajectory, [[4, 8, 12]] * PAIRS, schedule=SubSchedule(stride=4), keep_levels=[4]
     )
     assert coarse.kept == {} and coarse.kept_latent(0, 8, 4) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# background = "preserve" (ARCHITECTURE.md §4.5): the inversion's own latent outside the regions
+
+
+def _conv_host(net) -> FunctionHost:  # type: ignore[no-untyped-def]
+    """Every role on a small convolutional network, so a cell's result depends on its neighbours
+    (prompt ids: 0 original, 1..K guided, K+1 target; CFG with the original as the negative)."""
+
+    def cfg(positive):  # type: ignore[no-untyped-def]
+        def denoise(x, sigma, ids):  # type: ignore[no-untyped-def]
+            rows = x.shape[0]
+            uncond = net(x, sigma, torch.zeros(rows, dtype=torch.long))
+            return uncond + CFG * (net(x, sigma, positive(ids, rows)) - uncond)
+
+        return denoise
+
+    return FunctionHost(
+        original=lambda x, sigma, ids: net(x, sigma, torch.zeros(x.shape[0], dtype=torch.long)),
+        guided=cfg(lambda ids, rows: ids + 1),
+        target=cfg(lambda ids, rows: torch.full((rows,), PAIRS + 1)),
+    )
+
+
+def smoothstep_ramp(background: torch.Tensor, feather: int) -> torch.Tensor:
+    """The documented ramp from scipy's exact Euclidean distance transform (an independent library):
+    ``d`` = distance from each cell to the nearest edited cell, ``u = min(d / (feather + 1), 1)``,
+    weight ``3u^2 - 2u^3``."""
+    from scipy.ndimage import distance_transform_edt
+
+    distance = torch.from_numpy(distance_transform_edt(background.numpy() > 0.5)).float()
+    u = (distance / (feather + 1)).clamp(max=1.0)
+    return 3 * u**2 - 2 * u**3
+
+
+def _preserve_by_hand(host, trajectory, chosen, regions, weights, reassembly, reinversion, z0):  # type: ignore[no-untyped-def]
+    """The preserve reassembly written from its definition (not the engine's loops): the pairs
+    to R (DDIM eta 0 by hand), the masked merge, the re-inversion step of the convention by hand,
+    the target denoise by hand; after every step ``x <- w * background + (1 - w) * x`` with the
+    inversion's latent at that level (at level 0: the landing state, ``x_0`` for ``official``,
+    the clean source ``z0`` elsewhere)."""
+    levels = trajectory.level_sigmas.double()
+    convention = trajectory.convention
+
+    def blend(level: int, x: torch.Tensor) -> torch.Tensor:
+        kept = (
+            trajectory.latents[level]
+            if level > 0
+            else (trajectory.latents[0] if convention == "official" else z0)
+        )
+        return weights * kept + (1 - weights) * x
+
+    pairs = [
+        walk_by_hand(
+            host.guided,
+            trajectory.latents[max(t, reassembly)],
+            levels,
+            list(range(max(t, reassembly), reassembly - 1, -1)),
+            k,
+        )
+        for k, t in enumerate(chosen)
+    ]
+    x = (1 - regions.sum(0)) * trajectory.latents[reassembly] + sum(m * p for m, p in zip(regions, pairs))
+    x = blend(reassembly, x)[None]
+    for level in range(reassembly, reassembly + reinversion):
+        a, b = float(levels[level]), float(levels[level + 1])
+        if convention == "euler":
+            x = x + (x - host.original(x, torch.tensor(a), None)) * (b - a) / a
+        else:
+            scaled = x * math.sqrt((1 + b * b) / (1 + a * a))  # sqrt(alpha(a) / alpha(b))
+            x = x + (b - a) * (scaled - host.original(scaled, torch.tensor(b), None)) / b
+        x = blend(level + 1, x)
+    for level in range(reassembly + reinversion, 0, -1):
+        sigma, sigma_next = levels[level], levels[level - 1]
+        x0_hat = host.target(x, sigma, None)
+        x = x0_hat if float(sigma_next) == 0 else x + (x - x0_hat) / sigma * (sigma_next - sigma)
+        x = blend(level - 1, x)
+    return x[0] / math.sqrt(1 + float(levels[0]) ** 2)
+
+
+@pytest.mark.parametrize("convention", ["official", "official_x0", "euler"])
+@pytest.mark.parametrize("feather", [0, 2])
+def test_preserve_keeps_the_inversion_outside_and_edits_inside(convention: str, feather: int) -> None:
+    net = TinyConditionedNet(prompts=PAIRS + 2, seed=7)
+    host = _conv_host(net)
+    model = GaussianModel(prompt_means(1, seed=5), std=0.5)
+    z0 = clean_latent(model)
+    clean_sigma = SD_CLEAN_SIGMA if convention != "euler" else None
+    trajectory = invert(host, z0, ddim_uniform_schedule(12), convention, clean_sigma=clean_sigma)
+    chosen, reassembly, reinversion = [9, 6], 3, 4
+    recorder = {role: CallRecorder(getattr(host, role)) for role in ("original", "guided", "target")}
+    counted = FunctionHost(**recorder)
+    result = reassemble(
+        counted,
+        trajectory,
+        chosen,
+        _image_masks(),
+        reassembly,
+        reinversion,
+        background_mode="preserve",
+        feather=feather,
+    )
+    official = reassemble(host, trajectory, chosen, _image_masks(), reassembly, reinversion)
+
+    weights = smoothstep_ramp(result.background, feather)
+    torch.testing.assert_close(result.preserve_weights, weights, rtol=0, atol=1e-6)
+    # The source's clean latent, from the convention's definition: official lands at sigma_min
+    # (x_0 / sqrt(1 + sigma_min^2)); official_x0 and euler land at sigma 0 on z0 itself.
+    source = (
+        trajectory.latents[0] / math.sqrt(1 + SD_CLEAN_SIGMA**2) if clean_sigma else trajectory.latents[0]
+    )
+    torch.testing.assert_close(source, z0, rtol=1e-6, atol=1e-6)
+    beyond = (weights == 1).expand_as(result.latent)
+    assert beyond.any() and torch.equal(result.latent[beyond], source[beyond])  # exactly
+    assert (official.latent[beyond] - source[beyond]).abs().max() > 1e-2  # official repaints it
+
+    expected = _preserve_by_hand(
+        host, trajectory, chosen, result.pair_regions, weights.expand_as(z0), reassembly, reinversion, source
+    )
+    torch.testing.assert_close(result.latent, expected, rtol=1e-5, atol=1e-5)
+    inside = result.pair_regions.sum(0).bool().expand_as(result.latent)
+    assert (result.latent[inside] - source[inside]).abs().max() > 1e-2  # the regions are edited
+
+    # No model call more than the official reassembly: the same rows at the same levels.
+    assert result.stats.to_dict() == official.stats.to_dict()
+    assert [c["sigma"] for c in recorder["target"].calls] == trajectory.level_sigmas[1:8].flip(0).tolist()
+
+
+def test_feather_ramp_is_the_smoothstep_of_the_distance_to_the_regions() -> None:
+    from oir_core.reassembly import preserve_weights
+
+    generator = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        grid = (
+            int(torch.randint(4, 40, (1,), generator=generator)),
+            int(torch.randint(4, 40, (1,), generator=generator)),
+        )
+        background = (torch.rand(grid, generator=generator) > 0.03 * (1 + trial % 4)).float()
+        if background.all():
+            background[grid[0] // 2, grid[1] // 3] = 0.0
+        for feather in (0, 1, 3, 7):
+            weights = preserve_weights(background, feather)
+            torch.testing.assert_close(weights, smoothstep_ramp(background, feather), rtol=0, atol=1e-6)
+            assert torch.equal(weights[background == 0], torch.zeros(int((background == 0).sum())))
+        assert torch.equal(preserve_weights(background, 0), background)
+    # a hand value: one edited cell, feather 3 -> u = d / 4; the diagonal neighbour at sqrt(2)
+    single = torch.ones(9, 9)
+    single[4, 4] = 0
+    weights = preserve_weights(single, 3)
+    u = math.sqrt(2) / 4
+    assert float(weights[5, 5]) == pytest.approx(3 * u**2 - 2 * u**3, abs=1e-6)
+    assert float(weights[4, 8]) == 1.0 and float(weights[4, 6]) == pytest.approx(0.5)
+
+
+def test_official_background_ignores_feather_and_is_unchanged() -> None:
+    _, host, trajectory = _setup()
+    default = reassemble(host, trajectory, [15, 12], _image_masks(), 5, 4)
+    named = reassemble(
+        host, trajectory, [15, 12], _image_masks(), 5, 4, background_mode="official", feather=5
+    )
+    assert torch.equal(default.latent, named.latent) and default.background_mode == "official"
+
+
+@pytest.mark.parametrize(
+    ("mode", "feather", "problem"),
+    [("keep", 0, "background"), ("preserve", -1, "feather"), ("preserve", 99, "feather")],
+)
+def test_bad_background_inputs_are_refused_before_any_model_call(
+    mode: str, feather: int, problem: str
+) -> None:
+    model, _, trajectory = _setup()
+    recorder = CallRecorder(model.denoiser(0))
+    host = FunctionHost(original=recorder, guided=recorder, target=recorder)
+    with pytest.raises(OIRInputError, match=problem):
+        reassemble(host, trajectory, [15, 12], _image_masks(), 5, 4, background_mode=mode, feather=feather)
+    assert recorder.calls == []
+
+
+def test_background_psnr_counts_only_the_cells_beyond_the_band() -> None:
+    from oir_core.reassembly import background_psnr
+
+    weights = torch.tensor([[1.0, 0.5], [0.0, 1.0]])
+    reference = torch.zeros(16, 16, 3)
+    edited = reference.clone()
+    edited[:8, 8:] = 1.0  # a cell of the band: not counted
+    edited[8:, :8] = 0.7  # an edited cell: not counted
+    edited[:8, :8] = 0.1  # a kept cell: MSE over both kept cells = 0.01 / 2
+    assert background_psnr(edited, reference, weights) == pytest.approx(10 * math.log10(2 / 0.01), abs=1e-3)
+    assert background_psnr(reference, reference, weights) == 100.0
+    assert background_psnr(edited, reference, torch.zeros(2, 2)) is None

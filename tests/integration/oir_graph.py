@@ -86,8 +86,10 @@ def run_graph(
     conditioning_hook: Any = None,
     metric: dict[str, Any] | None = None,
     cfg: float = 5.0,
+    reassembly_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The two-object OIR graph, node by node, exactly as the example workflow wires it."""
+    """The two-object OIR graph, node by node, exactly as the example workflow wires it
+    (``reassembly_options``: more inputs of OIR Object Reassembly, e.g. ``background``)."""
     left, right = masks()
     (pairs,), _ = run_node(nodes["OIREditPair"], mask=left, source="dog", target="cat", occurrence=0)
     (pairs,), _ = run_node(
@@ -156,6 +158,7 @@ def run_graph(
         reinversion_steps=2,
         overlap="later_wins",
         max_batch=max_batch,
+        **(reassembly_options or {}),
     )
     return {
         "prompts": json.loads(prompts),

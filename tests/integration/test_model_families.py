@@ -18,10 +18,11 @@ import node_helpers
 import pytest
 import torch
 from engine_fixtures import clean_latent, prompt_means, relative_path_error
-from oir_graph import IMAGE, STEPS, ForwardRecorder, run_graph, run_node
+from oir_graph import IMAGE, STEPS, ForwardRecorder, masks, run_graph, run_node
 
 from oir_core import FunctionHost, invert
 from oir_core.analytic import GaussianModel
+from oir_core.reassembly import preserve_weights
 
 FAMILIES = ("sdxl", "sd3", "flux")
 LATENT_CHANNELS = {"sdxl": 4, "sd3": 16, "flux": 16}
@@ -163,13 +164,30 @@ def _lora_on_attention(model: Any, seed: int = 5) -> dict[str, torch.Tensor]:
     return lora
 
 
+def _control_spy(record: Any) -> Any:
+    """A conditioning ControlNet that adds nothing and calls ``record(t, transformer_options)`` on
+    every forward ComfyUI gives it (a copy, as ComfyUI makes per sampling, records the same way)."""
+    import comfy.controlnet
+
+    class ControlSpy(comfy.controlnet.ControlBase):
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):  # type: ignore[no-untyped-def]
+            record(t, transformer_options)
+            return None
+
+        def copy(self) -> ControlSpy:
+            twin = ControlSpy()
+            self.copy_to(twin)
+            return twin
+
+    return ControlSpy()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_and_a_conditioning_controlnet_act_on_every_family(
     nodes, family_models, scorer_folder, family: str
 ) -> None:
     """A LoRA loaded by ComfyUI's own loader changes the edit; a ControlNet attached to the original
     prompt reaches the guided rows of the search (ComfyUI calls it for every family's forward)."""
-    import comfy.controlnet
     import comfy.sd
 
     base, clip, vae = family_models[family]
@@ -180,18 +198,11 @@ def test_lora_and_a_conditioning_controlnet_act_on_every_family(
     branches_seen: set[int] = set()
     walks_seen: set[tuple[float, ...]] = set()
 
-    class ControlSpy(comfy.controlnet.ControlBase):
-        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):  # type: ignore[no-untyped-def]
-            walks_seen.add(tuple(round(float(s), 5) for s in transformer_options["sample_sigmas"]))
-            branches_seen.update(transformer_options.get("cond_or_uncond", []))
-            return None
+    def seen(t: torch.Tensor, options: dict[str, Any]) -> None:
+        walks_seen.add(tuple(round(float(s), 5) for s in options["sample_sigmas"]))
+        branches_seen.update(options.get("cond_or_uncond", []))
 
-        def copy(self) -> ControlSpy:
-            twin = ControlSpy()
-            self.copy_to(twin)
-            return twin
-
-    control = ControlSpy()
+    control = _control_spy(seen)
     family_hook = _family_hook(family)
 
     def hook(conditioning: list) -> list:
@@ -289,3 +300,66 @@ def test_a_real_controlnet_file_acts_on_the_sdxl_edit(nodes, family_models, scor
     # Step 1 of the official convention is the encoded photo itself (no model call); every other
     # candidate of both pairs was denoised by the guided prompts, which inherit the ControlNet.
     assert not changed[:, 0].any() and changed[:, 1:].all(), changed
+
+
+@pytest.mark.parametrize("family", ("sd15", *FAMILIES))
+def test_preserve_keeps_the_source_outside_with_lora_and_controlnet_on_every_step(
+    nodes, family_models, scorer_folder, comfy_host, request, family: str
+) -> None:
+    """``background='preserve'`` through the node on every family (official and euler conventions):
+    the edited latent equals the source's clean latent beyond the feather band exactly, a LoRA and a
+    conditioning ControlNet still act on every model call (the same rows and controlled levels as
+    ``official``), and the UI reports the background PSNR of both."""
+    import comfy.sd
+
+    if family == "sd15":
+        base, clip, vae = (request.getfixturevalue(name) for name in ("tiny_unet", "tiny_clip", "tiny_vae"))
+    else:
+        base, clip, vae = family_models[family]
+    lora = _lora_on_attention(base)
+    patched, _ = comfy.sd.load_lora_for_models(base, None, lora, 1.0, 0.0)
+    calls: list[float] = []
+
+    control = _control_spy(lambda t, options: calls.append(float(t.flatten()[0])))
+    family_hook = _family_hook(family) if family != "sd15" else None
+
+    def hook(conditioning: list) -> list:
+        conditioning = family_hook(conditioning) if family_hook else conditioning
+        return node_helpers.conditioning_set_values(conditioning, {"control": control})
+
+    cfg = 1.0 if family == "flux" else 5.0
+    runs = {}
+    for name in ("official", "preserve"):
+        spied, spy = _spied(patched)
+        calls.clear()
+        out = run_graph(
+            nodes,
+            spied,
+            clip,
+            vae,
+            scorer_folder,
+            conditioning_hook=hook,
+            cfg=cfg,
+            reassembly_options={"background": name, "feather": 1, "vae": vae},
+        )
+        runs[name] = (out, sum(spy.row_counts()), sorted(set(calls)))
+    out, rows, control_calls = runs["preserve"]
+    trajectory = out["trajectory"]
+    level = float(trajectory.level_sigmas[0])
+    # the convention's clean source latent: official lands at sigma_min (x_0 / sqrt(1 + s^2))
+    source = trajectory.latents[0] / (1.0 + level**2) ** 0.5
+    expected = comfy_host.model_space_out(base, source[None].clone())  # the node's elementwise mapping
+    edited = out["edited"]["samples"]
+    report = out["reassembly_ui"]["oir_reassembly"][0]
+    left, right = (m[0, ::8, ::8] for m in masks())
+    grid = 1.0 - torch.maximum(left, right)
+    beyond = (preserve_weights(grid, 1) == 1).expand_as(edited[0])[None]
+    assert beyond.any() and torch.equal(edited[beyond], expected[beyond])
+    assert (runs["official"][0]["edited"]["samples"][beyond] - expected[beyond]).abs().max() > 1e-3
+    # LoRA and ControlNet on every step: the same model rows and controlled levels as official
+    # (chunk sizes follow the machine's speed, so calls are compared by rows and levels)
+    assert rows == runs["official"][1] and control_calls == runs["official"][2] and control_calls
+    assert len(patched.patches) == len(lora) // 3
+    official_report = runs["official"][0]["reassembly_ui"]["oir_reassembly"][0]
+    assert report["background"] == "preserve" and official_report["background"] == "official"
+    assert report["background_psnr"] > official_report["background_psnr"]

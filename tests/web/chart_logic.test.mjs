@@ -208,3 +208,18 @@ test("originNode walks through reroutes to the producing node", () => {
   loop.inputs[0] = loop;
   assert.equal(originNode({ inputs: { candidates: loop } }, "candidates", inputNode, isReroute), null);
 });
+
+test("reassemblySummary names the background choice and its PSNR", async () => {
+  const { reassemblySummary } = await import("../../web/oir_chart_logic.js");
+  const report = (extra) => ({ oir_reassembly: [{ reassembly_step: 2, pairs: [], ...extra }] });
+  assert.equal(
+    reassemblySummary(report({ background: "preserve", feather: 2, background_psnr: 31.256 })),
+    "background: preserve, feather 2 · background PSNR 31.26 dB vs the VAE round trip",
+  );
+  assert.equal(
+    reassemblySummary(report({ background: "official", feather: 0, background_psnr: null })),
+    "background: official · background PSNR connect a VAE to measure it",
+  );
+  assert.equal(reassemblySummary(report({})), null);
+  assert.equal(reassemblySummary({}), null);
+});
