@@ -518,3 +518,17 @@ def sd_clean_sigma() -> float:
     from oir_core.analytic import sd_discrete_sigmas
 
     return float(sd_discrete_sigmas()[0])
+
+
+RESULTS_BEGIN = "<!-- benchmarks/run_all.py writes from here -->"
+RESULTS_END = "<!-- to here -->"
+
+
+def replace_marked_block(page: str, block: str) -> str:
+    """``page`` with the text between :data:`RESULTS_BEGIN` and :data:`RESULTS_END` replaced by
+    ``block`` (the markers stay, so the next run finds them again); a page without both markers
+    is an error, never a silent append."""
+    start, end = page.find(RESULTS_BEGIN), page.find(RESULTS_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the page has no '{RESULTS_BEGIN}' ... '{RESULTS_END}' block to replace")
+    return page[: start + len(RESULTS_BEGIN)] + "\n\n" + block.strip() + "\n\n" + page[end:]

@@ -3,7 +3,8 @@
 Each benchmark runs in its own process (``python benchmarks/<name>.py --json-out …``), one after
 the other, with its output streamed. The combined table, the machine line, the exact commands and
 the notes are printed at the end and written to ``benchmarks/results/latest.md`` (``--out`` to
-change, ``--no-write`` to skip).
+change, ``--no-write`` to skip); the machine line and the table also replace the marked block of
+``docs/results.md`` (``--docs`` to change), so the reference page shows the last full run.
 
 Run: ``COMFYUI_PATH=/path/to/ComfyUI python benchmarks/run_all.py`` (add ``--device cuda`` and
 ``--full-size`` on a GPU machine).
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--only", default="", help="comma-separated subset, e.g. 'bench_edit,bench_memory'")
     parser.add_argument("--out", default=str(benchlib.BENCH_DIR / "results" / "latest.md"))
+    parser.add_argument("--docs", default=str(benchlib.BENCH_DIR.parent / "docs" / "results.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     wanted = {name.strip().removesuffix(".py") for name in args.only.split(",") if name.strip()}
@@ -104,6 +106,12 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text, encoding="utf-8")
         print(f"written to {args.out}")
+        if not wanted:  # a subset would replace the whole table with part of it
+            docs = Path(args.docs)
+            block = f"Machine: {machine}\n\n{table}"
+            page = benchlib.replace_marked_block(docs.read_text(encoding="utf-8"), block)
+            docs.write_text(page, encoding="utf-8")
+            print(f"table written into {args.docs}")
 
 
 if __name__ == "__main__":

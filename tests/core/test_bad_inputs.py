@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs (README "Limits and errors"): each one's exact behaviour.
+"""The catalogue of bad inputs (`docs/limits.md`): each one's exact behaviour.
 
 Every entry either raises :class:`OIRInputError` naming the input, the value and the fix (checked
 here: the message contains the input name, a fragment of the problem, and "Fix:"), or takes a

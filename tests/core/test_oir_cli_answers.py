@@ -1,4 +1,4 @@
-"""``oir-edit`` against servers that misbehave, and its exit codes row by row (README "Exit codes").
+"""``oir-edit`` against servers that misbehave, and its exit codes row by row (docs/headless.md).
 
 The servers are real HTTP/websocket servers on the loopback (``stub_comfy``: aiohttp in a thread)
 answering what a test chooses; the command runs in-process through ``cli.main`` (a subprocess for
@@ -272,12 +272,12 @@ def test_paths_that_exist_but_are_not_files_are_named_as_such(
 
 
 # --------------------------------------------------------------------------------------------------
-# the README's exit-code table, row by row
+# the exit-code table of docs/headless.md, row by row
 
 
 def _readme_exit_table() -> list[list[str]]:
-    """The cells of the README's exit-code table, row by row."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    """The cells of the exit-code table in ``docs/headless.md``, row by row."""
+    text = (REPO / "docs" / "headless.md").read_text(encoding="utf-8")
     table = text.split("| what happened | exit | `error.txt` |", 1)[1].split("\n\n", 1)[0]
     return [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.strip().splitlines()[1:]]
 
@@ -377,7 +377,7 @@ EXIT_ROWS: dict[str, tuple[Callable[..., Any], int, str]] = {
     "an answer that is not ComfyUI's": (_row_bad_answer, 1, "unexpected answer to GET /system_stats"),
     "`oir-edit batch`: a case failed (the others still ran)": (_row_batch, 1, ""),
 }  # fmt: skip
-"""README row -> (arguments and the stub they use, exit code, a part of the error line); Ctrl-C
+"""Exit-code table row -> (arguments and the stub they use, exit code, a part of the error line); Ctrl-C
 (exit 130) has its own test below."""
 
 

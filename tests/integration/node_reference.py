@@ -1,11 +1,9 @@
-"""The README's node reference, rendered from the nodes' own ``define_schema``.
+"""``docs/nodes.md``, the node reference, rendered from the nodes' own ``define_schema``.
 
-``tests/integration/test_readme_node_reference.py`` fails when the README's "Node reference"
-section differs from this rendering; to refresh it after changing a node, print the section with
+``tests/integration/test_docs_node_reference.py`` fails when ``docs/nodes.md`` differs from this
+rendering; to refresh it after changing a node, run
 
-    COMFYUI_PATH=/path/to/ComfyUI python tests/integration/node_reference.py
-
-and paste it into the README.
+    COMFYUI_PATH=/path/to/ComfyUI python tests/integration/node_reference.py --write
 """
 
 from __future__ import annotations
@@ -22,8 +20,13 @@ HOST_COMBOS = {
 }
 """Combos whose options come from the host or the user's files: named, not listed."""
 
-START = "## Node reference\n"
-END = "\n## Measured results"
+NODES_PAGE = Path(__file__).resolve().parents[2] / "docs" / "nodes.md"
+TITLE = "# Node reference\n"
+INTRO = (
+    "\nEvery input, default, limit and tooltip below is what the nodes' own `define_schema` declares "
+    "(generated: `COMFYUI_PATH=/path/to/ComfyUI python tests/integration/node_reference.py --write`). "
+    "All nodes live under `OIR/` in the node menu; [how the graph works](graph.md) shows how they connect.\n"
+)
 
 
 def _cell(text: str) -> str:
@@ -53,7 +56,7 @@ def _default(spec: list[Any]) -> str:
 
 def render_node(info: dict[str, Any]) -> str:
     lines = [
-        f"### {info['display_name']} (`{info['name']}`, {info['category']})",
+        f"## {info['display_name']} (`{info['name']}`, {info['category']})",
         "",
         _cell(info["description"]),
         "",
@@ -73,18 +76,12 @@ def render_node(info: dict[str, Any]) -> str:
 
 
 def render(pack: ModuleType) -> str:
-    """The whole section, from ``## Node reference`` to just before ``## Measured results``."""
+    """The whole page ``docs/nodes.md``: its title, one paragraph, then one section per node."""
     nodes = importlib.import_module(f"{pack.__name__}.nodes")
-    parts = [START, "\nAll nodes live under `OIR/` in the node menu.\n"]
+    parts = [TITLE, INTRO]
     for cls in nodes.NODES:
         parts.append("\n" + render_node(cls.GET_NODE_INFO_V1()))
-    return "".join(parts) + "\n"
-
-
-def readme_section(readme: Path) -> str:
-    text = readme.read_text(encoding="utf-8")
-    start = text.index(START)
-    return text[start : text.index(END, start) + 1]
+    return "".join(parts)
 
 
 if __name__ == "__main__":
@@ -95,4 +92,9 @@ if __name__ == "__main__":
     if path is None:
         raise SystemExit("set COMFYUI_PATH to a ComfyUI checkout")
     comfy_env.setup_comfyui(path)
-    sys.stdout.write(render(comfy_env.load_pack()))
+    page = render(comfy_env.load_pack())
+    if "--write" in sys.argv[1:]:
+        NODES_PAGE.write_text(page, encoding="utf-8")
+        print(f"wrote {NODES_PAGE}")
+    else:
+        sys.stdout.write(page)

@@ -424,7 +424,8 @@ def test_comfyui_killed_during_the_edit_is_exit_1_with_error_txt(
 def test_edit_past_its_timeout_is_exit_1_and_leaves_the_server_free(
     server: TestServer, images: dict[str, Path], tmp_path: Path
 ) -> None:
-    """The README's timeout row on a real ComfyUI: the stalled prompt is interrupted and taken off."""
+    """The exit-code table's timeout row (docs/headless.md) on a real ComfyUI: the stalled prompt
+    is interrupted and taken off."""
     out = tmp_path / "out"
     result = oir_edit(
         "--server", server.url, "--model-loader", STALLING_LOADER, "--checkpoint", TINY_CHECKPOINT,
