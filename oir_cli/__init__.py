@@ -5,7 +5,9 @@ HTTP and websocket API, so it imports neither ComfyUI nor torch: ``oir-edit --he
 refusal of a bad input answer at once. The engine is :mod:`oir_core`; from it the client uses only
 its torch-free modules (option vocabularies, prompt plans, step checks, errors).
 
-Modules: :mod:`oir_cli.cli` (the command), :mod:`oir_cli.specs` (edit specs and the workflows they
+Modules: :mod:`oir_cli.cli` (the command), :mod:`oir_cli.arguments` (its flags),
+:mod:`oir_cli.runner` (one edit on a server), :mod:`oir_cli.batch` (a batch of them),
+:mod:`oir_cli.results` (report.json and error.txt), :mod:`oir_cli.specs` (edit specs and the workflows they
 fill), :mod:`oir_cli.pictures` (reading image and mask files as a person sees them),
 :mod:`oir_cli.client` (ComfyUI's API), :mod:`oir_cli.server` (launching ComfyUI),
 :mod:`oir_cli.progress` (what the terminal shows), :mod:`oir_cli.export` (jobs for hosted workers),

@@ -24,8 +24,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from .cli import EXIT_OK, EditRunner, spec_fields_from_args
+from .arguments import spec_fields_from_args
+from .cli import EXIT_OK
 from .client import ComfyClient, HeadlessError
+from .runner import EditRunner
 from .specs import (
     BASE_TEMPLATE,
     EditSpec,

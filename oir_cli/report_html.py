@@ -36,8 +36,9 @@ import numpy as np
 from PIL import Image
 
 from . import pictures
-from .cli import BATCH_REPORT_NAME, EXIT_OK, REPORT_NAME
+from .cli import EXIT_OK
 from .fidelity import BackgroundFidelity, background_fidelity, background_mask, read_object_mask
+from .results import BATCH_REPORT_NAME, REPORT_NAME
 from .specs import SpecError, safe_case_dir
 
 __all__ = [

@@ -25,9 +25,10 @@ import yaml
 from PIL import Image
 from stub_comfy import LoopbackApp
 
-from oir_cli import answers, cli, specs
+from oir_cli import answers, arguments, cli, results, runner, specs
 from oir_cli import server as launcher
-from oir_cli.cli import EditRunner, build_parser, run_batch, spec_from_args
+from oir_cli.arguments import build_parser, spec_from_args
+from oir_cli.batch import run_batch
 from oir_cli.client import (
     BadAnswer,
     ComfyClient,
@@ -37,6 +38,7 @@ from oir_cli.client import (
     describe_refusal,
 )
 from oir_cli.progress import Progress
+from oir_cli.runner import EditRunner
 from oir_cli.server import ComfyServer
 from oir_cli.specs import (
     Case,
@@ -324,7 +326,7 @@ def test_batch_flags_are_defaults_and_cases_win(files: dict[str, Path], tmp_path
     )
     (folder / "b.yaml").write_text(yaml.safe_dump(_spec_mapping(files, tmp_path)), encoding="utf-8")
     args = build_parser("batch").parse_args([str(folder), "--out", str(tmp_path / "out"), "--steps", "7"])
-    defaults = cli.spec_fields_from_args(args)
+    defaults = arguments.spec_fields_from_args(args)
     cases = {c.name: c.spec for c in discover_cases(folder, defaults)}
     assert cases["a"] is not None and cases["a"].steps == 9
     assert cases["b"] is not None and cases["b"].steps == 7
@@ -940,7 +942,7 @@ def test_refusals_and_failures_become_one_line() -> None:
                                  "exception_message": "OIR: input 'steps' bad.\nmore", "traceback": ["t"]}],
         ],
     }  # fmt: skip
-    failure = cli._execution_failure(status, workflow)
+    failure = runner._execution_failure(status, workflow)
     assert isinstance(failure, ExecutionFailed)
     assert str(failure) == "ComfyUI failed in node 9 (OIR DDIM Inversion): OIR: input 'steps' bad."
     assert '"traceback"' in failure.details
@@ -1262,9 +1264,9 @@ def test_batch_command_exit_codes(
 
 
 def test_report_is_written_last_and_atomically(tmp_path: Path) -> None:
-    cli.write_error(tmp_path, "earlier failure")
-    cli.write_report(tmp_path, {"status": "ok"})
-    assert cli.is_finished(tmp_path) and not (tmp_path / "error.txt").exists()
+    results.write_error(tmp_path, "earlier failure")
+    results.write_report(tmp_path, {"status": "ok"})
+    assert results.is_finished(tmp_path) and not (tmp_path / "error.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no partial file left behind
 
 
@@ -1295,7 +1297,7 @@ def test_launcher_links_the_pack_and_builds_the_command(tmp_path: Path) -> None:
     work = server.work_dir
     assert work is not None
     try:
-        assert (work / "custom_nodes" / "oir-edit").resolve() == cli.PACK_ROOT
+        assert (work / "custom_nodes" / "oir-edit").resolve() == launcher.PACK_ROOT
         assert (work / "custom_nodes" / "other_pack").resolve() == pack.resolve()
         config = yaml.safe_load((work / "extra_model_paths.yaml").read_text())
         assert config["oir_edit_headless"]["base_path"] == str(work)
@@ -1320,7 +1322,7 @@ def test_launcher_links_the_pack_and_builds_the_command(tmp_path: Path) -> None:
 
 def test_launcher_does_not_install_the_pack_twice(tmp_path: Path) -> None:
     comfy = _fake_comfyui(tmp_path / "ComfyUI", "")
-    (comfy / "custom_nodes" / "OIR").symlink_to(cli.PACK_ROOT)
+    (comfy / "custom_nodes" / "OIR").symlink_to(launcher.PACK_ROOT)
     server = ComfyServer(comfy, port=1)
     server.prepare()
     try:

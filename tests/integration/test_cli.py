@@ -40,7 +40,7 @@ from comfy_server import (
 )
 from PIL import Image
 
-from oir_cli.cli import pack_version
+from oir_cli.runner import pack_version
 
 STEPS = 5
 TINY_FLAGS = ["--steps", str(STEPS), "--reassembly-step", "2", "--reinversion-steps", "2"]
