@@ -1,10 +1,12 @@
 """Object reassembly and re-inversion (OIR step 5, ARCHITECTURE.md §4.5; paper §3.3).
 
 1. Each pair ``k`` is denoised from its optimal level ``t_k*`` with its guided prompt down to the
-   reassembly level ``R``, giving ``z_k``.
-2. ``z = M_bg * x_R + sum_k M_k * z_k`` with the masks on the latent grid.
-3. ``z`` is re-inverted ``r`` levels with the original prompt (CFG off).
-4. The last ``R + r`` levels are denoised with the target prompt (CFG).
+   reassembly level ``R``, giving ``z_k`` (:func:`denoise_objects_to_reassembly_step`).
+2. ``z = M_bg * x_R + sum_k M_k * z_k`` with the masks on the latent grid (:func:`merge_regions`).
+3. ``z`` is re-inverted ``r`` levels with the original prompt (CFG off; :func:`reinvert_merged`).
+4. The last ``R + r`` levels are denoised with the target prompt (CFG; :func:`denoise_with_target`).
+
+:func:`reassemble` checks every input first (:func:`plan_reassembly`), then runs the four steps.
 
 ``background="preserve"`` (not in the paper, which repaints the whole latent in steps 3-4): after
 every step of 3 and 4 the latent outside the edited regions is replaced by the inversion's own
@@ -192,6 +194,9 @@ def reassemble(
 ) -> ReassemblyResult:
     """Run OIR's reassembly: per-pair guided denoise to ``R``, merge, re-invert ``r``, target denoise.
 
+    Every input is checked (:func:`plan_reassembly`) before the first model call; then the four
+    steps of the module run (:func:`_run_reassembly`).
+
     Args:
         trajectory: the shared inversion (``T`` steps).
         chosen_steps: ``K`` optimal steps ``t_k*`` in ``1..T``.
@@ -210,6 +215,80 @@ def reassemble(
             the regions at every level of steps 3-4 (see the module).
         feather: ``preserve``'s boundary ramp in latent cells (:func:`preserve_weights`; 0 = hard).
     """
+    plan = plan_reassembly(
+        trajectory,
+        chosen_steps,
+        masks,
+        reassembly_step,
+        reinversion_steps,
+        overlap,
+        mask_geometry,
+        searched,
+        background_mode,
+        feather,
+    )
+    return _run_reassembly(host, trajectory, plan, max_batch, on_level)
+
+
+@dataclass(frozen=True)
+class ReassemblyPlan:
+    """What the reassembly will do, settled from checked inputs before any model call.
+
+    Attributes:
+        reassembly_step, reinversion_steps: ``R`` and ``r`` (``auto`` resolved).
+        starts: per pair, the level it is denoised from, ``max(t_k*, R)`` (:func:`effective_starts`).
+        reuse: per pair, the search's latent ``[*latent_shape]`` at ``R``, or ``None``.
+        sources: per pair, ``"search"``, ``"denoised"`` or ``"inverted"`` (:class:`ReassemblyResult`).
+        pair_regions: ``[K, h, w]`` exclusive binary pair regions on the latent grid.
+        background: ``[h, w]`` binary background region.
+        background_mode, feather: ``"official"`` or ``"preserve"``, and the ramp width (checked).
+    """
+
+    reassembly_step: int
+    reinversion_steps: int
+    starts: list[int]
+    reuse: list[Tensor | None]
+    sources: tuple[str, ...]
+    pair_regions: Tensor
+    background: Tensor
+    background_mode: str
+    feather: int
+
+    @property
+    def top(self) -> int:
+        """``R + r``: the level the re-inversion reaches and the target denoise starts from."""
+        return self.reassembly_step + self.reinversion_steps
+
+    @property
+    def walking(self) -> list[int]:
+        """The pairs step 1 denoises here (neither reused from the search nor starting at ``R``)."""
+        return [k for k, source in enumerate(self.sources) if source == "denoised"]
+
+    @property
+    def total_levels(self) -> int:
+        """Sequential levels of all stages (steps 1, 3 and 4), for the progress count."""
+        pair_levels = max((self.starts[k] for k in self.walking), default=self.reassembly_step)
+        return pair_levels - self.reassembly_step + self.reinversion_steps + self.top
+
+
+def plan_reassembly(
+    trajectory: InversionTrajectory,
+    chosen_steps: Sequence[int],
+    masks: Sequence[Tensor],
+    reassembly_step: int,
+    reinversion_steps: int,
+    overlap: OverlapRule,
+    mask_geometry: MaskGeometry,
+    searched: Sequence[Tensor | None] | None,
+    background_mode: str,
+    feather: int,
+) -> ReassemblyPlan:
+    """Check :func:`reassemble`'s inputs (same meanings) and settle ``R``, ``r``, regions and starts.
+
+    Raises:
+        OIRInputError: ``R``/``r``, the background mode or feather out of range, not one chosen
+            step per mask, a chosen step outside ``1..T``, masks the overlap rule refuses.
+    """
     steps = trajectory.steps
     reassembly_step, reinversion_steps = validate_reassembly(steps, reassembly_step, reinversion_steps)
     if len(chosen_steps) != len(masks):
@@ -227,8 +306,6 @@ def reassemble(
     pair_regions, background = region_masks(
         masks, (int(grid_hw[0]), int(grid_hw[1])), overlap, geometry=mask_geometry
     )
-    latents = trajectory.latents
-    level_sigmas = trajectory.level_sigmas.to(latents.device)
     starts = effective_starts(chosen_steps, reassembly_step)
     reuse = list(searched) if searched is not None else [None] * len(starts)
     if len(reuse) != len(starts):
@@ -237,122 +314,197 @@ def reassemble(
         "inverted" if start == reassembly_step else ("search" if kept is not None else "denoised")
         for start, kept in zip(starts, reuse)
     )
-    walking = [k for k, source in enumerate(sources) if source == "denoised"]
-    top = reassembly_step + reinversion_steps
-    pair_levels = max((starts[k] for k in walking), default=reassembly_step) - reassembly_step
-    total_levels = pair_levels + reinversion_steps + top
-    stats = CallStats()
-    progress = _StageProgress(on_level, total_levels)
+    return ReassemblyPlan(
+        reassembly_step,
+        reinversion_steps,
+        starts,
+        reuse,
+        sources,
+        pair_regions,
+        background,
+        background_mode,
+        feather,
+    )
 
-    # 1. Each pair from its own start down to R, all pairs sharing calls (lockstep); a pair the
-    # search already brought to R exactly is taken from it.
-    index = torch.tensor(starts, dtype=torch.long, device=latents.device)
-    pair_latents = latents.index_select(0, index).clone()
-    for k, kept in enumerate(reuse):
-        if sources[k] == "search":
-            pair_latents[k] = kept.to(pair_latents)  # type: ignore[union-attr]
-    if pair_levels > 0:
-        walk_starts = [starts[k] for k in walking]
-        rows = torch.tensor(walking, dtype=torch.long, device=latents.device)
-        stage = Stage(
-            role="guided",
-            sigmas=level_sigmas.cpu()[walked_levels(walk_starts, reassembly_step)],
-            rows=lockstep_rows(walk_starts, reassembly_step),
-            latent_shape=trajectory.latent_shape,
-            label="reassembly: objects",
-            total_rows=lockstep_total_rows(walk_starts, reassembly_step),
-        )
-        walked = host.run(
-            stage,
-            lambda denoiser, host_max: lockstep_denoise(
-                denoiser,
-                level_sigmas,
-                pair_latents.index_select(0, rows),
-                walk_starts,
-                end_level=reassembly_step,
-                cond_ids=rows,
-                max_batch=max_batch or host_max,
-                stats=stats,
-                on_level=progress,
-            ),
-        )
-        pair_latents.index_copy_(0, rows, walked.to(pair_latents.dtype))
+
+def _run_reassembly(
+    host: Host,
+    trajectory: InversionTrajectory,
+    plan: ReassemblyPlan,
+    max_batch: int | None,
+    on_level: LevelCallback | None,
+) -> ReassemblyResult:
+    """Steps 1-4 of the module on a settled plan (``preserve``'s blend in steps 3-4)."""
+    stats = CallStats()
+    progress = _StageProgress(on_level, plan.total_levels)
+    pair_latents = denoise_objects_to_reassembly_step(host, trajectory, plan, max_batch, stats, progress)
 
     # 2. Reassemble by masks at level R.
-    merged = merge_regions(latents[reassembly_step], pair_latents, pair_regions, background)
-    weights = preserve_weights(background, feather)
-    constrain = background_constraint(trajectory, weights) if background_mode == "preserve" else None
-    start = merged if constrain is None else constrain(reassembly_step, merged[None])[0]
+    background_latent = trajectory.latents[plan.reassembly_step]
+    merged = merge_regions(background_latent, pair_latents, plan.pair_regions, plan.background)
+    weights = preserve_weights(plan.background, plan.feather)
+    constrain = background_constraint(trajectory, weights) if plan.background_mode == "preserve" else None
+    start = merged if constrain is None else constrain(plan.reassembly_step, merged[None])[0]
 
-    # 3. Re-invert r levels with the original prompt, CFG off.
-    reinverted = start
-    if reinversion_steps > 0:
-        start_sigma = trajectory.clean_sigma
-        stage = Stage(
-            role="original",
-            sigmas=ascending_walk(level_sigmas.cpu(), reassembly_step, top, start_sigma),
-            rows=1,
-            latent_shape=trajectory.latent_shape,
-            label="reassembly: re-inversion",
-            total_rows=top - reassembly_step,
-        )
-        path = host.run(
-            stage,
-            lambda denoiser, host_max: invert_levels(
-                denoiser,
-                start.unsqueeze(0),
-                level_sigmas,
-                reassembly_step,
-                top,
-                trajectory.convention,  # type: ignore[arg-type]
-                start_sigma,
-                max_batch=max_batch or host_max,
-                stats=stats,
-                on_level=progress,
-                constrain=constrain,
-            ),
-        )
-        reinverted = path[-1][0]
-
-    # 4. Denoise the last R + r levels with the target prompt.
-    final = reinverted
-    if top > 0:
-        stage = Stage(
-            role="target",
-            sigmas=level_sigmas.cpu()[walked_levels([top], 0)],
-            rows=1,
-            latent_shape=trajectory.latent_shape,
-            label="reassembly: target",
-            total_rows=top,
-        )
-        final = host.run(
-            stage,
-            lambda denoiser, host_max: lockstep_denoise(
-                denoiser,
-                level_sigmas,
-                reinverted.unsqueeze(0),
-                [top],
-                end_level=0,
-                max_batch=max_batch or host_max,
-                stats=stats,
-                on_level=progress,
-                constrain=constrain,
-            ),
-        )[0]
+    reinverted = reinvert_merged(host, trajectory, start, plan, constrain, max_batch, stats, progress)
+    final = denoise_with_target(host, trajectory, reinverted, plan, constrain, max_batch, stats, progress)
     return ReassemblyResult(
         latent=trajectory.to_clean(final),
         merged=merged,
         pair_latents=pair_latents,
-        effective_starts=starts,
-        pair_regions=pair_regions,
-        background=background,
+        effective_starts=plan.starts,
+        pair_regions=plan.pair_regions,
+        background=plan.background,
         stats=stats,
-        reassembly_step=reassembly_step,
-        reinversion_steps=reinversion_steps,
-        pair_sources=sources,
-        background_mode=background_mode,
+        reassembly_step=plan.reassembly_step,
+        reinversion_steps=plan.reinversion_steps,
+        pair_sources=plan.sources,
+        background_mode=plan.background_mode,
         preserve_weights=weights,
     )
+
+
+def denoise_objects_to_reassembly_step(
+    host: Host,
+    trajectory: InversionTrajectory,
+    plan: ReassemblyPlan,
+    max_batch: int | None,
+    stats: CallStats,
+    progress: LevelCallback,
+) -> Tensor:
+    """Step 1: each pair ``k`` from its start down to ``R`` with its guided prompt, giving ``z_k``.
+
+    The pairs denoised here share calls (lockstep); a pair the search already brought to ``R``
+    exactly is taken from it, one starting at ``R`` is ``x_R`` itself.
+
+    Returns:
+        ``[K, *latent_shape]`` the pairs' latents at level ``R``.
+    """
+    latents = trajectory.latents
+    level_sigmas = trajectory.level_sigmas.to(latents.device)
+    reassembly_step, walking = plan.reassembly_step, plan.walking
+    index = torch.tensor(plan.starts, dtype=torch.long, device=latents.device)
+    pair_latents = latents.index_select(0, index).clone()
+    for k, kept in enumerate(plan.reuse):
+        if plan.sources[k] == "search":
+            pair_latents[k] = kept.to(pair_latents)  # type: ignore[union-attr]
+    walk_starts = [plan.starts[k] for k in walking]
+    if max(walk_starts, default=reassembly_step) <= reassembly_step:
+        return pair_latents
+    rows = torch.tensor(walking, dtype=torch.long, device=latents.device)
+    stage = Stage(
+        role="guided",
+        sigmas=level_sigmas.cpu()[walked_levels(walk_starts, reassembly_step)],
+        rows=lockstep_rows(walk_starts, reassembly_step),
+        latent_shape=trajectory.latent_shape,
+        label="reassembly: objects",
+        total_rows=lockstep_total_rows(walk_starts, reassembly_step),
+    )
+    walked = host.run(
+        stage,
+        lambda denoiser, host_max: lockstep_denoise(
+            denoiser,
+            level_sigmas,
+            pair_latents.index_select(0, rows),
+            walk_starts,
+            end_level=reassembly_step,
+            cond_ids=rows,
+            max_batch=max_batch or host_max,
+            stats=stats,
+            on_level=progress,
+        ),
+    )
+    pair_latents.index_copy_(0, rows, walked.to(pair_latents.dtype))
+    return pair_latents
+
+
+def reinvert_merged(
+    host: Host,
+    trajectory: InversionTrajectory,
+    start: Tensor,
+    plan: ReassemblyPlan,
+    constrain: LatentConstraint | None,
+    max_batch: int | None,
+    stats: CallStats,
+    progress: LevelCallback,
+) -> Tensor:
+    """Step 3: the merged ``z`` (``start``, ``[*latent_shape]``) re-inverted ``r`` levels, ``R -> R + r``.
+
+    With the original prompt, CFG off; ``constrain``: ``preserve``'s blend after each level.
+    Returns ``[*latent_shape]`` at level ``R + r`` (``start`` itself when ``r = 0``).
+    """
+    if plan.reinversion_steps <= 0:
+        return start
+    level_sigmas = trajectory.level_sigmas.to(trajectory.latents.device)
+    start_sigma = trajectory.clean_sigma
+    stage = Stage(
+        role="original",
+        sigmas=ascending_walk(level_sigmas.cpu(), plan.reassembly_step, plan.top, start_sigma),
+        rows=1,
+        latent_shape=trajectory.latent_shape,
+        label="reassembly: re-inversion",
+        total_rows=plan.top - plan.reassembly_step,
+    )
+    path = host.run(
+        stage,
+        lambda denoiser, host_max: invert_levels(
+            denoiser,
+            start.unsqueeze(0),
+            level_sigmas,
+            plan.reassembly_step,
+            plan.top,
+            trajectory.convention,  # type: ignore[arg-type]
+            start_sigma,
+            max_batch=max_batch or host_max,
+            stats=stats,
+            on_level=progress,
+            constrain=constrain,
+        ),
+    )
+    return path[-1][0]
+
+
+def denoise_with_target(
+    host: Host,
+    trajectory: InversionTrajectory,
+    reinverted: Tensor,
+    plan: ReassemblyPlan,
+    constrain: LatentConstraint | None,
+    max_batch: int | None,
+    stats: CallStats,
+    progress: LevelCallback,
+) -> Tensor:
+    """Step 4: the last ``R + r`` levels denoised with the target prompt (CFG), down to level 0.
+
+    ``reinverted``: ``[*latent_shape]`` at level ``R + r``; ``constrain``: ``preserve``'s blend.
+    Returns ``[*latent_shape]`` at level 0 (``reinverted`` itself when ``R + r = 0``).
+    """
+    top = plan.top
+    if top <= 0:
+        return reinverted
+    level_sigmas = trajectory.level_sigmas.to(trajectory.latents.device)
+    stage = Stage(
+        role="target",
+        sigmas=level_sigmas.cpu()[walked_levels([top], 0)],
+        rows=1,
+        latent_shape=trajectory.latent_shape,
+        label="reassembly: target",
+        total_rows=top,
+    )
+    return host.run(
+        stage,
+        lambda denoiser, host_max: lockstep_denoise(
+            denoiser,
+            level_sigmas,
+            reinverted.unsqueeze(0),
+            [top],
+            end_level=0,
+            max_batch=max_batch or host_max,
+            stats=stats,
+            on_level=progress,
+            constrain=constrain,
+        ),
+    )[0]
 
 
 class _StageProgress:
