@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .discovery import single_spec
 from .specs import (
     EditSpec,
     SpecError,
     parse_controlnet_arg,
     parse_edit_arg,
     parse_lora_arg,
-    single_spec,
     spec_from_mapping,
 )
 

@@ -13,19 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from .checks import LocalCheck, validate_local
 from .client import (
     HeadlessError,
     ServerUnreachable,
 )
-from .results import BATCH_REPORT_NAME, REPORT_NAME, is_finished, write_error, write_report
-from .specs import (
-    Case,
-    EditSpec,
-    LocalCheck,
-    SpecError,
-    safe_case_dir,
-    validate_local,
-)
+from .discovery import Case
+from .results import BATCH_REPORT_NAME, REPORT_NAME, is_finished, safe_case_dir, write_error, write_report
+from .specs import EditSpec, SpecError
 
 
 class CaseRunner(Protocol):

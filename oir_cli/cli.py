@@ -3,7 +3,7 @@
 ``oir-edit`` runs OIR edits through a ComfyUI server, one spec or a batch folder. A client of
 ComfyUI's API (:mod:`oir_cli.client`) plus a ComfyUI launcher (:mod:`oir_cli.server`); never imports
 ComfyUI or torch. Its flags are :mod:`oir_cli.arguments`; one edit (:mod:`oir_cli.runner`) fills the
-shipped API workflow (:mod:`oir_cli.specs`), uploads the image and masks (``/upload/image``), queues
+shipped API workflow (:mod:`oir_cli.filling`), uploads the image and masks (``/upload/image``), queues
 the graph (``/prompt``), follows the progress on ComfyUI's websocket (``/ws``; polling ``/history``
 when the socket is unavailable; :mod:`oir_cli.progress`) and writes into the output folder
 (:mod:`oir_cli.results`; a batch: :mod:`oir_cli.batch`):
@@ -48,6 +48,7 @@ from typing import TextIO
 
 from .arguments import build_parser, check_number_flags, spec_fields_from_args, spec_from_args
 from .batch import run_batch
+from .checks import validate_local
 from .client import (
     ComfyClient,
     ExecutionFailed,
@@ -56,14 +57,11 @@ from .client import (
     ServerFailure,
     ServerUnreachable,
 )
+from .discovery import discover_cases
 from .results import BATCH_REPORT_NAME, REPORT_NAME, write_error, write_report
 from .runner import EditRunner
 from .server import ComfyServer
-from .specs import (
-    SpecError,
-    discover_cases,
-    validate_local,
-)
+from .specs import SpecError
 
 __all__ = ["EditRunner", "exit_code", "main", "run_batch"]
 

@@ -33,7 +33,8 @@ from urllib3.util.retry import Retry
 
 from . import answers
 from .answers import AnswerInvalid
-from .specs import UPLOAD_SUBFOLDER, describe_nodes
+from .checks import UPLOAD_SUBFOLDER
+from .filling import describe_nodes
 
 __all__ = [
     "OIR_NODE_IDS",

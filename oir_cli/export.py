@@ -7,7 +7,7 @@ and the workers modelled on it)::
 
 The worker uploads every picture into ComfyUI's input folder under its ``name`` (``/upload/image``,
 no subfolder) and queues the workflow on ``/prompt``. The workflow is the one ``oir-edit`` would
-queue (``specs.fill_workflow`` on the shipped template), with the LoadImage/LoadImageMask values
+queue (``filling.fill_workflow`` on the shipped template), with the LoadImage/LoadImageMask values
 naming those top-level files instead of ``oir-edit``'s upload subfolder; the pictures are the
 8-bit PNGs ``oir-edit`` would upload (``oir_cli/pictures.py``: read as a person sees them, padded
 to a multiple of 8), named by their content hash. The worker returns the padded picture when the
@@ -25,19 +25,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .arguments import spec_fields_from_args
+from .checks import LocalCheck, validate_local
 from .cli import EXIT_OK
 from .client import ComfyClient, HeadlessError
+from .discovery import single_spec
+from .filling import BASE_TEMPLATE, fill_workflow, load_template
 from .runner import EditRunner
-from .specs import (
-    BASE_TEMPLATE,
-    EditSpec,
-    LocalCheck,
-    SpecError,
-    fill_workflow,
-    load_template,
-    single_spec,
-    validate_local,
-)
+from .specs import EditSpec, SpecError
 
 __all__ = ["build_job", "run_export_command", "write_job"]
 

@@ -38,8 +38,8 @@ from PIL import Image
 from . import pictures
 from .cli import EXIT_OK
 from .fidelity import BackgroundFidelity, background_fidelity, background_mask, read_object_mask
-from .results import BATCH_REPORT_NAME, REPORT_NAME
-from .specs import SpecError, safe_case_dir
+from .results import BATCH_REPORT_NAME, REPORT_NAME, safe_case_dir
+from .specs import SpecError
 
 __all__ = [
     "METRICS_NAME",

@@ -1,11 +1,12 @@
 """What a run leaves in its output folder: ``report.json`` (written last, so its presence means the
-case finished), ``error.txt`` and the batch's ``batch_report.json``.
+case finished), ``error.txt``, the batch's ``batch_report.json`` and each case's sub-folder name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,3 +38,9 @@ def write_error(out_dir: Path, message: str, details: str = "") -> None:
 def is_finished(case_dir: Path) -> bool:
     """A case is finished when its ``report.json`` exists (written last, atomically)."""
     return (case_dir / REPORT_NAME).is_file()
+
+
+def safe_case_dir(name: str) -> Path:
+    """Relative output folder of a case: its name with ``/`` kept as sub-folders, odd characters ``_``."""
+    parts = [re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("._") or "case" for part in name.split("/")]
+    return Path(*parts)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import pictures
+from .checks import LocalCheck, validate_local
 from .client import (
     OIR_NODE_IDS,
     BadAnswer,
@@ -26,18 +27,10 @@ from .client import (
     InputRefusedByNode,
     one_line,
 )
+from .filling import BASE_TEMPLATE, describe_nodes, fill_workflow, load_template, nodes_of
 from .progress import Progress
 from .server import PACK_ROOT, ComfyServer
-from .specs import (
-    BASE_TEMPLATE,
-    EditSpec,
-    LocalCheck,
-    describe_nodes,
-    fill_workflow,
-    load_template,
-    nodes_of,
-    validate_local,
-)
+from .specs import EditSpec
 
 _FLAG_OF_INPUT = {
     "ckpt_name": "--checkpoint",

@@ -25,10 +25,11 @@ import yaml
 from PIL import Image
 from stub_comfy import LoopbackApp
 
-from oir_cli import answers, arguments, cli, results, runner, specs
+from oir_cli import answers, arguments, checks, cli, discovery, results, runner
 from oir_cli import server as launcher
 from oir_cli.arguments import build_parser, spec_from_args
 from oir_cli.batch import run_batch
+from oir_cli.checks import validate_local
 from oir_cli.client import (
     BadAnswer,
     ComfyClient,
@@ -37,24 +38,21 @@ from oir_cli.client import (
     ServerUnreachable,
     describe_refusal,
 )
+from oir_cli.discovery import Case, discover_cases
+from oir_cli.filling import fill_workflow, load_template
 from oir_cli.progress import Progress
 from oir_cli.runner import EditRunner
 from oir_cli.server import ComfyServer
 from oir_cli.specs import (
-    Case,
     ControlNetItem,
     EditItem,
     EditSpec,
     LoraItem,
     SpecError,
-    discover_cases,
-    fill_workflow,
-    load_template,
     parse_controlnet_arg,
     parse_edit_arg,
     parse_lora_arg,
     spec_from_mapping,
-    validate_local,
 )
 
 PROMPT = "a dog sitting next to a gift"
@@ -184,7 +182,7 @@ def _spec_mapping(files: dict[str, Path], folder: Path) -> dict[str, Any]:
 def test_spec_file_paths_are_relative_to_the_file(files: dict[str, Path], tmp_path: Path) -> None:
     path = tmp_path / "edit.yaml"
     path.write_text(yaml.safe_dump(_spec_mapping(files, tmp_path)), encoding="utf-8")
-    (case,) = specs.load_spec_file(path)
+    (case,) = discovery.load_spec_file(path)
     spec = case.spec
     assert spec is not None and case.error is None and spec.name == "edit"
     assert spec.image == files["image"] and spec.prompt == PROMPT
@@ -194,7 +192,7 @@ def test_spec_file_paths_are_relative_to_the_file(files: dict[str, Path], tmp_pa
     assert spec.controlnets == (ControlNetItem("depth.pth", 0.6, files["hint"]),)
     json_path = tmp_path / "edit.json"
     json_path.write_text(json.dumps(_spec_mapping(files, tmp_path)), encoding="utf-8")
-    (twin,) = specs.load_spec_file(json_path)
+    (twin,) = discovery.load_spec_file(json_path)
     assert twin.spec == spec  # same fields in JSON
 
 
@@ -304,7 +302,7 @@ def test_background_flags_reach_the_reassembly_and_are_checked_locally(
     assert reassembly["inputs"]["vae"] == ["1", 2]  # the node measures the background's PSNR
     wide = spec_from_args(build_parser("run").parse_args([*flags[:-2], "--feather", "99", "--out", "o"]))
     with pytest.raises(SpecError, match=r"feather.*0\.\.32"):
-        specs.validate_local(wide)
+        checks.validate_local(wide)
 
 
 def test_single_run_refuses_a_file_with_several_cases(files: dict[str, Path], tmp_path: Path) -> None:
@@ -312,10 +310,10 @@ def test_single_run_refuses_a_file_with_several_cases(files: dict[str, Path], tm
     mapping = _spec_mapping(files, tmp_path)
     path.write_text(yaml.safe_dump({"one": mapping, "two": mapping}), encoding="utf-8")
     with pytest.raises(SpecError, match="holds 2 cases: run them with 'oir-edit batch"):
-        specs.single_spec(path)
+        discovery.single_spec(path)
     with pytest.raises(SpecError, match="not an edit spec"):
         (tmp_path / "other.yaml").write_text("a: 1\n", encoding="utf-8")
-        specs.single_spec(tmp_path / "other.yaml")
+        discovery.single_spec(tmp_path / "other.yaml")
 
 
 def test_batch_flags_are_defaults_and_cases_win(files: dict[str, Path], tmp_path: Path) -> None:
@@ -386,16 +384,16 @@ def test_oir_bench_layout_is_discovered(tmp_path: Path) -> None:
     assert duck.target_prompt == "a duck perched on a branch with white flowers"
     plan = validate_local(multi).plan
     assert plan.guided == [e.guided_prompt for e in multi.edits] and plan.score_texts == ["fry rice", "knife"]
-    assert specs.safe_case_dir("bird_0001_0/duck") == Path("bird_0001_0") / "duck"
+    assert results.safe_case_dir("bird_0001_0/duck") == Path("bird_0001_0") / "duck"
 
 
 def test_bench_paths_are_used_exactly_as_named(tmp_path: Path) -> None:
     """Relative to the folder holding OIR-Bench (the official repository's root), never a same-named
     file elsewhere: a missing mask fails its case with its exact path, even with a decoy nearby."""
     bench = _oir_bench(tmp_path)
-    assert specs.bench_base(bench / "multi_object.yaml") == tmp_path
-    assert specs.bench_base(bench / "sub" / "deeper.yaml") == tmp_path
-    assert specs.bench_base(tmp_path / "configs" / "c.yaml") == tmp_path / "configs"  # like a spec file
+    assert discovery.bench_base(bench / "multi_object.yaml") == tmp_path
+    assert discovery.bench_base(bench / "sub" / "deeper.yaml") == tmp_path
+    assert discovery.bench_base(tmp_path / "configs" / "c.yaml") == tmp_path / "configs"  # like a spec file
     named = "OIR-Bench/multi_object/mask/multi_object_009/dumplings.png"
     (bench / "multi_object" / "mask" / "multi_object_009" / "dumplings.png").unlink()
     _save(bench / "dumplings.png", (64, 64), (0, 0, 30, 30))  # decoys: the same name next to the config
@@ -481,7 +479,7 @@ def test_huge_spec_files_and_bad_entries_fail_their_own_cases(
     folder = tmp_path / "batch"
     folder.mkdir()
     good = _spec_mapping(files, tmp_path)
-    monkeypatch.setattr(specs, "MAX_SPEC_BYTES", 2048)
+    monkeypatch.setattr(discovery, "MAX_SPEC_BYTES", 2048)
     (folder / "huge.yaml").write_text("# padding\n" * 300 + yaml.safe_dump(good), encoding="utf-8")
     mixed = {
         "fine": good,

@@ -28,7 +28,7 @@ from PIL import Image
 from report_browser import open_page
 from test_cli import TINY_FLAGS, oir_edit, server_flags
 
-from oir_cli.specs import nodes_of
+from oir_cli.filling import nodes_of
 
 PROMPT = "a dog sitting next to a gift"
 

@@ -36,7 +36,7 @@ from test_server import api_twin, assert_succeeded, tiny_workflow
 
 from oir_cli.cli import EditRunner, run_batch
 from oir_cli.client import ComfyClient
-from oir_cli.specs import discover_cases
+from oir_cli.discovery import discover_cases
 
 REQUEST_TIMEOUT = 2.0
 """Seconds one try of one request may take through the proxy (the client's default is 30)."""
