@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import safe_case_dir
-from .specs import EditSpec, SpecError
+from .specs import ControlNetItem, EditSpec, LoraItem, SpecError
 
 WORKFLOW_DIR = Path(__file__).resolve().parent / "workflows"
 """API-format workflows shipped with the package (twins of ``example_workflows/*.json``)."""
@@ -108,28 +108,60 @@ def fill_workflow(
         filename_prefix: SaveImage prefix (default ``oir-edit/<case>``).
     """
     graph: dict[str, Any] = copy.deepcopy(dict(template))
+    loader = _fill_loader(graph, spec, model_loader)
+    source_image = _fill_source_image(graph, spec, uploads)
+    builder = _fill_pairs(graph, spec, uploads)
+    _fill_inversion(graph, spec)
+    _fill_scorer(graph, spec, scorer)
+    _fill_search(graph, spec)
+    _fill_reassembly(graph, spec)
+    _fill_outputs(graph, spec, filename_prefix)
+    _insert_loras(graph, spec.loras, loader)
+    _insert_controlnets(graph, spec.controlnets, uploads, builder, source_image, loader)
+    return graph
+
+
+def _fill_loader(graph: dict[str, Any], spec: EditSpec, model_loader: str) -> str:
+    """The checkpoint loader: ``model_loader``'s class and the spec's checkpoint; returns its id."""
     loader = _one(graph, "CheckpointLoaderSimple")
     graph[loader]["class_type"] = model_loader
     graph[loader]["inputs"]["ckpt_name"] = spec.checkpoint
     graph[loader]["_meta"] = {"title": "Load Checkpoint"}
+    return loader
 
+
+def _fill_source_image(graph: dict[str, Any], spec: EditSpec, uploads: Mapping[Path, str]) -> str:
+    """The LoadImage the VAE encodes gets the uploaded source image; returns its id."""
     encode = _one(graph, "VAEEncode")
     source_image = str(graph[encode]["inputs"]["pixels"][0])
     graph[source_image]["inputs"]["image"] = uploads[spec.image]
+    return source_image
 
-    builder = _one(graph, "OIRGuidedPromptBuilder")
+
+def _resize_pair_chain(graph: dict[str, Any], count: int) -> tuple[list[str], dict[str, str]]:
+    """The template's OIR Edit Pair chain cut or grown to ``count`` pairs, each with a LoadImageMask.
+
+    Returns the pair ids in chain order and each pair's mask node id (new nodes are left unfilled).
+    """
     chain = pair_chain(graph)
     masks = {p: str(graph[p]["inputs"]["mask"][0]) for p in chain}
-    for extra in chain[len(spec.edits) :]:
+    for extra in chain[count:]:
         del graph[extra], graph[masks[extra]]
-    chain = chain[: len(spec.edits)]
-    while len(chain) < len(spec.edits):
+    chain = chain[:count]
+    while len(chain) < count:
         mask_id = _next_id(graph)
         graph[mask_id] = {"class_type": "LoadImageMask", "inputs": {}, "_meta": {}}
         pair_id = _next_id(graph)
         graph[pair_id] = {"class_type": "OIREditPair", "inputs": {"mask": [mask_id, 0]}, "_meta": {}}
         masks[pair_id] = mask_id
         chain.append(pair_id)
+    return chain, masks
+
+
+def _fill_pairs(graph: dict[str, Any], spec: EditSpec, uploads: Mapping[Path, str]) -> str:
+    """One chained OIR Edit Pair and mask per edit, and the prompts; returns the prompt builder's id."""
+    builder = _one(graph, "OIRGuidedPromptBuilder")
+    chain, masks = _resize_pair_chain(graph, len(spec.edits))
     for k, (pair_id, edit) in enumerate(zip(chain, spec.edits)):
         mask_id = masks[pair_id]
         graph[mask_id]["inputs"] = {"image": uploads[edit.mask], "channel": MASK_CHANNEL}
@@ -148,9 +180,17 @@ def fill_workflow(
     graph[builder]["inputs"].update(
         original_prompt=spec.prompt, target_prompt=spec.target_prompt or "", edit_pairs=[chain[-1], 0]
     )
+    return builder
 
+
+def _fill_inversion(graph: dict[str, Any], spec: EditSpec) -> None:
+    """The DDIM inversion's steps, schedule and convention."""
     inversion = _one(graph, "OIRDDIMInversion")
     graph[inversion]["inputs"].update(steps=spec.steps, scheduler=spec.scheduler, convention=spec.convention)
+
+
+def _fill_scorer(graph: dict[str, Any], spec: EditSpec, scorer: str | None) -> None:
+    """The CLIP scorer loader: the spec's CLIP (else ``scorer``) and how it scores."""
     scorer_node = _one(graph, "OIRLoadCLIPScorer")
     graph[scorer_node]["inputs"].update(
         clip_name=spec.scorer or scorer,
@@ -162,6 +202,10 @@ def fill_workflow(
         fidelity_space=spec.fidelity_space,
         mask_geometry=spec.mask_geometry,
     )
+
+
+def _fill_search(graph: dict[str, Any], spec: EditSpec) -> None:
+    """The parallel step search (which candidates) and the metric scorer's step choice."""
     search = _one(graph, "OIRParallelStepSearch")
     graph[search]["inputs"].update(
         cfg=spec.cfg,
@@ -173,6 +217,10 @@ def fill_workflow(
     )
     metric = _one(graph, "OIRMaskMetricScorer")
     graph[metric]["inputs"].update(step_override=spec.step_override)
+
+
+def _fill_reassembly(graph: dict[str, Any], spec: EditSpec) -> None:
+    """The object reassembly's ``R``, ``r``, overlap rule and background mode."""
     reassembly = _one(graph, "OIRObjectReassembly")
     graph[reassembly]["inputs"].update(
         cfg=spec.cfg,
@@ -184,11 +232,18 @@ def fill_workflow(
         background=spec.background,
         feather=spec.feather,
     )
+
+
+def _fill_outputs(graph: dict[str, Any], spec: EditSpec, filename_prefix: str | None) -> None:
+    """Every SaveImage's prefix: ``filename_prefix``, or ``oir-edit/<case folder>``."""
     for save in nodes_of(graph, "SaveImage"):
         graph[save]["inputs"]["filename_prefix"] = filename_prefix or f"oir-edit/{safe_case_dir(spec.name)}"
 
+
+def _insert_loras(graph: dict[str, Any], loras: Sequence[LoraItem], loader: str) -> None:
+    """A LoraLoader per LoRA, chained after the checkpoint loader, feeding every MODEL/CLIP consumer."""
     model, clip = [loader, 0], [loader, 1]
-    for lora in spec.loras:
+    for lora in loras:
         lora_id = _next_id(graph)
         graph[lora_id] = {
             "class_type": "LoraLoader",
@@ -204,8 +259,22 @@ def fill_workflow(
         graph[lora_id]["inputs"].update(model=model, clip=clip)
         model, clip = [lora_id, 0], [lora_id, 1]
 
+
+def _insert_controlnets(
+    graph: dict[str, Any],
+    controlnets: Sequence[ControlNetItem],
+    uploads: Mapping[Path, str],
+    builder: str,
+    source_image: str,
+    loader: str,
+) -> None:
+    """A ControlNet loader and apply node per ControlNet, chained on the builder's prompts.
+
+    The target prompt (builder output 1) is the positive, the original (output 0) the negative; the
+    hint is the ControlNet's own uploaded image, or the source image (``source_image``'s node).
+    """
     positive, negative = [builder, 1], [builder, 0]
-    for net in spec.controlnets:
+    for net in controlnets:
         loader_id = _next_id(graph)
         graph[loader_id] = {
             "class_type": "ControlNetLoader",
@@ -241,7 +310,6 @@ def fill_workflow(
             "vae": [loader, 2],
         }
         positive, negative = [apply_id, 0], [apply_id, 1]
-    return graph
 
 
 def describe_nodes(workflow: Mapping[str, Any]) -> dict[str, str]:
