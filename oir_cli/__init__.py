@@ -8,6 +8,7 @@ its torch-free modules (option vocabularies, prompt plans, step checks, errors).
 Modules: :mod:`oir_cli.cli` (the command), :mod:`oir_cli.specs` (edit specs and the workflows they
 fill), :mod:`oir_cli.pictures` (reading image and mask files as a person sees them),
 :mod:`oir_cli.client` (ComfyUI's API), :mod:`oir_cli.server` (launching ComfyUI),
-:mod:`oir_cli.progress` (what the terminal shows), :mod:`oir_cli.export` (jobs for hosted workers),
+:mod:`oir_cli.progress` (what the terminal shows), :mod:`oir_cli.scheduler` (a batch over many
+servers), :mod:`oir_cli.export` (jobs for hosted workers),
 :mod:`oir_cli.report_html` and :mod:`oir_cli.fidelity` (a batch's HTML report and metrics).
 """
