@@ -9,6 +9,7 @@ from comfy_api.latest import ComfyExtension, io
 from .edit_nodes import OIREditPair, OIRGuidedPromptBuilder
 from .example_inputs import install_example_inputs
 from .mask_nodes import OIRPhraseMask
+from .pack_info import register_pack_route
 from .sampling_nodes import OIRDDIMInversion, OIRObjectReassembly, OIRParallelStepSearch
 from .scoring_nodes import OIRLoadCLIPScorer, OIRMaskMetricScorer, register_scorer_folder
 from .template_thumbnails import register_thumbnail_route
@@ -37,8 +38,10 @@ class OIRExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> OIRExtension:
     """ComfyUI's V3 entry point: registers models/oir_clip, installs the templates' inputs and serves
-    their card pictures (the folder name is the one ComfyUI lists the templates under)."""
+    their card pictures (the folder name is the one ComfyUI lists the templates under) and says
+    which pack it is at ``/oir/pack`` (``oir-edit batch`` checks every server runs the same one)."""
     register_scorer_folder()
     install_example_inputs()
     register_thumbnail_route(Path(__file__).parents[1].name)
+    register_pack_route()
     return OIRExtension()

@@ -8,7 +8,8 @@ its torch-free modules (option vocabularies, prompt plans, step checks, errors).
 Modules: :mod:`oir_cli.cli` (the command), :mod:`oir_cli.arguments` (its flags),
 :mod:`oir_cli.specs` (the edit spec model), :mod:`oir_cli.discovery` (spec files and batch folders),
 :mod:`oir_cli.checks` (checks without a server), :mod:`oir_cli.filling` (the workflow a spec fills),
-:mod:`oir_cli.runner` (one edit on a server), :mod:`oir_cli.batch` (a batch of them),
+:mod:`oir_cli.runner` (one edit on a server), :mod:`oir_cli.batch` (a batch of them on one server),
+:mod:`oir_cli.scheduler` (a batch over many servers),
 :mod:`oir_cli.results` (report.json and error.txt), :mod:`oir_cli.pictures` (reading image and mask
 files as a person sees them), :mod:`oir_cli.client` (ComfyUI's API), :mod:`oir_cli.server`
 (launching ComfyUI), :mod:`oir_cli.progress` (what the terminal shows), :mod:`oir_cli.export` (jobs

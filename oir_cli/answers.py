@@ -31,6 +31,8 @@ __all__ = [
     "History",
     "NodeInfo",
     "ObjectInfo",
+    "PackInfo",
+    "QueueState",
     "Queued",
     "Refusal",
     "SystemStats",
@@ -225,6 +227,28 @@ class HistoryEntry(Answer):
 
 History = dict[str, HistoryEntry]
 """``GET /history/<id>``: ``{id: entry}`` once the prompt finished, ``{}`` before."""
+
+
+# /queue and /oir/pack -----------------------------------------------------------------------------
+
+
+class QueueState(Answer):
+    """``GET /queue``: the running and pending items, each ``[number, prompt_id, prompt, extra, outputs]``."""
+
+    queue_running: list[list[Any]] = Field(default_factory=list)
+    queue_pending: list[list[Any]] = Field(default_factory=list)
+
+    def prompt_ids(self, which: str) -> list[str]:
+        """The prompt ids of ``"queue_running"`` or ``"queue_pending"`` (items too short are skipped)."""
+        return [str(item[1]) for item in getattr(self, which) if len(item) > 1]
+
+
+class PackInfo(Answer):
+    """``GET /oir/pack`` (``nodes/pack_info.py``): the pack's release and a hash of its code."""
+
+    name: str
+    version: str
+    code: str
 
 
 # /ws ----------------------------------------------------------------------------------------------

@@ -96,9 +96,26 @@ def _add_edit_options(parser: argparse.ArgumentParser, single: bool) -> None:
     )
 
 
-def _add_server_options(parser: argparse.ArgumentParser) -> None:
+def _add_server_options(parser: argparse.ArgumentParser, many: bool = False) -> None:
     server = parser.add_argument_group("ComfyUI server")
-    server.add_argument("--server", metavar="URL", help="use a running ComfyUI (e.g. http://127.0.0.1:8188)")
+    if many:  # oir-edit batch: any number of servers (oir_cli/scheduler.py)
+        server.add_argument(
+            "--server",
+            metavar="URL",
+            action="append",
+            help="a running ComfyUI (repeatable: the cases run on every server at once)",
+        )
+        server.add_argument(
+            "--servers", type=Path, metavar="FILE", help="more servers: one URL a line, # comments"
+        )
+        server.add_argument(
+            "--retries",
+            type=int,
+            default=2,
+            help="times a case is queued again after its server failed or was lost (default 2)",
+        )
+    else:
+        server.add_argument("--server", metavar="URL", help="use a running ComfyUI (e.g. http://127.0.0.1:8188)")
     server.add_argument(
         "--comfyui",
         type=Path,
@@ -178,7 +195,9 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
             description="Run every edit spec under DIR (spec files, or an OIR-Bench config with "
             "image_path/origin_prompt/...). Cases with a report.json in OUT are skipped; a failing case is "
             "reported in OUT/<case>/error.txt and the batch goes on. Flags give defaults for every case; "
-            "a case's own fields win.",
+            "a case's own fields win. With several --server (or --servers FILE) every server runs one case "
+            "at a time; a server that fails the checks is left out, a case whose server is lost runs on "
+            "another (--retries); Ctrl-C cancels oir-edit's prompts and a re-run resumes.",
         )
         parser.add_argument("directory", type=Path, metavar="DIR", help="folder of spec files")
         parser.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per case)")
@@ -191,7 +210,7 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
         )
         parser.add_argument("--out", type=Path, required=True, help="output folder")
     _add_edit_options(parser, single=mode != "batch")
-    _add_server_options(parser)
+    _add_server_options(parser, many=mode == "batch")
     return parser
 
 

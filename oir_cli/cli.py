@@ -187,6 +187,10 @@ def run_batch_command(args: argparse.Namespace, stream: TextIO | None) -> int:
             f"no edit specs (*.yaml, *.yml, *.json with image/prompt/edits or OIR-Bench fields) "
             f"in {args.directory}"
         )
+    if args.server or args.servers is not None:  # running servers, one or many (oir_cli/scheduler.py)
+        from .scheduler import run_batch_on_servers
+
+        return run_batch_on_servers(args, cases, out_dir, stream)
     connection: Connection | None = None
 
     def factory() -> EditRunner:

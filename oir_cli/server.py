@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -80,6 +80,7 @@ class ComfyServer:
         install_pack: link this pack (skipped automatically when ComfyUI already has it).
         startup_timeout: seconds to wait for ``/system_stats``.
         extra_args: more ``main.py`` arguments.
+        env: environment variables set for this server only (e.g. ``CUDA_VISIBLE_DEVICES``).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class ComfyServer:
         install_pack: bool = True,
         startup_timeout: float = 300.0,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.comfyui = Path(comfyui).expanduser().resolve()
         self.python = python or sys.executable
@@ -106,6 +108,7 @@ class ComfyServer:
         self.install_pack = install_pack
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args)
+        self.env = dict(env or {})
         self.work_dir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.start_seconds = 0.0
@@ -197,7 +200,7 @@ class ComfyServer:
         started = time.monotonic()
         self.prepare()
         assert self.work_dir is not None
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.command(),

@@ -51,6 +51,18 @@ the model type given; SDXL, SD3 and Flux their own (``tiny_models.build_tiny_fam
 
 CLIP_SEED, VAE_SEED = 3, 4
 
+HIDE_CHECKPOINTS_ENV = "OIR_TEST_HIDE_CHECKPOINTS"
+"""Comma-separated checkpoint names the loaders do not offer in this server process: a server
+started with it set stands for one whose models folder lacks those checkpoints."""
+
+
+def offered_checkpoints() -> list[str]:
+    """:data:`CHECKPOINTS`' names minus those hidden by :data:`HIDE_CHECKPOINTS_ENV`."""
+    import os
+
+    hidden = {name.strip() for name in os.environ.get(HIDE_CHECKPOINTS_ENV, "").split(",")}
+    return [name for name in CHECKPOINTS if name not in hidden]
+
 
 class OIRTestTinyCheckpointLoader:
     """Tiny MODEL, CLIP and VAE (SD1.5, SDXL, SD3 or Flux architecture) with deterministic random weights."""
@@ -59,7 +71,7 @@ class OIRTestTinyCheckpointLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"ckpt_name": (list(CHECKPOINTS), {"tooltip": "Which tiny model."})}}
+        return {"required": {"ckpt_name": (offered_checkpoints(), {"tooltip": "Which tiny model."})}}
 
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
     FUNCTION = "load"
