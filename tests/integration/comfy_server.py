@@ -204,7 +204,12 @@ class TestServer:
 
 
 def start_test_server(
-    root: Path, *, front_end_root: Path | None = None, comfyui: Path | None = None, controlnet: bool = True
+    root: Path,
+    *,
+    front_end_root: Path | None = None,
+    comfyui: Path | None = None,
+    controlnet: bool = True,
+    cpu: bool = True,
 ) -> TestServer:
     """Start ComfyUI with the pack, the test node pack and the tiny model files under ``root``.
 
@@ -213,6 +218,7 @@ def start_test_server(
         front_end_root: a frontend build to serve; ``None`` = the installed comfyui-frontend-package.
         comfyui: the ComfyUI checkout (default ``$COMFYUI_PATH``).
         controlnet: also write the tiny ControlNet file.
+        cpu: start ComfyUI with ``--cpu`` (the tests always; a benchmark on a GPU not).
     """
     path = comfyui or comfy_env.comfyui_path()
     if path is None:
@@ -221,7 +227,7 @@ def start_test_server(
     server = ComfyServer(
         path,
         python=sys.executable,
-        cpu=True,
+        cpu=cpu,
         front_end_root=front_end_root,
         extra_model_paths=[yaml_path],
         startup_timeout=STARTUP_TIMEOUT,
