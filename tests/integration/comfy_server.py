@@ -210,6 +210,7 @@ def start_test_server(
     comfyui: Path | None = None,
     controlnet: bool = True,
     env: dict[str, str] | None = None,
+    cpu: bool = True,
 ) -> TestServer:
     """Start ComfyUI with the pack, the test node pack and the tiny model files under ``root``.
 
@@ -219,6 +220,7 @@ def start_test_server(
         comfyui: the ComfyUI checkout (default ``$COMFYUI_PATH``).
         controlnet: also write the tiny ControlNet file.
         env: environment variables for this server's process only.
+        cpu: start ComfyUI with ``--cpu`` (the tests always; a benchmark on a GPU not).
     """
     path = comfyui or comfy_env.comfyui_path()
     if path is None:
@@ -227,7 +229,7 @@ def start_test_server(
     server = ComfyServer(
         path,
         python=sys.executable,
-        cpu=True,
+        cpu=cpu,
         front_end_root=front_end_root,
         extra_model_paths=[yaml_path],
         startup_timeout=STARTUP_TIMEOUT,

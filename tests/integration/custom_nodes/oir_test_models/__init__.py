@@ -140,8 +140,142 @@ def memory_report() -> dict[str, Any]:
     return {"loaded": loaded, "scorer_clips": len(clips)}
 
 
+LIVE_KINDS: dict[str, tuple[str, ...]] = {
+    "trajectories": ("oir_core.inversion.InversionTrajectory",),
+    "candidate_caches": (
+        "oir_core.candidates.CandidateSet",
+        "oir_core.search.SearchResult",
+        "oir_core.search.CoarseToFineRun",
+        "nodes.payloads.CandidateBundle",
+        "nodes.payloads.SearchRecipe",
+        "nodes.payloads.ChosenSteps",
+    ),
+    "scorers": (
+        "oir_core.clip_scorer.ClipScorer",
+        "oir_core.clip_backends.TransformersClipModel",
+        "oir_core.clip_backends.OpenClipModel",
+        "oir_core.metric.SearchMetric",
+        "nodes.scoring_nodes.ScorerWeights",
+    ),
+    "hosts": (
+        "nodes.comfy_host.ComfyHost",
+        "nodes.comfy_host.GuidedCFGGuider",
+        "nodes.comfy_host.StageSampler",
+        "nodes.progress.StageProgress",
+    ),
+}
+"""Kinds of pack objects :func:`live_objects` counts: ``module.Class`` relative to the pack's package
+(ComfyUI imports the pack as a package named after its folder, so ``<pack>.oir_core.inversion``)."""
+
+
+def _pack_prefixes() -> list[str]:
+    """Module-name prefixes of the loaded OIR pack (``<pack>.`` for each package holding ``oir_core``),
+    and ``""`` for a plain ``oir_core`` on ``sys.path``."""
+    prefixes = {name[: -len("oir_core")] for name in list(sys.modules) if name.endswith(".oir_core")}
+    if "oir_core" in sys.modules:
+        prefixes.add("")
+    return sorted(prefixes)
+
+
+def _held_tensors(roots: list[Any], pack_modules: tuple[str, ...]) -> dict[int, Any]:
+    """Tensors reachable from ``roots`` through pack objects, containers and torch modules
+    (``id -> tensor``). Foreign objects (a ComfyUI ModelPatcher, a model) are not entered: their
+    tensors belong to ComfyUI's model management, which ``POST /free`` empties on its own."""
+    import gc
+
+    import torch
+
+    found: dict[int, Any] = {}
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if issubclass(type(obj), torch.Tensor):
+            found[id(obj)] = obj
+            continue
+        module = getattr(type(obj), "__module__", None)
+        enter = (
+            isinstance(obj, (dict, list, tuple, set, frozenset, torch.nn.Module))
+            or (isinstance(module, str) and module.startswith(pack_modules))
+            or type(obj).__name__ in ("partial", "mappingproxy")
+        )
+        if enter:
+            stack.extend(gc.get_referents(obj))
+    return found
+
+
+def live_objects() -> dict[str, Any]:
+    """After a garbage collection: the live objects of the pack's classes, by kind, and what they hold.
+
+    ``counts``: per kind of :data:`LIVE_KINDS`, the live objects; ``by_class``: every live instance of
+    any class defined in the pack, by ``module.Class`` (pack-relative); ``held_tensors`` /
+    ``held_bytes``: the distinct tensors (and their storage bytes) reachable from those objects;
+    ``module_tensors``: tensors reachable from the pack modules' globals (a module-level cache);
+    ``gc_tensors``: the live ``torch.Tensor`` objects the garbage collector tracks (context only).
+    """
+    import gc
+
+    import torch
+
+    gc.collect()
+    prefixes = _pack_prefixes()
+    pack_modules = tuple(f"{prefix}{package}" for prefix in prefixes for package in ("oir_core", "nodes"))
+    by_class: dict[str, int] = {}
+    pack_objects: list[Any] = []
+    gc_tensors = 0
+    for obj in gc.get_objects():
+        cls = type(obj)
+        if issubclass(cls, torch.Tensor):  # type(), not isinstance(): no __class__ lookups on proxies
+            gc_tensors += 1
+            continue
+        module = getattr(cls, "__module__", None)  # a descriptor on some C types
+        if not isinstance(module, str) or not module.startswith(pack_modules) or isinstance(obj, type):
+            continue
+        prefix = next(p for p in prefixes if module.startswith(p))
+        key = f"{module[len(prefix) :]}.{cls.__qualname__}"
+        by_class[key] = by_class.get(key, 0) + 1
+        pack_objects.append(obj)
+    counts = {kind: sum(by_class.get(name, 0) for name in names) for kind, names in LIVE_KINDS.items()}
+    held = _held_tensors(pack_objects, pack_modules)
+    globals_roots = [
+        value
+        for name, module in list(sys.modules.items())
+        if name.startswith(pack_modules) and module is not None
+        for value in vars(module).values()
+        if isinstance(value, (dict, list, set, tuple, torch.Tensor))
+    ]
+    module_tensors = _held_tensors(globals_roots, pack_modules)
+    del pack_objects, globals_roots
+
+    def nbytes(tensors: dict[int, Any]) -> int:
+        storages = {}
+        for tensor in tensors.values():
+            try:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+            except (RuntimeError, NotImplementedError):  # meta / sparse tensors
+                continue
+        return sum(storages.values())
+
+    return {
+        "pack_prefixes": prefixes,
+        "counts": counts,
+        "by_class": dict(sorted(by_class.items())),
+        "held_tensors": len(held),
+        "held_bytes": nbytes(held),
+        "module_tensors": len(module_tensors),
+        "module_bytes": nbytes(module_tensors),
+        "gc_tensors": gc_tensors,
+        "loaded_models": len(__import__("comfy.model_management").model_management.current_loaded_models),
+    }
+
+
 def _register_routes() -> None:
-    """``GET /oir_test/memory`` (test only): :func:`memory_report` as JSON."""
+    """``GET /oir_test/memory`` and ``GET /oir_test/live_objects`` (test only): :func:`memory_report`
+    and :func:`live_objects` as JSON."""
     try:
         from aiohttp import web
         from server import PromptServer
@@ -154,8 +288,18 @@ def _register_routes() -> None:
     async def memory(request: Any) -> Any:
         return web.json_response(memory_report())
 
+    @PromptServer.instance.routes.get("/oir_test/live_objects")
+    async def live(request: Any) -> Any:
+        import traceback
+
+        try:
+            return web.json_response(live_objects())
+        except Exception:  # the test reads why the probe failed
+            return web.Response(status=500, text=traceback.format_exc())
+
 
 _register_routes()
+
 
 class OIRTestWaitForFile:
     """Holds ComfyUI's queue until ``path`` exists (a test's release signal), at most ``timeout`` s.
