@@ -86,7 +86,11 @@ def single_latent(latent: dict[str, Any], input_name: str = "latent") -> torch.T
         )
     if not torch.isfinite(samples).all():
         raise OIRInputError(
-            input_name, "latent with NaN/inf", "the latent is not finite", "re-encode the image"
+            input_name,
+            "latent with NaN/inf",
+            "the latent is not finite",
+            "connect VAE Encode of the source image (a NaN/inf latent comes from a broken VAE or image: "
+            "try another VAE, or fp32 with ComfyUI --fp32-vae)",
         )
     return samples
 

@@ -30,7 +30,11 @@ def parse_steps(text: str, steps: int, input_name: str = "custom_steps") -> list
         match = _RANGE.match(part)
         if not match:
             raise OIRInputError(
-                input_name, part, "not a step, range 'a-b' or strided range 'a-b:s'", "fix the list"
+                input_name,
+                part,
+                "not a step, range 'a-b' or strided range 'a-b:s'",
+                f"write whole steps, ranges or strided ranges separated by commas, e.g. '5, 10, 20-30:2' "
+                f"or '1-{steps}' for every step",
             )
         first = int(match.group(1))
         last = int(match.group(2) or first)
@@ -42,7 +46,13 @@ def parse_steps(text: str, steps: int, input_name: str = "custom_steps") -> list
         chosen.update(range(first, last + 1, stride))
     outside = sorted(s for s in chosen if not 1 <= s <= steps)
     if outside:
-        raise OIRInputError(input_name, outside, f"steps must lie in 1..{steps}", "drop them or raise steps")
+        raise OIRInputError(
+            input_name,
+            outside,
+            f"steps must lie in 1..{steps}",
+            f"remove {outside} from the list (e.g. '1-{steps}' for every step), or raise the inversion's "
+            f"steps until its levels reach {max(outside)}",
+        )
     return sorted(chosen)
 
 
@@ -67,6 +77,16 @@ def coarse_round_steps(steps: int, stride: int) -> list[int]:
     return sorted({1, *coarse_steps(steps, stride)})
 
 
+def _override_example(entries: Sequence[str], steps: int) -> str:
+    """``entries`` with every entry that is not ``auto`` or a step in ``1..steps`` replaced by ``auto``:
+    a valid ``step_override`` close to what was typed, for the error's fix."""
+
+    def valid(entry: str) -> bool:
+        return entry in ("", "auto") or (entry.isdecimal() and 1 <= int(entry) <= steps)
+
+    return ", ".join(entry if valid(entry) and entry else "auto" for entry in entries)
+
+
 def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | None]:
     """Parse the manual per-pair override: ``""`` or ``"auto, 23"`` (one entry per pair).
 
@@ -79,7 +99,8 @@ def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | N
             "step_override",
             text,
             f"{len(entries)} entries for {pair_count} edit pairs",
-            "give one entry per pair",
+            f"write {pair_count} comma-separated entries, one per pair in chain order, each 'auto' or a "
+            f"step, e.g. '{_override_example(entries[:pair_count], steps)}'",
         )
     overrides: list[int | None] = []
     for pair, entry in enumerate(entries):
@@ -91,7 +112,8 @@ def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | N
                 "step_override",
                 entry,
                 f"pair {pair + 1}: not 'auto' or a step in 1..{steps}",
-                "fix that entry",
+                f"write 'auto' or a whole step from 1 to {steps} as entry {pair + 1}, e.g. "
+                f"'{_override_example(entries, steps)}' ('auto' keeps the search's choice)",
             )
         overrides.append(int(entry))
     return overrides + [None] * (pair_count - len(overrides))

@@ -411,13 +411,29 @@ function decimalValue(digits) {
 
 /** A `step_override` the node would refuse, with the Python side's wording. */
 export class StepOverrideError extends Error {
-  /** @param {string} entry @param {string} problem */
-  constructor(entry, problem) {
-    super(`step_override ${JSON.stringify(entry)}: ${problem}`);
+  /** @param {string} entry @param {string} problem @param {string} example a valid text to type */
+  constructor(entry, problem, example) {
+    super(`step_override ${JSON.stringify(entry)}: ${problem}; type e.g. '${example}'`);
     this.name = "StepOverrideError";
     this.entry = entry;
     this.problem = problem;
+    this.example = example;
   }
+}
+
+/**
+ * `oir_core/steps.py::_override_example` in JS: the typed entries with every one that is not
+ * `auto` or a step in `1..steps` replaced by `auto`, a valid text close to what was typed.
+ * @param {string[]} entries stripped, lower-cased
+ * @param {number} steps
+ */
+function overrideExample(entries, steps) {
+  const valid = (entry) => {
+    if (entry === "auto") return true;
+    const value = DECIMAL.test(entry) ? decimalValue(entry) : NaN;
+    return value >= 1 && value <= steps;
+  };
+  return entries.map((entry) => (valid(entry) ? entry : "auto")).join(", ");
 }
 
 /**
@@ -437,7 +453,11 @@ export class StepOverrideError extends Error {
 export function parseStepOverrides(text, pairCount, steps = Infinity) {
   const entries = pyStrip(text) ? text.split(",").map((entry) => pyStrip(entry).toLowerCase()) : [];
   if (entries.length > pairCount) {
-    throw new StepOverrideError(text, `${entries.length} entries for ${pairCount} edit pairs`);
+    throw new StepOverrideError(
+      text,
+      `${entries.length} entries for ${pairCount} edit pairs`,
+      overrideExample(entries.slice(0, pairCount), steps),
+    );
   }
   /** @type {(number|null)[]} */
   const overrides = entries.map((entry, pair) => {
@@ -445,7 +465,11 @@ export function parseStepOverrides(text, pairCount, steps = Infinity) {
     const value = DECIMAL.test(entry) ? decimalValue(entry) : NaN;
     if (!(value >= 1 && value <= steps)) {
       const range = Number.isFinite(steps) ? `1..${steps}` : "1..T";
-      throw new StepOverrideError(entry, `pair ${pair + 1}: not 'auto' or a step in ${range}`);
+      throw new StepOverrideError(
+        entry,
+        `pair ${pair + 1}: not 'auto' or a step in ${range}`,
+        overrideExample(entries, steps),
+      );
     }
     return value;
   });
