@@ -6,6 +6,7 @@ ControlNet carried in the conditioning, hooks and model patches act on every ste
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import comfy.samplers
@@ -30,7 +31,7 @@ from ..oir_core.options import (
 from ..oir_core.reassembly import background_psnr, reassemble
 from ..oir_core.sampling import OFFICIAL_FAMILY
 from ..oir_core.search import run_search
-from ..oir_core.steps import validate_background, validate_reassembly
+from ..oir_core.steps import levels_note, validate_background, validate_reassembly
 from .comfy_host import (
     ComfyHost,
     clean_sigma,
@@ -39,6 +40,7 @@ from .comfy_host import (
     is_flow_model,
     model_space_in,
     model_space_out,
+    schedule_levels_reason,
 )
 from .conditioning import check_conditioning, inherit_conditioning
 from .payloads import CandidateBundle, ChosenSteps, OIREdit, SearchRecipe
@@ -194,15 +196,29 @@ class OIRDDIMInversion(io.ComfyNode):
         if steps < 2:
             raise OIRInputError("steps", steps, "OIR needs at least 2 steps", "use the paper's 50")
         sigmas = get_sigmas(model, scheduler, steps)
+        levels = sigmas.numel() - 1
+        # Said once, here: every later message and the search's candidates count these levels (T).
+        note = levels_note(steps, levels, scheduler, schedule_levels_reason(model, scheduler, steps, levels))
+        if note is not None:
+            logging.info("OIR DDIM Inversion: %s", note)
         # Before the first model call: the reassembly this trajectory feeds must fit its T levels.
         # (``hidden`` is set when ComfyUI executes the node; a direct call has no prompt to read.)
         hidden = cls.hidden
         refuse_unused_results(
             getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), "trajectory"
         )
-        refuse_unfit_reassembly(
-            getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), sigmas.numel() - 1
-        )
+        try:
+            refuse_unfit_reassembly(
+                getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), levels
+            )
+        except OIRInputError as error:
+            if note is None:
+                raise
+            # The refusal counts levels; say where the number comes from (the full note is logged).
+            where = f"steps = {steps} gave {levels} levels with the {scheduler} schedule"
+            raise OIRInputError(
+                error.input_name, error.value, f"{error.problem} ({where})", error.fix
+            ) from None
         convention = choose_convention(
             convention,
             flow=is_flow_model(model),
@@ -221,7 +237,10 @@ class OIRDDIMInversion(io.ComfyNode):
             source={**model_facts(model), "scheduler": scheduler},
         )
         inverted = {"samples": model_space_out(model, trajectory.latents[-1:].clone())}
-        return io.NodeOutput(trajectory, inverted, ui={"oir_split": host.split_report()})
+        summary = {"steps": steps, "levels": levels, "scheduler": scheduler, "note": note}
+        return io.NodeOutput(
+            trajectory, inverted, ui={"oir_split": host.split_report(), "oir_levels": [summary]}
+        )
 
 
 class OIRParallelStepSearch(io.ComfyNode):

@@ -28,6 +28,7 @@ from .sampling import (
     lockstep_total_rows,
     walked_levels,
 )
+from .steps import levels_phrase
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def validate_start_steps(starts: Sequence[Sequence[int]], steps: int) -> list[li
             raise OIRInputError(
                 "search_steps",
                 f"pair {pair}: {bad}",
-                f"steps must lie in 1..{steps}",
+                f"steps must lie in 1..{steps} ({levels_phrase(steps)})",
                 f"remove {bad} (steps lie in 1..{steps})",
             )
         if len(set(values)) != len(values):

@@ -49,7 +49,7 @@ def parse_steps(text: str, steps: int, input_name: str = "custom_steps") -> list
         raise OIRInputError(
             input_name,
             outside,
-            f"steps must lie in 1..{steps}",
+            f"steps must lie in 1..{steps} ({levels_phrase(steps)})",
             f"remove {outside} from the list (e.g. '1-{steps}' for every step), or raise the inversion's "
             f"steps until its levels reach {max(outside)}",
         )
@@ -61,7 +61,9 @@ def coarse_steps(steps: int, stride: int) -> list[int]:
     if stride < 1:
         raise OIRInputError("coarse_stride", stride, "must be at least 1", "use e.g. 5")
     if stride > steps:
-        raise OIRInputError("coarse_stride", stride, f"larger than steps = {steps}", f"use at most {steps}")
+        raise OIRInputError(
+            "coarse_stride", stride, f"larger than {levels_phrase(steps)}", f"use at most {steps}"
+        )
     return list(range(stride, steps + 1, stride))
 
 
@@ -111,7 +113,7 @@ def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | N
             raise OIRInputError(
                 "step_override",
                 entry,
-                f"pair {pair + 1}: not 'auto' or a step in 1..{steps}",
+                f"pair {pair + 1}: not 'auto' or a step in 1..{steps} ({levels_phrase(steps)})",
                 f"write 'auto' or a whole step from 1 to {steps} as entry {pair + 1}, e.g. "
                 f"'{_override_example(entries, steps)}' ('auto' keeps the search's choice)",
             )
@@ -122,6 +124,30 @@ def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | N
 def format_step_overrides(overrides: Sequence[int | None]) -> str:
     """The inverse of :func:`parse_step_overrides` (what the frontend writes into the widget)."""
     return ", ".join("auto" if step is None else str(step) for step in overrides)
+
+
+def levels_note(steps: int, levels: int, scheduler: str, why: str = "") -> str | None:
+    """The one message a user needs when the schedule gives another number of levels than ``steps``.
+
+    ComfyUI's schedulers turn ``steps`` into a sigma list; OIR inverts through every level of it, so
+    ``T`` (the candidates, ``step_override``, ``custom_steps``, ``R`` and ``r``) is the number of
+    levels, not the typed number (ARCHITECTURE.md §4.1). ``why`` is the scheduler's reason, when
+    known. ``None`` when they agree.
+    """
+    if levels == steps:
+        return None
+    reason = f" ({why})" if why else ""
+    return (
+        f"steps = {steps} gave {levels} denoising levels with the {scheduler} schedule{reason}. "
+        f"OIR inverts through every level, so the search's candidates are numbered 1-{levels} (one per "
+        f"level), and step_override, custom_steps, reassembly_step and reinversion_steps count "
+        f"these {levels} levels"
+    )
+
+
+def levels_phrase(levels: int) -> str:
+    """How every message names ``T``: the inversion's levels (which may differ from the typed steps)."""
+    return f"the inversion's {levels} levels"
 
 
 AUTO = -1
@@ -150,7 +176,7 @@ def validate_reassembly(steps: int, reassembly_step: int, reinversion_steps: int
         raise OIRInputError(
             "reassembly_step",
             reassembly_step,
-            f"must lie in 0..{steps - 1} for a {steps}-step inversion",
+            f"must lie in 0..{steps - 1} for {levels_phrase(steps)}",
             "lower it (the paper uses 10 of 50), raise steps, or use -1 (auto: a fifth of the steps)",
         )
     if reinversion_steps < 0:
@@ -161,8 +187,8 @@ def validate_reassembly(steps: int, reassembly_step: int, reinversion_steps: int
         raise OIRInputError(
             "reinversion_steps",
             reinversion_steps,
-            f"reassembly_step + reinversion_steps = {reassembly_step + reinversion_steps} exceeds steps"
-            f" = {steps}",
+            f"reassembly_step + reinversion_steps = {reassembly_step + reinversion_steps} exceeds "
+            f"{levels_phrase(steps)}",
             f"use at most {steps - reassembly_step} re-inversion steps, or -1 (auto: a fifth of the steps)",
         )
     return reassembly_step, reinversion_steps

@@ -644,3 +644,16 @@ export function reassemblySummary(output) {
     : "connect a VAE to measure it";
   return `background: ${mode} · background PSNR ${psnr}`;
 }
+
+/**
+ * OIR DDIM Inversion's one line about its levels, from `ui.oir_levels` (nodes/sampling_nodes.py):
+ * the node's note when ComfyUI's schedule gave another number of levels than the typed steps
+ * (ddim_uniform: 7 for steps = 6), else null (nothing to say).
+ * @param {any} output
+ * @returns {string|null}
+ */
+export function levelsSummary(output) {
+  const report = Array.isArray(output?.oir_levels) ? output.oir_levels[0] : null;
+  if (!report || typeof report.note !== "string" || !report.note) return null;
+  return report.note;
+}

@@ -37,6 +37,7 @@ import {
   viewUrl,
   withPairOverride,
   reassemblySummary,
+  levelsSummary,
   xForStep,
   yForValue,
 } from "./oir_chart_logic.js";
@@ -44,6 +45,7 @@ import {
 const SCORER = "OIRMaskMetricScorer";
 const SEARCH = "OIRParallelStepSearch";
 const REASSEMBLY = "OIRObjectReassembly";
+const INVERSION = "OIRDDIMInversion";
 const OVERRIDE_WIDGET = "step_override";
 const CHART_WIDGET = "oir_search_chart";
 const STRIP_WIDGET = "oir_search_strip";
@@ -647,6 +649,33 @@ function decorateReassembly(nodeType) {
   };
 }
 
+/**
+ * OIR DDIM Inversion: when the schedule gave another number of levels than `steps`, the node says
+ * so in one read-only note (never serialised), so the candidates numbered 1..T make sense.
+ * @param {any} nodeType
+ */
+function decorateInversion(nodeType) {
+  const onExecuted = nodeType.prototype.onExecuted;
+  nodeType.prototype.onExecuted = function (output) {
+    const result = onExecuted?.apply(this, arguments);
+    showLevels(this, output);
+    return result;
+  };
+}
+
+function showLevels(node, output) {
+  const text = levelsSummary(output);
+  if (text === null && !node.oirLevels) return;
+  if (!node.oirLevels) {
+    const element = html("div", { class: "oir-summary oir-levels" }, []);
+    node.oirLevels = element;
+    // About 48 characters a line at the node's default width; the note is 3 to 5 lines.
+    addViewWidget(node, "oir_levels_note", { element, preferredHeight: () => (element.textContent ? 78 : 0) });
+  }
+  node.oirLevels.textContent = text ?? "";
+  fitNode(node);
+}
+
 function showReassembly(node, output) {
   const text = reassemblySummary(output);
   if (text === null) return;
@@ -731,6 +760,7 @@ app.registerExtension({
     if (nodeData?.name === SCORER) decorateScorer(nodeType);
     else if (nodeData?.name === SEARCH) decorateSearch(nodeType);
     else if (nodeData?.name === REASSEMBLY) decorateReassembly(nodeType);
+    else if (nodeData?.name === INVERSION) decorateInversion(nodeType);
   },
   // Outputs restored from the queue history (no `executed` message then). The keys are node
   // locator ids: "<node id>" at the top level, "<subgraph uuid>:<node id>" inside a subgraph.
@@ -743,6 +773,7 @@ app.registerExtension({
       const node = nodeByLocator(id);
       if (node?.oirChart) showScores(node, output);
       if (node?.type === REASSEMBLY) showReassembly(node, output);
+      if (node?.type === INVERSION) showLevels(node, output);
     }
   },
 });
