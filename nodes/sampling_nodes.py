@@ -43,7 +43,7 @@ from .comfy_host import (
     schedule_levels_reason,
 )
 from .conditioning import check_conditioning, inherit_conditioning
-from .payloads import CandidateBundle, ChosenSteps, OIREdit, SearchRecipe
+from .payloads import CandidateBundle, ChosenSteps, OIREdit, SearchRecipe, candidates_key
 from .progress import level_progress
 from .scoring_nodes import check_metric
 from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
@@ -410,6 +410,7 @@ class OIRParallelStepSearch(io.ComfyNode):
             coarse_best=result.coarse_best,
             grid_layout=tuple(layouts),
             recipe=SearchRecipe(model, trajectory, oir_edit, original, negative, float(cfg)),
+            key=candidates_key(stored, layouts),
         )
         preview = ui.PreviewImage(grid, cls=cls).as_dict()
         return io.NodeOutput(
@@ -418,6 +419,7 @@ class OIRParallelStepSearch(io.ComfyNode):
             ui={
                 **preview,
                 "oir_grid": layouts,
+                "oir_candidates": [bundle.key],
                 "oir_stats": [candidates.stats.to_dict()],
                 "oir_split": host.split_report(),
             },

@@ -47,7 +47,8 @@ export const SERIES = Object.freeze([
  *   constant: {editing: boolean, fidelity: boolean},
  *   weights: number[],
  *   totalSteps: number,
- *   image: ImageRef|null, grid: GridLayout|null
+ *   image: ImageRef|null, grid: GridLayout|null,
+ *   candidates: string|null
  * }} PairChart
  *   Everything one pair's chart needs, validated.
  */
@@ -146,6 +147,8 @@ export function scoreCharts(output) {
       totalSteps: isStep(e.total_steps) && e.total_steps > 0 ? e.total_steps : Infinity,
       image: isImageRef(image) ? image : null,
       grid: gridLayout(e.grid),
+      // The key of the candidates these scores belong to (the search sends the same one).
+      candidates: typeof e.candidates === "string" && e.candidates ? e.candidates : null,
     });
   });
   return charts;
@@ -190,6 +193,106 @@ export function choicesByPair(charts) {
     choices.set(chart.pair, { chosen: chart.chosen, scores });
   }
   return choices;
+}
+
+/**
+ * The key of the candidates a Parallel Step Search's payload shows (`ui.oir_candidates`,
+ * nodes/payloads.py::candidates_key), or null (a payload without one).
+ * @param {unknown} output
+ * @returns {string|null}
+ */
+export function candidatesKey(output) {
+  const keys = /** @type {any} */ (output)?.oir_candidates;
+  const key = Array.isArray(keys) ? keys[0] : null;
+  return typeof key === "string" && key ? key : null;
+}
+
+/**
+ * The key of the candidates a scorer's charts score (one key for all its pairs), or null.
+ * @param {PairChart[]} charts
+ * @returns {string|null}
+ */
+export function scoredKey(charts) {
+  const keys = new Set(charts.map((chart) => chart.candidates));
+  const [key] = keys;
+  return keys.size === 1 && typeof key === "string" ? key : null;
+}
+
+/**
+ * @typedef {Map<number, {chosen: number, scores: Map<number, number|null>}>} PairChoices
+ *   What `choicesByPair` gives: per pair, the chosen step and the combined score per step.
+ */
+
+/**
+ * The latest scores per candidates key, for every strip on the page. A strip looks its own
+ * candidates up here whenever its grids arrive, and takes scores offered for its key; so the strip
+ * and the chart agree in any order of ComfyUI's messages (a cached re-queue after a reload sends
+ * the scorer's and the search's results independently), wherever the two nodes sit (subgraphs,
+ * reroutes: no graph walk), and after a partial re-run of the scorer alone.
+ */
+export class ScoreBoard {
+  /** @param {number} [limit] keys kept (oldest dropped first) */
+  constructor(limit = 32) {
+    this.limit = limit;
+    /** @type {Map<string, PairChoices>} */
+    this.byKey = new Map();
+  }
+
+  /** @param {string|null} key @param {PairChoices} choices */
+  record(key, choices) {
+    if (!key) return;
+    this.byKey.delete(key); // re-inserted last: the newest
+    this.byKey.set(key, choices);
+    while (this.byKey.size > this.limit) this.byKey.delete(this.byKey.keys().next().value);
+  }
+
+  /** @param {string|null} key @returns {PairChoices|null} */
+  choicesFor(key) {
+    return key ? (this.byKey.get(key) ?? null) : null;
+  }
+}
+
+/**
+ * One search strip's state: its candidates (grids and key) and the scores it shows. Pure, so the
+ * orders of events a page sees are tested as they happen (tests/web/strip_state.test.mjs).
+ */
+export class StripState {
+  /** @param {ScoreBoard} board */
+  constructor(board) {
+    this.board = board;
+    /** @type {SearchGrid[]} */
+    this.grids = [];
+    /** @type {string|null} */
+    this.key = null;
+    /** @type {PairChoices} */
+    this.choices = new Map();
+  }
+
+  /**
+   * New grids from the search node: the scores recorded for their key (if any) are shown at once.
+   * A payload without a key keeps the earlier scores only when it shows the very same grids.
+   * @param {SearchGrid[]} grids
+   * @param {string|null} key
+   */
+  setGrids(grids, key) {
+    const same = grids.length > 0 && JSON.stringify(grids) === JSON.stringify(this.grids);
+    const recorded = this.board.choicesFor(key);
+    this.choices = recorded ?? (same && key === this.key ? this.choices : new Map());
+    this.grids = grids;
+    this.key = key;
+  }
+
+  /**
+   * Scores a scorer sent for candidates `key`; taken only when they are this strip's candidates.
+   * @param {string|null} key
+   * @param {PairChoices} choices
+   * @returns {boolean} whether the strip changed
+   */
+  offer(key, choices) {
+    if (!key || key !== this.key) return false;
+    this.choices = choices;
+    return true;
+  }
 }
 
 /** @param {unknown} value @returns {value is ImageRef} */
