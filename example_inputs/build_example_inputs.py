@@ -5,17 +5,21 @@ pass the wheel): public-domain or CC0 pictures, see ``LICENSE.md``. The masks an
 drawn here by hand-placed shapes, so they are approximate by design: they only have to mark each
 object so a newcomer can press Run.
 
-Run: ``python example_inputs/build_example_inputs.py path/to/scikit_image-*.whl``
+Run: ``python example_inputs/build_example_inputs.py path/to/scikit_image-*.whl`` (everything), or
+without an argument to redraw only the template cards (``example_workflows/<template>.jpg``) from the
+inputs already here; ``tests/core/test_template_cards.py`` checks that the shipped cards are current.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import sys
 import zipfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+import numpy as np
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "oir_example_"
@@ -59,41 +63,115 @@ TEMPLATES = {
     "oir_phrase_mask_edit": ("coffee", [("coffee_cup", "cup -> glass"), ("coffee_spoon", "spoon -> fork")]),
 }
 UNPAINTED = {"oir_phrase_mask_edit"}
-"""Templates whose masks come from the model: the card shows the photo without painted regions."""
+"""Templates whose masks come from the model: the card writes each phrase on its object instead of
+painting the region."""
+OUTLINED = {"oir_sdxl_two_object_edit"}
+"""Templates whose card outlines each object instead of tinting it: the SDXL template makes the SD 1.5
+template's edit, and the two cards must differ at a glance, not only by their badges."""
+INSETS = {"oir_lora_controlnet_edit": "astronaut_depth"}
+"""Templates whose card shows one more input in a corner (the ControlNet's depth map)."""
 BADGES = {
+    "oir_two_object_edit": "SD 1.5 · two objects",
+    "oir_single_object_search": "SD 1.5 · one object",
+    "oir_lora_controlnet_edit": "SD 1.5 + LoRA + ControlNet",
     "oir_sdxl_two_object_edit": "SDXL",
     "oir_flux_two_object_edit": "Flux-dev",
     "oir_phrase_mask_edit": "masks from words",
 }
-"""Model family written on a card whose picture another template shares."""
+"""What each card says in its top-left corner: the model family and what sets the template apart
+(several templates share a photo and an edit)."""
 TINTS = ((255, 80, 60), (60, 160, 255), (90, 220, 90))
+CARD_SIDE = 384
+"""The picture's longer side on a card, in pixels (the frontend shows cards at about 300 px)."""
+MODEL_CLASSES = {
+    "CheckpointLoaderSimple": "ckpt_name",
+    "LoraLoader": "lora_name",
+    "ControlNetLoader": "control_net_name",
+}
+
+
+def model_files(template: str) -> list[str]:
+    """The model files the template's API twin loads (checkpoint, LoRA, ControlNet), in node order."""
+    api = json.loads((HERE.parent / "oir_cli" / "workflows" / f"{template}.api.json").read_text("utf-8"))
+    return [
+        node["inputs"][MODEL_CLASSES[node["class_type"]]]
+        for node in api.values()
+        if node["class_type"] in MODEL_CLASSES
+    ]
+
+
+def mask_centre(mask: Image.Image) -> tuple[float, float]:
+    """The centroid of a mask's white pixels (where the card writes the phrase)."""
+    weights = np.asarray(mask, dtype=np.float64)
+    rows, columns = np.indices(weights.shape)
+    total = weights.sum() or 1.0
+    return float((columns * weights).sum() / total), float((rows * weights).sum() / total)
+
+
+def card(template: str, badge: bool = True) -> Image.Image:
+    """A template's card picture: the photo with each object tinted (or, for masks from words, each
+    phrase written on its object), the extra input in a corner, the badge, and a bar with the edits
+    and the model files. ``badge=False`` leaves the badge out (the test's reference)."""
+    name, pairs = TEMPLATES[template]
+    picture = Image.open(HERE / f"{PREFIX}{name}.png").convert("RGB")
+    scale = CARD_SIDE / max(picture.size)
+    masks = [Image.open(HERE / f"{PREFIX}{mask_name}.png").convert("L") for mask_name, _ in pairs]
+    if template in OUTLINED:
+        for region, tint in zip(masks, TINTS):
+            ring = ImageChops.subtract(region.filter(ImageFilter.MaxFilter(15)), region)
+            picture = Image.composite(Image.new("RGB", picture.size, tint), picture, ring)
+    elif template not in UNPAINTED:
+        for region, tint in zip(masks, TINTS):
+            picture = Image.composite(
+                Image.new("RGB", picture.size, tint), picture, region.point(lambda v: v * 0.45)
+            )
+    picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.LANCZOS)
+    draw = ImageDraw.Draw(picture)
+    if template in UNPAINTED:
+        words = ImageFont.load_default(size=26)
+        for region, (_, text), tint in zip(masks, pairs, TINTS):
+            x, y = (value * scale for value in mask_centre(region))
+            phrase = f'"{text.split(" -> ")[0]}"'
+            draw.text(
+                (x, y), phrase, fill=tint, font=words, anchor="mm", stroke_width=3, stroke_fill=(0, 0, 0)
+            )
+    if template in INSETS:
+        inset = Image.open(HERE / f"{PREFIX}{INSETS[template]}.png").convert("RGB")
+        inset.thumbnail((picture.width // 3, picture.height // 3))
+        corner = (picture.width - inset.width - 6, 6)
+        draw.rectangle((corner[0] - 2, 4, picture.width - 4, inset.height + 8), fill=(255, 255, 255))
+        picture.paste(inset, corner)
+    bar = 52
+    canvas = Image.new("RGB", (picture.width, picture.height + bar), (24, 24, 24))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    if badge:
+        font = ImageFont.load_default(size=20)
+        box = draw.textbbox((10, 8), BADGES[template], font=font)
+        draw.rectangle((box[0] - 6, box[1] - 4, box[2] + 6, box[3] + 4), fill=(24, 24, 24))
+        draw.text((10, 8), BADGES[template], fill=(255, 255, 255), font=font)
+    font = ImageFont.load_default(size=16)
+    x = 8
+    for (_, text), tint in zip(pairs, TINTS):
+        draw.text((x, picture.height + 5), text, fill=tint, font=font)
+        x += int(draw.textlength(text, font=font)) + 24
+    files = " + ".join(Path(name).stem for name in model_files(template))
+    size = 13
+    while size > 8 and draw.textlength(files, font=ImageFont.load_default(size=size)) > picture.width - 16:
+        size -= 1  # the LoRA + ControlNet card names three files
+    draw.text((8, picture.height + 30), files, fill=(170, 170, 170), font=ImageFont.load_default(size=size))
+    return canvas
 
 
 def thumbnail(template: str) -> None:
-    """``example_workflows/<template>.jpg``: the photo, each object tinted, the edit as a caption."""
-    name, pairs = TEMPLATES[template]
-    picture = Image.open(HERE / f"{PREFIX}{name}.png").convert("RGB")
-    for (mask_name, _), tint in zip(pairs, TINTS):
-        if template in UNPAINTED:
-            break
-        region = Image.open(HERE / f"{PREFIX}{mask_name}.png").convert("L").point(lambda v: v * 0.45)
-        picture = Image.composite(Image.new("RGB", picture.size, tint), picture, region)
-    picture.thumbnail((384, 384))
-    bar = 30
-    card = Image.new("RGB", (picture.width, picture.height + bar), (24, 24, 24))
-    card.paste(picture, (0, 0))
-    draw = ImageDraw.Draw(card)
-    font = ImageFont.load_default(size=16)
-    if template in BADGES:
-        badge = ImageFont.load_default(size=22)
-        box = draw.textbbox((10, 8), BADGES[template], font=badge)
-        draw.rectangle((box[0] - 6, box[1] - 4, box[2] + 6, box[3] + 4), fill=(24, 24, 24))
-        draw.text((10, 8), BADGES[template], fill=(255, 255, 255), font=badge)
-    x = 8
-    for (_, text), tint in zip(pairs, TINTS):
-        draw.text((x, picture.height + 6), text, fill=tint, font=font)
-        x += int(draw.textlength(text, font=font)) + 24
-    card.save(HERE.parent / "example_workflows" / f"{template}.jpg", quality=88)
+    """``example_workflows/<template>.jpg``: :func:`card`, saved small (the pack ships six)."""
+    card(template).save(HERE.parent / "example_workflows" / f"{template}.jpg", quality=85, optimize=True)
+
+
+def thumbnails() -> None:
+    """Every template's card picture (the photos and masks in this folder are enough)."""
+    for template in TEMPLATES:
+        thumbnail(template)
 
 
 def main(wheel_path: str) -> None:
@@ -141,9 +219,9 @@ def main(wheel_path: str) -> None:
         draw.ellipse((148, 10, 302, 200), fill=160)
         draw.ellipse(helmet[1], fill=225)
         save(depth.filter(ImageFilter.GaussianBlur(6)), "astronaut_depth")
-    for template in TEMPLATES:
-        thumbnail(template)
+    thumbnails()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    # No wheel: only the cards are redrawn, from the inputs already in this folder.
+    main(sys.argv[1]) if len(sys.argv) > 1 else thumbnails()

@@ -78,6 +78,30 @@ def get_sigmas(model: Any, scheduler: str, steps: int) -> Tensor:
     return sigmas.to(device="cpu", dtype=torch.float32)
 
 
+def schedule_levels_reason(model: Any, scheduler: str, steps: int, levels: int) -> str:
+    """Why ComfyUI's ``scheduler`` made ``levels`` levels from ``steps`` (``""`` when they agree or
+    the reason is not known), in words for the inversion node's message.
+
+    ``ddim_uniform`` (``comfy.samplers.ddim_scheduler``) walks the model's discrete noise levels in
+    strides of ``len(sigmas) // steps`` from the second one, so a ``steps`` that does not divide the
+    level count lands on more levels than asked for (6 of 1000 gives 7).
+    """
+    if levels == steps or scheduler != "ddim_uniform":
+        return ""
+    count = len(model.get_model_object("model_sampling").sigmas)
+    stride = max(count // steps, 1)
+    divisors = [d for d in range(2, count + 1) if count % d == 0]
+    below = [d for d in divisors if d < steps][-1:]
+    above = [d for d in divisors if d > steps][:1]
+    nearest = " or ".join(str(d) for d in below + above)
+    return (
+        f"ComfyUI's ddim_uniform takes the model's {count} noise levels in strides of {count} // {steps} "
+        f"= {stride}, which lands on {levels} of them; a steps value that divides {count}"
+        + (f", such as {nearest}," if nearest else "")
+        + " gives exactly that many levels"
+    )
+
+
 def is_flow_model(model: Any) -> bool:
     """True when the model's sampling is rectified flow (``CONST``: SD3, Flux, ``ModelType.FLOW``).
 

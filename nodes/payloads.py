@@ -6,6 +6,8 @@ cached output cannot be changed by a downstream node.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +75,8 @@ class CandidateBundle:
         coarse_best: the best coarse step per pair, or empty.
         grid_layout: per pair, the grid geometry of the preview image (for the frontend).
         recipe: the search's inputs, for the reassembly's reuse check (``None``: reuse nothing).
+        key: :func:`candidates_key` of these candidates: the search's strip and the scorer's chart
+            carry it, so the frontend matches scores to the strip showing the same candidates.
     """
 
     edit: OIREdit
@@ -84,10 +88,27 @@ class CandidateBundle:
     coarse_best: tuple[int, ...] = ()
     grid_layout: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     recipe: SearchRecipe | None = None
+    key: str = ""
 
     def float_images(self) -> Tensor:
         """``[N, H, W, 3]`` float32 0..1 (ComfyUI's IMAGE layout) of the stored 8-bit candidates."""
         return self.images.float() / 255.0
+
+
+def candidates_key(images: Tensor, layouts: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> str:
+    """A name for one set of candidates, from what the frontend shows of them: the 8-bit pictures
+    ``[N, H, W, 3]`` and the grid layouts (pairs, steps, geometry).
+
+    The search's strip and the scorer's chart both carry it (``ui``), so the strip takes the
+    scores meant for its own candidates, whatever the order ComfyUI sends the two nodes' results in
+    (a cached re-queue sends them independently) and wherever the nodes sit (a subgraph, a reroute).
+    The same candidates always get the same key; others, in practice, never do.
+    """
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(json.dumps(list(layouts), sort_keys=True).encode("utf-8"))
+    digest.update(str(tuple(images.shape)).encode("ascii"))
+    digest.update(images.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ ControlNet carried in the conditioning, hooks and model patches act on every ste
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import comfy.samplers
@@ -30,7 +31,7 @@ from ..oir_core.options import (
 from ..oir_core.reassembly import background_psnr, reassemble
 from ..oir_core.sampling import OFFICIAL_FAMILY
 from ..oir_core.search import run_search
-from ..oir_core.steps import validate_background, validate_reassembly
+from ..oir_core.steps import levels_note, validate_background, validate_reassembly
 from .comfy_host import (
     ComfyHost,
     clean_sigma,
@@ -39,9 +40,10 @@ from .comfy_host import (
     is_flow_model,
     model_space_in,
     model_space_out,
+    schedule_levels_reason,
 )
 from .conditioning import check_conditioning, inherit_conditioning
-from .payloads import CandidateBundle, ChosenSteps, OIREdit, SearchRecipe
+from .payloads import CandidateBundle, ChosenSteps, OIREdit, SearchRecipe, candidates_key
 from .progress import level_progress
 from .scoring_nodes import check_metric
 from .types import Candidates, ChosenStepsType, OIREditType, Scorer, Trajectory
@@ -86,7 +88,11 @@ def single_latent(latent: dict[str, Any], input_name: str = "latent") -> torch.T
         )
     if not torch.isfinite(samples).all():
         raise OIRInputError(
-            input_name, "latent with NaN/inf", "the latent is not finite", "re-encode the image"
+            input_name,
+            "latent with NaN/inf",
+            "the latent is not finite",
+            "connect VAE Encode of the source image (a NaN/inf latent comes from a broken VAE or image: "
+            "try another VAE, or fp32 with ComfyUI --fp32-vae)",
         )
     return samples
 
@@ -190,15 +196,29 @@ class OIRDDIMInversion(io.ComfyNode):
         if steps < 2:
             raise OIRInputError("steps", steps, "OIR needs at least 2 steps", "use the paper's 50")
         sigmas = get_sigmas(model, scheduler, steps)
+        levels = sigmas.numel() - 1
+        # Said once, here: every later message and the search's candidates count these levels (T).
+        note = levels_note(steps, levels, scheduler, schedule_levels_reason(model, scheduler, steps, levels))
+        if note is not None:
+            logging.info("OIR DDIM Inversion: %s", note)
         # Before the first model call: the reassembly this trajectory feeds must fit its T levels.
         # (``hidden`` is set when ComfyUI executes the node; a direct call has no prompt to read.)
         hidden = cls.hidden
         refuse_unused_results(
             getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), "trajectory"
         )
-        refuse_unfit_reassembly(
-            getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), sigmas.numel() - 1
-        )
+        try:
+            refuse_unfit_reassembly(
+                getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None), levels
+            )
+        except OIRInputError as error:
+            if note is None:
+                raise
+            # The refusal counts levels; say where the number comes from (the full note is logged).
+            where = f"steps = {steps} gave {levels} levels with the {scheduler} schedule"
+            raise OIRInputError(
+                error.input_name, error.value, f"{error.problem} ({where})", error.fix
+            ) from None
         convention = choose_convention(
             convention,
             flow=is_flow_model(model),
@@ -217,7 +237,10 @@ class OIRDDIMInversion(io.ComfyNode):
             source={**model_facts(model), "scheduler": scheduler},
         )
         inverted = {"samples": model_space_out(model, trajectory.latents[-1:].clone())}
-        return io.NodeOutput(trajectory, inverted, ui={"oir_split": host.split_report()})
+        summary = {"steps": steps, "levels": levels, "scheduler": scheduler, "note": note}
+        return io.NodeOutput(
+            trajectory, inverted, ui={"oir_split": host.split_report(), "oir_levels": [summary]}
+        )
 
 
 class OIRParallelStepSearch(io.ComfyNode):
@@ -387,6 +410,7 @@ class OIRParallelStepSearch(io.ComfyNode):
             coarse_best=result.coarse_best,
             grid_layout=tuple(layouts),
             recipe=SearchRecipe(model, trajectory, oir_edit, original, negative, float(cfg)),
+            key=candidates_key(stored, layouts),
         )
         preview = ui.PreviewImage(grid, cls=cls).as_dict()
         return io.NodeOutput(
@@ -395,6 +419,7 @@ class OIRParallelStepSearch(io.ComfyNode):
             ui={
                 **preview,
                 "oir_grid": layouts,
+                "oir_candidates": [bundle.key],
                 "oir_stats": [candidates.stats.to_dict()],
                 "oir_split": host.split_report(),
             },

@@ -395,6 +395,8 @@ class OIRMaskMetricScorer(io.ComfyNode):
                 "searched": searched[k],
                 "override": overrides[k],
                 "total_steps": candidates.steps,
+                # the strip showing these candidates takes these scores (nodes/payloads.py)
+                "candidates": candidates.key,
                 "table": tables[k].to_dict(),
                 "grid": layouts[k],
             }

@@ -28,6 +28,7 @@ from .sampling import (
     lockstep_total_rows,
     walked_levels,
 )
+from .steps import levels_phrase
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,17 @@ def validate_start_steps(starts: Sequence[Sequence[int]], steps: int) -> list[li
         bad = [s for s in values if not 1 <= s <= steps]
         if bad:
             raise OIRInputError(
-                "search_steps", f"pair {pair}: {bad}", f"steps must lie in 1..{steps}", "drop those steps"
+                "search_steps",
+                f"pair {pair}: {bad}",
+                f"steps must lie in 1..{steps} ({levels_phrase(steps)})",
+                f"remove {bad} (steps lie in 1..{steps})",
             )
         if len(set(values)) != len(values):
             raise OIRInputError(
-                "search_steps", f"pair {pair}: {values}", "repeated steps", "list each step once"
+                "search_steps",
+                f"pair {pair}: {values}",
+                "repeated steps",
+                f"list each step once, e.g. {sorted(set(values))}",
             )
         checked.append(sorted(values))
     return checked

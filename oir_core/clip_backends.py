@@ -410,7 +410,12 @@ def _detect_backend(path: Path) -> str:
             f"unsupported file type {path.suffix!r}",
             "use a .safetensors open_clip checkpoint or a transformers CLIP folder",
         )
-    raise OIRInputError("clip_model", str(path), "file or folder not found", "check the path")
+    raise OIRInputError(
+        "clip_model",
+        str(path),
+        "file or folder not found",
+        "put the CLIP folder or checkpoint at that path (or correct the path)",
+    )
 
 
 def load_clip(
@@ -449,7 +454,12 @@ def load_clip(
     p = Path(path).expanduser()
     chosen = _detect_backend(p) if backend == "auto" else backend
     if not p.exists():
-        raise OIRInputError("clip_model", str(p), "file or folder not found", "check the path")
+        raise OIRInputError(
+            "clip_model",
+            str(p),
+            "file or folder not found",
+            "put the CLIP folder or checkpoint at that path (or correct the path)",
+        )
     dev = _resolve_device(device)
     if chosen == "transformers":
         return _load_transformers(p, dev, dtype)
@@ -468,10 +478,18 @@ def _read_json(path: Path, input_name: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise OIRInputError(
-            input_name, str(path), f"is not valid JSON ({error})", "fix or re-download the file"
+            input_name,
+            str(path),
+            f"is not valid JSON ({error})",
+            "re-download the file from the model's repository (it must be the original JSON)",
         ) from error
     if not isinstance(data, dict):
-        raise OIRInputError(input_name, str(path), "must hold a JSON object", "fix or re-download the file")
+        raise OIRInputError(
+            input_name,
+            str(path),
+            "must hold a JSON object",
+            "re-download the file from the model's repository (it must be the original JSON)",
+        )
     return data
 
 
@@ -481,9 +499,19 @@ def _triple(value: Any, name: str, source: Path) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3:
-        raise OIRInputError(name, value, f"in {source} must be three numbers (RGB)", "fix the config")
+        raise OIRInputError(
+            name,
+            value,
+            f"in {source} must be three numbers (RGB)",
+            "write three numbers, e.g. [0.4815, 0.4578, 0.4082] (CLIP's image_mean)",
+        )
     if name.endswith("std") and any(v <= 0 for v in values):
-        raise OIRInputError(name, value, f"in {source} must be positive", "fix the config")
+        raise OIRInputError(
+            name,
+            value,
+            f"in {source} must be positive",
+            "write three positive numbers, e.g. [0.2686, 0.2613, 0.2758] (CLIP's image_std)",
+        )
     return (values[0], values[1], values[2])
 
 

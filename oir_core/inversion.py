@@ -164,14 +164,26 @@ def validate_schedule(sigmas: Tensor, name: str = "sigmas") -> Tensor:
     if sigmas.numel() < 3:
         raise OIRInputError(name, sigmas.tolist(), "needs at least 2 steps", "use steps >= 2")
     if not torch.isfinite(sigmas).all():
-        raise OIRInputError(name, sigmas.tolist(), "contains NaN or inf", "use a standard scheduler")
+        raise OIRInputError(
+            name,
+            sigmas.tolist(),
+            "contains NaN or inf",
+            "choose the scheduler ddim_uniform (the paper's) or normal",
+        )
     if float(sigmas[-1]) != 0.0:
         raise OIRInputError(
-            name, float(sigmas[-1]), "the schedule must end at sigma 0", "use a scheduler that ends at 0"
+            name,
+            float(sigmas[-1]),
+            "the schedule must end at sigma 0",
+            "choose one of ComfyUI's schedulers (ddim_uniform, the paper's, or normal), which end at 0",
         )
     if not (sigmas[:-1] > sigmas[1:]).all():
         raise OIRInputError(
-            name, sigmas.tolist(), "must be strictly descending", "use a scheduler without repeated levels"
+            name,
+            sigmas.tolist(),
+            "must be strictly descending",
+            "choose the scheduler ddim_uniform (the paper's) or normal, or change steps (some schedules "
+            "repeat a level at some step counts)",
         )
     return sigmas
 
@@ -215,7 +227,11 @@ def invert(
         latent = latent[0]
     if not torch.isfinite(latent).all():
         raise OIRInputError(
-            "latent", "latent with NaN/inf", "the input latent is not finite", "re-encode the image"
+            "latent",
+            "latent with NaN/inf",
+            "the input latent is not finite",
+            "connect VAE Encode of the source image (a NaN/inf latent comes from a broken VAE or image: "
+            "try another VAE, or fp32 with ComfyUI --fp32-vae)",
         )
     level_sigmas = sigmas.flip(0).to(latent.device)
     steps = sigmas.numel() - 1

@@ -47,7 +47,7 @@ from .sampling import (
     lockstep_total_rows,
     walked_levels,
 )
-from .steps import validate_background, validate_reassembly
+from .steps import levels_phrase, validate_background, validate_reassembly
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,12 @@ def plan_reassembly(
     background_mode, feather = validate_background(background_mode, feather)
     bad = [t for t in chosen_steps if not 1 <= int(t) <= steps]
     if bad:
-        raise OIRInputError("chosen_steps", bad, f"steps must lie in 1..{steps}", "use the search's choice")
+        raise OIRInputError(
+            "chosen_steps",
+            bad,
+            f"steps must lie in 1..{steps} ({levels_phrase(steps)})",
+            "use the search's choice (leave step_override empty)",
+        )
     grid_hw = trajectory.latent_shape[-2:]
     pair_regions, background = region_masks(
         masks, (int(grid_hw[0]), int(grid_hw[1])), overlap, geometry=mask_geometry

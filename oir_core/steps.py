@@ -30,7 +30,11 @@ def parse_steps(text: str, steps: int, input_name: str = "custom_steps") -> list
         match = _RANGE.match(part)
         if not match:
             raise OIRInputError(
-                input_name, part, "not a step, range 'a-b' or strided range 'a-b:s'", "fix the list"
+                input_name,
+                part,
+                "not a step, range 'a-b' or strided range 'a-b:s'",
+                f"write whole steps, ranges or strided ranges separated by commas, e.g. '5, 10, 20-30:2' "
+                f"or '1-{steps}' for every step",
             )
         first = int(match.group(1))
         last = int(match.group(2) or first)
@@ -42,7 +46,13 @@ def parse_steps(text: str, steps: int, input_name: str = "custom_steps") -> list
         chosen.update(range(first, last + 1, stride))
     outside = sorted(s for s in chosen if not 1 <= s <= steps)
     if outside:
-        raise OIRInputError(input_name, outside, f"steps must lie in 1..{steps}", "drop them or raise steps")
+        raise OIRInputError(
+            input_name,
+            outside,
+            f"steps must lie in 1..{steps} ({levels_phrase(steps)})",
+            f"remove {outside} from the list (e.g. '1-{steps}' for every step), or raise the inversion's "
+            f"steps until its levels reach {max(outside)}",
+        )
     return sorted(chosen)
 
 
@@ -51,7 +61,9 @@ def coarse_steps(steps: int, stride: int) -> list[int]:
     if stride < 1:
         raise OIRInputError("coarse_stride", stride, "must be at least 1", "use e.g. 5")
     if stride > steps:
-        raise OIRInputError("coarse_stride", stride, f"larger than steps = {steps}", f"use at most {steps}")
+        raise OIRInputError(
+            "coarse_stride", stride, f"larger than {levels_phrase(steps)}", f"use at most {steps}"
+        )
     return list(range(stride, steps + 1, stride))
 
 
@@ -67,6 +79,16 @@ def coarse_round_steps(steps: int, stride: int) -> list[int]:
     return sorted({1, *coarse_steps(steps, stride)})
 
 
+def _override_example(entries: Sequence[str], steps: int) -> str:
+    """``entries`` with every entry that is not ``auto`` or a step in ``1..steps`` replaced by ``auto``:
+    a valid ``step_override`` close to what was typed, for the error's fix."""
+
+    def valid(entry: str) -> bool:
+        return entry in ("", "auto") or (entry.isdecimal() and 1 <= int(entry) <= steps)
+
+    return ", ".join(entry if valid(entry) and entry else "auto" for entry in entries)
+
+
 def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | None]:
     """Parse the manual per-pair override: ``""`` or ``"auto, 23"`` (one entry per pair).
 
@@ -79,7 +101,8 @@ def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | N
             "step_override",
             text,
             f"{len(entries)} entries for {pair_count} edit pairs",
-            "give one entry per pair",
+            f"write {pair_count} comma-separated entries, one per pair in chain order, each 'auto' or a "
+            f"step, e.g. '{_override_example(entries[:pair_count], steps)}'",
         )
     overrides: list[int | None] = []
     for pair, entry in enumerate(entries):
@@ -90,8 +113,9 @@ def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | N
             raise OIRInputError(
                 "step_override",
                 entry,
-                f"pair {pair + 1}: not 'auto' or a step in 1..{steps}",
-                "fix that entry",
+                f"pair {pair + 1}: not 'auto' or a step in 1..{steps} ({levels_phrase(steps)})",
+                f"write 'auto' or a whole step from 1 to {steps} as entry {pair + 1}, e.g. "
+                f"'{_override_example(entries, steps)}' ('auto' keeps the search's choice)",
             )
         overrides.append(int(entry))
     return overrides + [None] * (pair_count - len(overrides))
@@ -100,6 +124,30 @@ def parse_step_overrides(text: str, pair_count: int, steps: int) -> list[int | N
 def format_step_overrides(overrides: Sequence[int | None]) -> str:
     """The inverse of :func:`parse_step_overrides` (what the frontend writes into the widget)."""
     return ", ".join("auto" if step is None else str(step) for step in overrides)
+
+
+def levels_note(steps: int, levels: int, scheduler: str, why: str = "") -> str | None:
+    """The one message a user needs when the schedule gives another number of levels than ``steps``.
+
+    ComfyUI's schedulers turn ``steps`` into a sigma list; OIR inverts through every level of it, so
+    ``T`` (the candidates, ``step_override``, ``custom_steps``, ``R`` and ``r``) is the number of
+    levels, not the typed number (ARCHITECTURE.md §4.1). ``why`` is the scheduler's reason, when
+    known. ``None`` when they agree.
+    """
+    if levels == steps:
+        return None
+    reason = f" ({why})" if why else ""
+    return (
+        f"steps = {steps} gave {levels} denoising levels with the {scheduler} schedule{reason}. "
+        f"OIR inverts through every level, so the search's candidates are numbered 1-{levels} (one per "
+        f"level), and step_override, custom_steps, reassembly_step and reinversion_steps count "
+        f"these {levels} levels"
+    )
+
+
+def levels_phrase(levels: int) -> str:
+    """How every message names ``T``: the inversion's levels (which may differ from the typed steps)."""
+    return f"the inversion's {levels} levels"
 
 
 AUTO = -1
@@ -128,7 +176,7 @@ def validate_reassembly(steps: int, reassembly_step: int, reinversion_steps: int
         raise OIRInputError(
             "reassembly_step",
             reassembly_step,
-            f"must lie in 0..{steps - 1} for a {steps}-step inversion",
+            f"must lie in 0..{steps - 1} for {levels_phrase(steps)}",
             "lower it (the paper uses 10 of 50), raise steps, or use -1 (auto: a fifth of the steps)",
         )
     if reinversion_steps < 0:
@@ -139,8 +187,8 @@ def validate_reassembly(steps: int, reassembly_step: int, reinversion_steps: int
         raise OIRInputError(
             "reinversion_steps",
             reinversion_steps,
-            f"reassembly_step + reinversion_steps = {reassembly_step + reinversion_steps} exceeds steps"
-            f" = {steps}",
+            f"reassembly_step + reinversion_steps = {reassembly_step + reinversion_steps} exceeds "
+            f"{levels_phrase(steps)}",
             f"use at most {steps - reassembly_step} re-inversion steps, or -1 (auto: a fifth of the steps)",
         )
     return reassembly_step, reinversion_steps

@@ -47,7 +47,8 @@ export const SERIES = Object.freeze([
  *   constant: {editing: boolean, fidelity: boolean},
  *   weights: number[],
  *   totalSteps: number,
- *   image: ImageRef|null, grid: GridLayout|null
+ *   image: ImageRef|null, grid: GridLayout|null,
+ *   candidates: string|null
  * }} PairChart
  *   Everything one pair's chart needs, validated.
  */
@@ -146,6 +147,8 @@ export function scoreCharts(output) {
       totalSteps: isStep(e.total_steps) && e.total_steps > 0 ? e.total_steps : Infinity,
       image: isImageRef(image) ? image : null,
       grid: gridLayout(e.grid),
+      // The key of the candidates these scores belong to (the search sends the same one).
+      candidates: typeof e.candidates === "string" && e.candidates ? e.candidates : null,
     });
   });
   return charts;
@@ -190,6 +193,106 @@ export function choicesByPair(charts) {
     choices.set(chart.pair, { chosen: chart.chosen, scores });
   }
   return choices;
+}
+
+/**
+ * The key of the candidates a Parallel Step Search's payload shows (`ui.oir_candidates`,
+ * nodes/payloads.py::candidates_key), or null (a payload without one).
+ * @param {unknown} output
+ * @returns {string|null}
+ */
+export function candidatesKey(output) {
+  const keys = /** @type {any} */ (output)?.oir_candidates;
+  const key = Array.isArray(keys) ? keys[0] : null;
+  return typeof key === "string" && key ? key : null;
+}
+
+/**
+ * The key of the candidates a scorer's charts score (one key for all its pairs), or null.
+ * @param {PairChart[]} charts
+ * @returns {string|null}
+ */
+export function scoredKey(charts) {
+  const keys = new Set(charts.map((chart) => chart.candidates));
+  const [key] = keys;
+  return keys.size === 1 && typeof key === "string" ? key : null;
+}
+
+/**
+ * @typedef {Map<number, {chosen: number, scores: Map<number, number|null>}>} PairChoices
+ *   What `choicesByPair` gives: per pair, the chosen step and the combined score per step.
+ */
+
+/**
+ * The latest scores per candidates key, for every strip on the page. A strip looks its own
+ * candidates up here whenever its grids arrive, and takes scores offered for its key; so the strip
+ * and the chart agree in any order of ComfyUI's messages (a cached re-queue after a reload sends
+ * the scorer's and the search's results independently), wherever the two nodes sit (subgraphs,
+ * reroutes: no graph walk), and after a partial re-run of the scorer alone.
+ */
+export class ScoreBoard {
+  /** @param {number} [limit] keys kept (oldest dropped first) */
+  constructor(limit = 32) {
+    this.limit = limit;
+    /** @type {Map<string, PairChoices>} */
+    this.byKey = new Map();
+  }
+
+  /** @param {string|null} key @param {PairChoices} choices */
+  record(key, choices) {
+    if (!key) return;
+    this.byKey.delete(key); // re-inserted last: the newest
+    this.byKey.set(key, choices);
+    while (this.byKey.size > this.limit) this.byKey.delete(this.byKey.keys().next().value);
+  }
+
+  /** @param {string|null} key @returns {PairChoices|null} */
+  choicesFor(key) {
+    return key ? (this.byKey.get(key) ?? null) : null;
+  }
+}
+
+/**
+ * One search strip's state: its candidates (grids and key) and the scores it shows. Pure, so the
+ * orders of events a page sees are tested as they happen (tests/web/strip_state.test.mjs).
+ */
+export class StripState {
+  /** @param {ScoreBoard} board */
+  constructor(board) {
+    this.board = board;
+    /** @type {SearchGrid[]} */
+    this.grids = [];
+    /** @type {string|null} */
+    this.key = null;
+    /** @type {PairChoices} */
+    this.choices = new Map();
+  }
+
+  /**
+   * New grids from the search node: the scores recorded for their key (if any) are shown at once.
+   * A payload without a key keeps the earlier scores only when it shows the very same grids.
+   * @param {SearchGrid[]} grids
+   * @param {string|null} key
+   */
+  setGrids(grids, key) {
+    const same = grids.length > 0 && JSON.stringify(grids) === JSON.stringify(this.grids);
+    const recorded = this.board.choicesFor(key);
+    this.choices = recorded ?? (same && key === this.key ? this.choices : new Map());
+    this.grids = grids;
+    this.key = key;
+  }
+
+  /**
+   * Scores a scorer sent for candidates `key`; taken only when they are this strip's candidates.
+   * @param {string|null} key
+   * @param {PairChoices} choices
+   * @returns {boolean} whether the strip changed
+   */
+  offer(key, choices) {
+    if (!key || key !== this.key) return false;
+    this.choices = choices;
+    return true;
+  }
 }
 
 /** @param {unknown} value @returns {value is ImageRef} */
@@ -411,13 +514,29 @@ function decimalValue(digits) {
 
 /** A `step_override` the node would refuse, with the Python side's wording. */
 export class StepOverrideError extends Error {
-  /** @param {string} entry @param {string} problem */
-  constructor(entry, problem) {
-    super(`step_override ${JSON.stringify(entry)}: ${problem}`);
+  /** @param {string} entry @param {string} problem @param {string} example a valid text to type */
+  constructor(entry, problem, example) {
+    super(`step_override ${JSON.stringify(entry)}: ${problem}; type e.g. '${example}'`);
     this.name = "StepOverrideError";
     this.entry = entry;
     this.problem = problem;
+    this.example = example;
   }
+}
+
+/**
+ * `oir_core/steps.py::_override_example` in JS: the typed entries with every one that is not
+ * `auto` or a step in `1..steps` replaced by `auto`, a valid text close to what was typed.
+ * @param {string[]} entries stripped, lower-cased
+ * @param {number} steps
+ */
+function overrideExample(entries, steps) {
+  const valid = (entry) => {
+    if (entry === "auto") return true;
+    const value = DECIMAL.test(entry) ? decimalValue(entry) : NaN;
+    return value >= 1 && value <= steps;
+  };
+  return entries.map((entry) => (valid(entry) ? entry : "auto")).join(", ");
 }
 
 /**
@@ -437,7 +556,11 @@ export class StepOverrideError extends Error {
 export function parseStepOverrides(text, pairCount, steps = Infinity) {
   const entries = pyStrip(text) ? text.split(",").map((entry) => pyStrip(entry).toLowerCase()) : [];
   if (entries.length > pairCount) {
-    throw new StepOverrideError(text, `${entries.length} entries for ${pairCount} edit pairs`);
+    throw new StepOverrideError(
+      text,
+      `${entries.length} entries for ${pairCount} edit pairs`,
+      overrideExample(entries.slice(0, pairCount), steps),
+    );
   }
   /** @type {(number|null)[]} */
   const overrides = entries.map((entry, pair) => {
@@ -445,7 +568,11 @@ export function parseStepOverrides(text, pairCount, steps = Infinity) {
     const value = DECIMAL.test(entry) ? decimalValue(entry) : NaN;
     if (!(value >= 1 && value <= steps)) {
       const range = Number.isFinite(steps) ? `1..${steps}` : "1..T";
-      throw new StepOverrideError(entry, `pair ${pair + 1}: not 'auto' or a step in ${range}`);
+      throw new StepOverrideError(
+        entry,
+        `pair ${pair + 1}: not 'auto' or a step in ${range}`,
+        overrideExample(entries, steps),
+      );
     }
     return value;
   });
@@ -619,4 +746,17 @@ export function reassemblySummary(output) {
     ? `${report.background_psnr.toFixed(2)} dB vs the VAE round trip`
     : "connect a VAE to measure it";
   return `background: ${mode} · background PSNR ${psnr}`;
+}
+
+/**
+ * OIR DDIM Inversion's one line about its levels, from `ui.oir_levels` (nodes/sampling_nodes.py):
+ * the node's note when ComfyUI's schedule gave another number of levels than the typed steps
+ * (ddim_uniform: 7 for steps = 6), else null (nothing to say).
+ * @param {any} output
+ * @returns {string|null}
+ */
+export function levelsSummary(output) {
+  const report = Array.isArray(output?.oir_levels) ? output.oir_levels[0] : null;
+  if (!report || typeof report.note !== "string" || !report.note) return null;
+  return report.note;
 }

@@ -7,8 +7,10 @@
  *   (cropped from the grid image); clicking a step writes the pair's entry of the real
  *   `step_override` widget (clicking the overridden step again, or "auto", goes back to auto).
  * - OIR Parallel Step Search: a compact strip per pair (one cell per candidate step, hover for
- *   the thumbnail); once the connected scorer has run, cells are shaded by the combined score
- *   and the chosen step is framed.
+ *   the thumbnail); once a scorer has scored these candidates, cells are shaded by the combined
+ *   score and the chosen step is framed. The strip finds those scores by the candidates' key that
+ *   both nodes send (never by walking the graph), so it works across subgraphs and in any order
+ *   of cached results.
  *
  * All rules (payload shaping, hit-testing, the override grammar, crop rectangles) live in
  * oir_chart_logic.js; this file only builds DOM and talks to the frontend's extension API.
@@ -19,6 +21,9 @@ import { api } from "../../scripts/api.js";
 import {
   COLORS,
   SERIES,
+  ScoreBoard,
+  StripState,
+  candidatesKey,
   axisTicks,
   chartFrame,
   chartMarkers,
@@ -26,7 +31,6 @@ import {
   clickedOverride,
   cropRect,
   fitSize,
-  originNode,
   polylineRuns,
   readOverrides,
   scoreCharts,
@@ -37,6 +41,8 @@ import {
   viewUrl,
   withPairOverride,
   reassemblySummary,
+  levelsSummary,
+  scoredKey,
   xForStep,
   yForValue,
 } from "./oir_chart_logic.js";
@@ -44,6 +50,7 @@ import {
 const SCORER = "OIRMaskMetricScorer";
 const SEARCH = "OIRParallelStepSearch";
 const REASSEMBLY = "OIRObjectReassembly";
+const INVERSION = "OIRDDIMInversion";
 const OVERRIDE_WIDGET = "step_override";
 const CHART_WIDGET = "oir_search_chart";
 const STRIP_WIDGET = "oir_search_strip";
@@ -159,22 +166,6 @@ function fitNode(node) {
   const [width, height] = node.computeSize();
   node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
   node.setDirtyCanvas(true, true);
-}
-
-/**
- * The node linked into input `name` (or slot index) of `node`, or null.
- * @param {any} node
- * @param {string|number} name
- */
-function inputNode(node, name) {
-  const slot = typeof name === "number" ? name : (node.findInputSlot?.(name) ?? -1);
-  if (slot < 0 || !node.graph) return null;
-  return node.getInputNode(slot) ?? null;
-}
-
-/** Whether a node only forwards its input (the legacy frontend-only Reroute node). */
-function isPassThrough(node) {
-  return node.type === "Reroute";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,26 +445,28 @@ class ScoreChartView {
 // The search node's strip
 // ---------------------------------------------------------------------------------------------
 
-/**
- * Whether two strip payloads show the same candidates (same grid pictures and layouts).
- * @param {import("./oir_chart_logic.js").SearchGrid[]} a
- * @param {import("./oir_chart_logic.js").SearchGrid[]} b
- */
-function sameGrids(a, b) {
-  return a.length > 0 && JSON.stringify(a) === JSON.stringify(b);
-}
+/** The latest scores per candidates key, shared by every strip on the page (oir_chart_logic.js). */
+const scoreBoard = new ScoreBoard();
+
+/** Every live strip, so a scorer's results reach the strip of its candidates without a graph walk. */
+const strips = new Set();
 
 /** Per pair, one cell per candidate step: hover for its thumbnail; shaded and framed once scored. */
 class SearchStripView {
   /** @param {any} node */
   constructor(node) {
     this.node = node;
-    /** @type {import("./oir_chart_logic.js").SearchGrid[]} */
-    this.grids = [];
-    /** @type {Map<number, {chosen: number, scores: Map<number, number|null>}>} */
-    this.choices = new Map();
+    this.state = new StripState(scoreBoard);
     this.element = html("div", { class: "oir-strip" });
     this.render();
+  }
+
+  get grids() {
+    return this.state.grids;
+  }
+
+  get choices() {
+    return this.state.choices;
   }
 
   preferredHeight() {
@@ -481,21 +474,19 @@ class SearchStripView {
   }
 
   /**
-   * New candidates: earlier scores belong to other candidates, so they are dropped. The same
-   * candidates again (ComfyUI re-sends a cached node's results, possibly after the scorer's) keep
-   * them.
+   * New candidates (grids and their key): the scores recorded for that key, whichever node's
+   * results came first, are shown with them; scores of other candidates are not.
+   * @param {any} output the search node's `ui` payload
    */
-  setGrids(grids) {
-    const same = sameGrids(this.grids, grids);
-    this.grids = grids;
-    if (!same) this.choices = new Map();
+  setOutput(output) {
+    this.state.setGrids(searchGrids(output), candidatesKey(output));
     this.render();
     fitNode(this.node);
   }
 
-  /** Scores from the connected scorer (keyed by pair). */
-  setChoices(choices) {
-    this.choices = choices;
+  /** Scores a scorer sent for candidates `key` (ignored unless they are this strip's). */
+  offer(key, choices) {
+    if (!this.state.offer(key, choices)) return;
     this.render();
     this.node.setDirtyCanvas(true, true);
   }
@@ -607,12 +598,19 @@ function decorateScorer(nodeType) {
   };
 }
 
-/** Draws the scorer's chart and highlights the choice on the search node that fed it. */
+/**
+ * Draws the scorer's chart and highlights the choice on the strip of the same candidates: matched
+ * by the candidates' key, not by a graph walk, so subgraphs and the order of cached results do
+ * not matter.
+ */
 function showScores(node, output) {
   const charts = scoreCharts(output);
   node.oirChart?.setCharts(charts);
-  const search = originNode(node, "candidates", inputNode, isPassThrough);
-  if (search?.oirStrip && charts.length) search.oirStrip.setChoices(choicesByPair(charts));
+  if (!charts.length) return;
+  const key = scoredKey(charts);
+  const choices = choicesByPair(charts);
+  scoreBoard.record(key, choices);
+  for (const strip of strips) strip.offer(key, choices);
 }
 
 /** @param {any} nodeType */
@@ -622,13 +620,19 @@ function decorateSearch(nodeType) {
     const result = onNodeCreated?.apply(this, arguments);
     const view = new SearchStripView(this);
     this.oirStrip = view;
+    strips.add(view);
     addViewWidget(this, STRIP_WIDGET, view);
     return result;
+  };
+  const onRemoved = nodeType.prototype.onRemoved;
+  nodeType.prototype.onRemoved = function () {
+    strips.delete(this.oirStrip);
+    return onRemoved?.apply(this, arguments);
   };
   const onExecuted = nodeType.prototype.onExecuted;
   nodeType.prototype.onExecuted = function (output) {
     const result = onExecuted?.apply(this, arguments);
-    this.oirStrip?.setGrids(searchGrids(output));
+    this.oirStrip?.setOutput(output);
     return result;
   };
 }
@@ -645,6 +649,33 @@ function decorateReassembly(nodeType) {
     showReassembly(this, output);
     return result;
   };
+}
+
+/**
+ * OIR DDIM Inversion: when the schedule gave another number of levels than `steps`, the node says
+ * so in one read-only note (never serialised), so the candidates numbered 1..T make sense.
+ * @param {any} nodeType
+ */
+function decorateInversion(nodeType) {
+  const onExecuted = nodeType.prototype.onExecuted;
+  nodeType.prototype.onExecuted = function (output) {
+    const result = onExecuted?.apply(this, arguments);
+    showLevels(this, output);
+    return result;
+  };
+}
+
+function showLevels(node, output) {
+  const text = levelsSummary(output);
+  if (text === null && !node.oirLevels) return;
+  if (!node.oirLevels) {
+    const element = html("div", { class: "oir-summary oir-levels" }, []);
+    node.oirLevels = element;
+    // About 48 characters a line at the node's default width; the note is 3 to 5 lines.
+    addViewWidget(node, "oir_levels_note", { element, preferredHeight: () => (element.textContent ? 78 : 0) });
+  }
+  node.oirLevels.textContent = text ?? "";
+  fitNode(node);
 }
 
 function showReassembly(node, output) {
@@ -731,18 +762,20 @@ app.registerExtension({
     if (nodeData?.name === SCORER) decorateScorer(nodeType);
     else if (nodeData?.name === SEARCH) decorateSearch(nodeType);
     else if (nodeData?.name === REASSEMBLY) decorateReassembly(nodeType);
+    else if (nodeData?.name === INVERSION) decorateInversion(nodeType);
   },
   // Outputs restored from the queue history (no `executed` message then). The keys are node
   // locator ids: "<node id>" at the top level, "<subgraph uuid>:<node id>" inside a subgraph.
   onNodeOutputsUpdated(nodeOutputs) {
     for (const [id, output] of Object.entries(nodeOutputs ?? {})) {
       const node = nodeByLocator(id);
-      if (node?.oirStrip) node.oirStrip.setGrids(searchGrids(output));
+      if (node?.oirStrip) node.oirStrip.setOutput(output);
     }
     for (const [id, output] of Object.entries(nodeOutputs ?? {})) {
       const node = nodeByLocator(id);
       if (node?.oirChart) showScores(node, output);
       if (node?.type === REASSEMBLY) showReassembly(node, output);
+      if (node?.type === INVERSION) showLevels(node, output);
     }
   },
 });

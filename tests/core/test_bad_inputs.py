@@ -131,7 +131,7 @@ ERRORS: list[tuple[str, Callable[[], object], str, str]] = [
         "reassembly + re-inversion > steps",
         lambda: reassemble(*_host_and_trajectory(), [5], [_box(0, 0)], 6, 5),
         "reinversion_steps",
-        "exceeds steps",
+        "exceeds the inversion's",
     ),
     (
         "overlapping masks with the 'error' rule",

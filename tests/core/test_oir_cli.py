@@ -557,7 +557,7 @@ BAD_LOCAL_INPUTS: list[tuple[Any, str]] = [
     (lambda f: {"edits": (EditItem("cow", "cat", f["dog"]),)}, "edit 1 source.*'cow'.*not found"),
     (lambda f: {"prompt": "a dog next to a dog"}, "occurs 2 times"),
     (lambda f: {"reassembly_step": 5}, "reassembly_step.*must lie in 0..4"),
-    (lambda f: {"reinversion_steps": 4}, "exceeds steps"),
+    (lambda f: {"reinversion_steps": 4}, "exceeds the inversion's"),
     (lambda f: {"steps": 1}, "at least 2 steps"),
     (lambda f: {"cfg": 0.0}, "cfg = 0.0: must be positive"),
     (lambda f: {"step_override": "auto, 3, 4"}, "3 entries for 2 edit pairs"),

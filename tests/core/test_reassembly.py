@@ -222,9 +222,9 @@ def test_reassembly_does_not_mutate_inputs_and_is_deterministic() -> None:
     [
         ([15, 12], 20, 0, "reassembly_step"),
         ([15, 12], -2, 0, "reassembly_step"),
-        ([15, 12], 15, 6, "exceeds steps"),
+        ([15, 12], 15, 6, "exceeds the inversion's"),
         ([15, 12], 5, -2, "negative"),
-        ([15, 12], -1, 17, "exceeds steps"),  # auto R = 4 of 20, r explicit
+        ([15, 12], -1, 17, "exceeds the inversion's"),  # auto R = 4 of 20, r explicit
         ([15], 5, 4, "1 steps for 2 edit pairs"),
         ([0, 12], 5, 4, "must lie in"),
         ([21, 12], 5, 4, "must lie in"),

@@ -52,6 +52,32 @@ def test_overrides_round_trip_and_errors() -> None:
         parse_step_overrides("auto, 51", 2, 50)
 
 
+def test_a_refused_override_shows_a_valid_one_to_type() -> None:
+    """The fix names what to type: the entry's range and the typed text with the bad entry made valid."""
+    with pytest.raises(OIRInputError) as refused:
+        parse_step_overrides("auto, 51", 2, 50)
+    assert refused.value.fix.startswith("write 'auto' or a whole step from 1 to 50 as entry 2")
+    assert "e.g. 'auto, auto'" in str(refused.value)
+    with pytest.raises(OIRInputError) as refused:
+        parse_step_overrides("23, seven", 2, 30)
+    assert "e.g. '23, auto'" in refused.value.fix
+    example = refused.value.fix.split("e.g. '")[1].split("'")[0]
+    assert parse_step_overrides(example, 2, 30) == [23, None]  # the example itself is accepted
+    with pytest.raises(OIRInputError) as refused:
+        parse_step_overrides("12, auto, 4", 2, 50)
+    assert "write 2 comma-separated entries" in refused.value.fix
+    assert "e.g. '12, auto'" in refused.value.fix
+
+
+def test_a_refused_step_list_shows_what_to_type() -> None:
+    with pytest.raises(OIRInputError) as refused:
+        parse_steps("5, ten", 40)
+    assert "e.g. '5, 10, 20-30:2' or '1-40'" in refused.value.fix
+    with pytest.raises(OIRInputError) as refused:
+        parse_steps("40-44", 42)
+    assert refused.value.fix.startswith("remove [43, 44] from the list (e.g. '1-42' for every step)")
+
+
 def test_coarse_and_refine_sets() -> None:
     assert coarse_steps(50, 5) == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
     assert coarse_steps(12, 5) == [5, 10]

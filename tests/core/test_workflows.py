@@ -119,3 +119,37 @@ def test_the_workflows_wire_what_their_names_promise() -> None:
             if name == "model" and node["class_type"].startswith("OIR"):
                 assert value == [lora_id, 0]
     assert lora[builder_id]["inputs"]["clip"] == [lora_id, 1]
+
+
+def test_the_phrase_mask_template_shows_every_mask_it_finds() -> None:
+    """Each OIR Phrase Mask's ``preview`` reaches a Preview Image, in the template and its API twin,
+    and the Note says where to look."""
+    ui, api = load_ui("oir_phrase_mask_edit"), load_api("oir_phrase_mask_edit")
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    links = {link[0]: link for link in ui["links"]}
+    phrase_masks = [n for n in ui["nodes"] if n["type"] == "OIRPhraseMask"]
+    assert len(phrase_masks) == 2
+    for node in phrase_masks:
+        preview = next(o for o in node["outputs"] if o["name"] == "preview")
+        targets = [nodes[links[link][3]]["type"] for link in preview["links"] or []]
+        assert targets == ["PreviewImage"], node["title"]
+        twins = [n for n in api.values() if n["class_type"] == "PreviewImage"]
+        assert {"images": [str(node["id"]), 2]} in [n["inputs"] for n in twins]
+    note = next(n for n in ui["nodes"] if n["type"] == "Note")["widgets_values"][0]
+    assert "Preview Image" in note and "preview output shows it" not in note
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_no_two_nodes_of_a_template_overlap_as_saved(name: str) -> None:
+    """Saved boxes (title bar of 30 px above ``pos`` included) are disjoint; the browser test checks
+    the boxes the frontend draws, after the OIR nodes have grown."""
+    title = 30
+    boxes = [
+        (node["id"], node["pos"][0], node["pos"][1] - title, node["size"][0], node["size"][1] + title)
+        for node in load_ui(name)["nodes"]
+    ]
+    for i, (a, ax, ay, aw, ah) in enumerate(boxes):
+        for b, bx, by, bw, bh in boxes[i + 1 :]:
+            overlap_x = min(ax + aw, bx + bw) - max(ax, bx)
+            overlap_y = min(ay + ah, by + bh) - max(ay, by)
+            assert overlap_x <= 0 or overlap_y <= 0, f"nodes {a} and {b} overlap"

@@ -272,8 +272,12 @@ def test_unknown_choice_is_refused_when_queued(
 @pytest.mark.parametrize(
     ("name", "value", "problem"),
     [
-        ("reassembly_step", STEPS, rf"must lie in 0..{STEPS - 1} for a {STEPS}-step inversion"),
-        ("reinversion_steps", STEPS, rf"reassembly_step \+ reinversion_steps = {2 + STEPS} exceeds steps"),
+        ("reassembly_step", STEPS, rf"must lie in 0..{STEPS - 1} for the inversion's {STEPS} levels"),
+        (
+            "reinversion_steps",
+            STEPS,
+            rf"reassembly_step \+ reinversion_steps = {2 + STEPS} exceeds the inversion's {STEPS} levels",
+        ),
     ],
 )
 def test_reassembly_that_cannot_fit_the_inversion_stops_before_any_model_call(

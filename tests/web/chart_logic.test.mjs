@@ -223,3 +223,12 @@ test("reassemblySummary names the background choice and its PSNR", async () => {
   assert.equal(reassemblySummary(report({})), null);
   assert.equal(reassemblySummary({}), null);
 });
+
+test("levelsSummary shows the inversion's note only when levels and steps differ", async () => {
+  const { levelsSummary } = await import("../../web/oir_chart_logic.js");
+  const note = "steps = 6 gave 7 denoising levels with the ddim_uniform schedule";
+  assert.equal(levelsSummary({ oir_levels: [{ steps: 6, levels: 7, scheduler: "ddim_uniform", note }] }), note);
+  assert.equal(levelsSummary({ oir_levels: [{ steps: 5, levels: 5, scheduler: "ddim_uniform", note: null }] }), null);
+  assert.equal(levelsSummary({ oir_split: [] }), null);
+  assert.equal(levelsSummary(undefined), null);
+});

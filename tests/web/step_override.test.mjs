@@ -117,3 +117,12 @@ test("readOverrides never throws and marks the entries that do not parse", () =>
   assert.match(tooMany.error, /3 entries/);
   assert.deepEqual(readOverrides(undefined, 1).overrides, [null]);
 });
+
+test("a refused override names a valid text to type, the one Python's fix shows", () => {
+  assert.throws(() => parseStepOverrides("auto, 51", 2, 50), (error) => error.example === "auto, auto");
+  assert.throws(() => parseStepOverrides("23, seven", 2, 30), /type e\.g\. '23, auto'$/);
+  assert.throws(() => parseStepOverrides("12, auto, 4", 2, 50), (error) => error.example === "12, auto");
+  // the example parses
+  assert.deepEqual(parseStepOverrides("23, auto", 2, 30), [23, null]);
+  assert.match(readOverrides("0", 1, 9).error, /step in 1\.\.9; type e\.g\. 'auto'$/);
+});
