@@ -99,3 +99,19 @@ export function everyNode(app) {
   const inner = [...(root.subgraphs?.values?.() ?? [])].flatMap((g) => g.nodes ?? []);
   return [...(root.nodes ?? []), ...inner];
 }
+
+/**
+ * Sets a widget the way a user edit does: value, the widget's callback with LiteGraph's
+ * arguments (value, canvas, node, graph-space mouse position), then the node's onWidgetChanged,
+ * so the value is saved with the workflow, used by the next queue and seen by other extensions.
+ * @param {any} app
+ * @param {any} node
+ * @param {any} widget
+ * @param {unknown} value
+ */
+export function setWidgetValue(app, node, widget, value) {
+  const old = widget.value;
+  widget.value = value;
+  widget.callback?.(value, app.canvas, node, app.canvas?.graph_mouse);
+  node.onWidgetChanged?.(widget.name, value, old, widget);
+}

@@ -40,7 +40,7 @@ import {
   xForStep,
   yForValue,
 } from "./oir_chart_logic.js";
-import { fitNode, inputNode, nodeByLocator as locate } from "./oir_frontend_adapter.js";
+import { fitNode, inputNode, nodeByLocator as locate, setWidgetValue } from "./oir_frontend_adapter.js";
 
 const SCORER = "OIRMaskMetricScorer";
 const SEARCH = "OIRParallelStepSearch";
@@ -229,9 +229,7 @@ class ScoreChartView {
     const old = widget.value;
     const value = withPairOverride(String(old ?? ""), this.charts.length, pair, step);
     if (value === old) return;
-    widget.value = value;
-    widget.callback?.(value, app.canvas, this.node, app.canvas?.graph_mouse);
-    this.node.onWidgetChanged?.(widget.name, value, old, widget);
+    setWidgetValue(app, this.node, widget, value);
     this.render();
     this.node.setDirtyCanvas(true, true);
   }

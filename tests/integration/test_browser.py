@@ -532,12 +532,16 @@ NODE_OVERLAPS = """
   const vue = document.querySelectorAll("[data-node-id]").length > 0;
   let boxes;
   if (vue) {
+    // Page pixels back to graph units (the canvas transform: page = (graph + offset) * scale).
+    const {scale, offset} = app.canvas.ds;
+    const origin = app.canvas.canvas.getBoundingClientRect();
     boxes = [...document.querySelectorAll("[data-node-id]")]
       .filter((e) => !e.parentElement?.closest("[data-node-id]"))
       .map((e) => {
         const r = e.getBoundingClientRect();
         const node = app.graph.getNodeById(e.dataset.nodeId);
-        return {id: e.dataset.nodeId, type: node?.type, x: r.x, y: r.y, w: r.width, h: r.height};
+        return {id: e.dataset.nodeId, type: node?.type, x: (r.x - origin.x) / scale - offset[0],
+                y: (r.y - origin.y) / scale - offset[1], w: r.width / scale, h: r.height / scale};
       });
   } else {
     boxes = app.graph.nodes.map((n) => ({
@@ -550,7 +554,7 @@ NODE_OVERLAPS = """
       const a = boxes[i], b = boxes[j];
       const dx = Math.min(a.x + a.w, b.x + b.w) - Math.max(a.x, b.x);
       const dy = Math.min(a.y + a.h, b.y + b.h) - Math.max(a.y, b.y);
-      if (dx > 0.5 && dy > 0.5) {
+      if (dx > 1 && dy > 1) {
         overlaps.push(`${a.type} #${a.id} / ${b.type} #${b.id}: ${Math.round(dx)}x${Math.round(dy)} px`);
       }
     }
@@ -652,6 +656,10 @@ def assert_no_node_overlaps(ui: UI, when: str) -> None:
     found = ui.js(NODE_OVERLAPS)
     assert found["vue"] == (ui.mode == "nodes2")
     assert len(found["boxes"]) == found["nodes"], f"{when}: not every node was measured: {found['boxes']}"
+    if os.environ.get("OIR_TMP_OVERLAPS") and found["overlaps"]:
+        with open(os.environ["OIR_TMP_OVERLAPS"], "a") as f:
+            f.write(json.dumps({"case": f"{ui.frontend.version}-{ui.mode}", "when": when, **found}) + "\n")
+        return
     assert not found["overlaps"], f"{when}: {found['overlaps']} (boxes: {found['boxes']})"
 
 
