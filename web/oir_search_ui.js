@@ -46,6 +46,7 @@ import {
   xForStep,
   yForValue,
 } from "./oir_chart_logic.js";
+import { fitNode, inputNode, nodeByLocator as locate, setWidgetValue } from "./oir_frontend_adapter.js";
 
 const SCORER = "OIRMaskMetricScorer";
 const SEARCH = "OIRParallelStepSearch";
@@ -161,13 +162,6 @@ function thumbnailCanvas(cssSize) {
   return canvas;
 }
 
-/** Marks the graph changed so the canvas repaints and the node grows to fit new content. */
-function fitNode(node) {
-  const [width, height] = node.computeSize();
-  node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
-  node.setDirtyCanvas(true, true);
-}
-
 // ---------------------------------------------------------------------------------------------
 // The scorer's chart
 // ---------------------------------------------------------------------------------------------
@@ -237,9 +231,7 @@ class ScoreChartView {
     const old = widget.value;
     const value = withPairOverride(String(old ?? ""), this.charts.length, pair, step);
     if (value === old) return;
-    widget.value = value;
-    widget.callback?.(value, app.canvas, this.node, app.canvas?.graph_mouse);
-    this.node.onWidgetChanged?.(widget.name, value, old, widget);
+    setWidgetValue(app, this.node, widget, value);
     this.render();
     this.node.setDirtyCanvas(true, true);
   }
@@ -735,24 +727,6 @@ const STYLE = `
 .oir-cell-chosen { outline: 2px solid ${COLORS.highlight}; outline-offset: -1px; z-index: 1; }
 `;
 
-/**
- * The node a locator id names, in the root graph or in one of its subgraph definitions (what the
- * frontend's own getNodeByLocatorId does; older frontends have no subgraphs and plain ids only).
- * @param {string} locator
- */
-function nodeByLocator(locator) {
-  const root = app.rootGraph ?? app.graph;
-  if (!root) return null;
-  const text = String(locator);
-  const split = text.lastIndexOf(":");
-  if (split < 0) return root.getNodeById?.(text) ?? null;
-  const uuid = text.slice(0, split);
-  const local = text.slice(split + 1);
-  const subgraphs = root.subgraphs;
-  const subgraph = subgraphs?.get?.(uuid) ?? [...(subgraphs?.values?.() ?? [])].find((g) => g.id === uuid);
-  return subgraph?.getNodeById?.(local) ?? null;
-}
-
 app.registerExtension({
   name: "OIR.SearchUI",
   setup() {
@@ -768,11 +742,11 @@ app.registerExtension({
   // locator ids: "<node id>" at the top level, "<subgraph uuid>:<node id>" inside a subgraph.
   onNodeOutputsUpdated(nodeOutputs) {
     for (const [id, output] of Object.entries(nodeOutputs ?? {})) {
-      const node = nodeByLocator(id);
+      const node = locate(app, id);
       if (node?.oirStrip) node.oirStrip.setOutput(output);
     }
     for (const [id, output] of Object.entries(nodeOutputs ?? {})) {
-      const node = nodeByLocator(id);
+      const node = locate(app, id);
       if (node?.oirChart) showScores(node, output);
       if (node?.type === REASSEMBLY) showReassembly(node, output);
       if (node?.type === INVERSION) showLevels(node, output);

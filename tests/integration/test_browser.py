@@ -1,44 +1,46 @@
-"""The search chart in a real browser: headless Chromium against a real ComfyUI server.
+"""The pack's frontend in a real browser: Chromium, driven by Playwright, against real ComfyUI servers.
 
-The pack's frontend (``web/``) is exercised the way a user meets it: ComfyUI serves the installed
-frontend (1.27.10 with ComfyUI 0.3.64, 1.49.6 with 0.33.0) and the pack's extension; every example
-workflow is opened from the template browser (*Browse Templates → oir-edit*, no missing-node
-dialog), pointed at the tiny test models and queued through the frontend (so its own
-graph-to-prompt conversion runs). For every template the chart is drawn and a click on it sets
-``step_override``. The two-object template is then checked in depth:
+The pack's web extension (``web/``) is exercised the way a user meets it, on every frontend the
+host can serve: the host's own comfyui-frontend-package (1.27.10 with ComfyUI 0.3.64, 1.49.6 with
+0.33.0) and, on 0.33.0, frontend 1.58.1 served with ``--front-end-root`` (installed into
+``.frontend-1.58.1`` by ``pip install --no-deps --target .frontend-1.58.1
+comfyui-frontend-package==1.58.1``, or named by ``OIR_FRONTEND_1_58_ROOT``). Frontends from 1.49
+on run twice: classic (LiteGraph canvas) nodes and Nodes 2.0 (Vue nodes, ``Comfy.VueNodes.Enabled``
+set through the settings API before the page loads). 1.27.10 has no usable Nodes 2.0
+(ARCHITECTURE.md §7.1).
 
-- before the run the scorer shows its placeholder and nothing in the page threw;
-- after the run the scorer draws one chart per pair with one point per candidate step and the
-  search node shows its strip with the chosen steps framed;
-- clicking a step writes the real ``step_override`` widget (saved in the workflow JSON), clicking
-  it again goes back to auto, and a queued override is what the scorer uses on the next run;
-- with the scorer moved into a subgraph, a run still reaches its chart, and outputs the frontend
-  hands back by node locator id (``<subgraph uuid>:<node id>``) find the node inside the subgraph.
+Per frontend and mode one page is reused: every example workflow is opened from the template
+browser (*Browse Templates → oir-edit*, no missing-node dialog), pointed at the tiny test models
+and queued through the frontend (so its own graph-to-prompt conversion runs); its chart is drawn,
+a click on it sets ``step_override``, the pack's progress line shows the engine's stage, and no
+two nodes' element boxes overlap. The two-object template is then checked in depth: placeholder,
+one chart per pair with a point per candidate, the strip with the chosen steps framed, hover,
+click → ``step_override`` (saved in the workflow JSON), back to auto, a queued override honoured
+on a partial re-run, a reload followed by a cached re-queue, 50 synthetic steps, and the scorer
+inside a subgraph (a run reaches its chart; outputs handed back by node locator id find it).
+Nothing the pack logs may be an error or a warning (``oir``/``oir_progress`` in the text).
 
-Screenshots go to ``test-artifacts/browser/`` (gitignored). Chromium is driven over the DevTools
-protocol with aiohttp's websocket client (a ComfyUI requirement, so nothing extra to install).
-Skipped, with the reason, without ComfyUI (``COMFYUI_PATH``, see conftest.py) or Chromium
-(``OIR_CHROMIUM`` or ``chromium`` on PATH; Debian: ``apt-get install chromium``).
+Chromium is the system one (``/usr/bin/chromium``, ``OIR_CHROMIUM`` overrides; never a
+downloaded build). A failing test leaves a screenshot and the browser console under
+``test-artifacts/browser/`` (gitignored). Skipped, with the reason, without ComfyUI
+(``COMFYUI_PATH``, see conftest.py), Chromium or the 1.58.1 folder; in CI (``OIR_FAIL_ON_SKIP=1``)
+every such skip fails.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
+import importlib.metadata
 import json
 import os
 import re
 import shutil
-import subprocess
-import tempfile
-import threading
-import time
-import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import comfy_env
 import pytest
 from comfy_server import (
     TEST_LOADER,
@@ -50,6 +52,7 @@ from comfy_server import (
     TINY_SCORER,
     TestServer,
     shared_test_server,
+    start_test_server,
     write_test_images,
 )
 from sample_files import TEMPLATES
@@ -60,42 +63,82 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 WORKFLOWS = TEMPLATES
 STEPS = 5
-BROWSER_START_TIMEOUT = 60.0
-PAGE_TIMEOUT = 120.0
-RUN_TIMEOUT = 300.0
-VIEWPORT = (1600, 1000)
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--hide-scrollbars",
-    "--mute-audio",
-    # The page may only talk to the test server: every other host fails to resolve.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-    f"--window-size={VIEWPORT[0]},{VIEWPORT[1]}",
-    "--remote-debugging-address=127.0.0.1",
-    "--remote-debugging-port=0",
-]
+PAGE_TIMEOUT_MS = 120_000
+RUN_TIMEOUT_S = 300.0
+VIEWPORT = {"width": 1600, "height": 1000}
+NEW_FRONTEND = "1.58.1"
+NEW_FRONTEND_DIR = REPO / f".frontend-{NEW_FRONTEND}"
+"""``pip install --no-deps --target .frontend-1.58.1 comfyui-frontend-package==1.58.1`` (.ci/run does)."""
+NODES2_FROM = (1, 49)
+"""Nodes 2.0 (Vue nodes) is tested from this frontend on (ARCHITECTURE.md §7.1 says why not before)."""
+PACK_WORDS = re.compile(r"oir", re.IGNORECASE)
+"""Console lines that concern the pack (its extension, its nodes, its ``oir_progress`` events)."""
 
 
 def chromium_path() -> str | None:
-    """``$OIR_CHROMIUM`` or a Chromium/Chrome on PATH."""
+    """``$OIR_CHROMIUM``, else the Debian Chromium (``/usr/bin/chromium``) or one on PATH."""
     explicit = os.environ.get("OIR_CHROMIUM", "").strip()
     if explicit:
         return explicit if Path(explicit).exists() else None
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
+    if Path("/usr/bin/chromium").exists():
+        return "/usr/bin/chromium"
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def host_version() -> tuple[int, ...]:
+    """The ComfyUI version at ``COMFYUI_PATH`` (its ``comfyui_version.py``); () when unknown."""
+    path = comfy_env.comfyui_path()
+    version_file = path / "comfyui_version.py" if path else None
+    if version_file is None or not version_file.exists():
+        return ()
+    found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", version_file.read_text(encoding="utf-8"))
+    return _version(found.group(1)) if found else ()
+
+
+def new_frontend_root() -> Path | None:
+    """The 1.58.1 build to serve with ``--front-end-root`` (``$OIR_FRONTEND_1_58_ROOT`` or the folder)."""
+    explicit = os.environ.get("OIR_FRONTEND_1_58_ROOT", "").strip()
+    candidates = [Path(explicit)] if explicit else []
+    candidates.append(NEW_FRONTEND_DIR / "comfyui_frontend_package" / "static")
+    for candidate in candidates:
+        if (candidate / "index.html").exists():
+            return candidate
     return None
 
+
+@dataclass(frozen=True)
+class Frontend:
+    """One frontend build a server serves: ``root`` None is the host's installed package."""
+
+    version: str
+    root: Path | None
+
+    @property
+    def nodes2(self) -> bool:
+        return _version(self.version) >= NODES2_FROM
+
+
+def frontends() -> list[Frontend]:
+    """The host's own frontend, and 1.58.1 on hosts from 0.33 on (0.3.64 serves only its own)."""
+    try:
+        own = importlib.metadata.version("comfyui-frontend-package")
+    except importlib.metadata.PackageNotFoundError:
+        own = "0"
+    found = [Frontend(own, None)]
+    if host_version() >= (0, 33):
+        found.append(Frontend(NEW_FRONTEND, new_frontend_root() or NEW_FRONTEND_DIR))
+    return found
+
+
+CASES = [
+    pytest.param((frontend, mode), id=f"{frontend.version}-{mode}")
+    for frontend in frontends()
+    for mode in (("classic", "nodes2") if frontend.nodes2 else ("classic",))
+]
 
 _CHROMIUM = chromium_path()
 pytestmark = pytest.mark.skipif(
@@ -105,182 +148,176 @@ pytestmark = pytest.mark.skipif(
 
 
 # -------------------------------------------------------------------------------------------------
-# A minimal DevTools-protocol client
+# One browser, one server per frontend, one page per frontend and mode
 # -------------------------------------------------------------------------------------------------
 
 
-class BrowserError(AssertionError):
-    """Something in the page failed (an exception, a failed evaluation, a timeout)."""
+@dataclass
+class UI:
+    """A loaded frontend page and the server behind it; collects the console as it goes."""
 
+    page: Any
+    server: TestServer
+    uploads: dict[str, str]
+    frontend: Frontend
+    mode: str
+    console: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
-class Page:
-    """One page target over CDP: evaluate JS, send input, take screenshots, collect console errors."""
+    def js(self, expression: str, arg: Any = None) -> Any:
+        return self.page.evaluate(expression, arg)
 
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self._next_id = 0
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self.console: list[dict[str, Any]] = []
-        self.exceptions: list[str] = []
-        self.dialogs: list[str] = []
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+    def settle(self) -> None:
+        """Two animation frames: DOM widgets (and Vue nodes) are positioned on the canvas's draw."""
+        self.js("new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
 
-    async def _read(self) -> None:
-        import aiohttp
+    def screenshot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{self.frontend.version}-{self.mode}-{name}.png"))
 
-        async for message in self.ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(message.data)
-            if "id" in data:
-                future = self._pending.pop(data["id"], None)
-                if future and not future.done():
-                    future.set_result(data)
-            elif data.get("method") == "Runtime.consoleAPICalled":
-                params = data["params"]
-                text = " ".join(str(arg.get("value", arg.get("description", ""))) for arg in params["args"])
-                self.console.append({"type": params["type"], "text": text})
-            elif data.get("method") == "Page.javascriptDialogOpening":
-                # "Leave the page? Unsaved changes" on a reload: accept it, as a user reloading would.
-                self.dialogs.append(data["params"].get("type", ""))
-                self._next_id += 1
-                accept = {
-                    "id": self._next_id,
-                    "method": "Page.handleJavaScriptDialog",
-                    "params": {"accept": True},
-                }
-                await self.ws.send_str(json.dumps(accept))
-            elif data.get("method") == "Runtime.exceptionThrown":
-                details = data["params"]["exceptionDetails"]
-                self.exceptions.append(
-                    f"{details.get('text', '')} {details.get('exception', {}).get('description', '')} "
-                    f"at {details.get('url', '')}:{details.get('lineNumber', '')}"
-                )
+    def on_console(self, message: Any) -> None:
+        line = f"[{message.type}] {message.text}"
+        self.console.append(line)
+        if message.type in ("error", "warning", "assert") and PACK_WORDS.search(message.text):
+            self.problems.append(line)
 
-    async def send(self, method: str, timeout: float = 60.0, **params: Any) -> dict[str, Any]:
-        self._next_id += 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[self._next_id] = future
-        await self.ws.send_str(json.dumps({"id": self._next_id, "method": method, "params": params}))
-        answer = await asyncio.wait_for(future, timeout)
-        if "error" in answer:
-            raise BrowserError(f"{method}: {answer['error']}")
-        return answer["result"]
+    def on_page_error(self, error: Any) -> None:
+        line = f"[pageerror] {error}"
+        self.console.append(line)
+        if PACK_WORDS.search(str(error)) or PACK_WORDS.search(getattr(error, "stack", "") or ""):
+            self.problems.append(line)
 
-    async def js(self, expression: str, timeout: float = 60.0) -> Any:
-        """Evaluate ``expression`` (awaiting a promise) and return its JSON value."""
-        result = await self.send(
-            "Runtime.evaluate",
-            timeout=timeout,
-            expression=expression,
-            awaitPromise=True,
-            returnByValue=True,
-        )
-        if "exceptionDetails" in result:
-            details = result["exceptionDetails"]
-            raise BrowserError(
-                f"page error: {details.get('exception', {}).get('description') or details.get('text')}"
-            )
-        return result["result"].get("value")
-
-    async def wait_for(self, expression: str, timeout: float, what: str) -> Any:
-        """Poll ``expression`` until it is truthy."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = await self.js(expression)
-            if value:
-                return value
-            await asyncio.sleep(0.25)
-        raise BrowserError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-    async def click(self, x: float, y: float) -> None:
-        """A real mouse click at viewport coordinates (pointer events and all)."""
-        await self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
-        for kind in ("mousePressed", "mouseReleased"):
-            await self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
-
-    async def hover(self, x: float, y: float) -> None:
-        await self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
-
-    async def screenshot(self, path: Path) -> Path:
-        shot = await self.send("Page.captureScreenshot", format="png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
-        return path
-
-    async def close(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader
-        await self.ws.close()
+    def assert_no_pack_problems(self) -> None:
+        """Nothing the pack logged is an error or a warning (the frontend's own noise is ignored)."""
+        problems, self.problems = self.problems, []
+        assert not problems, "\n".join(problems)
 
 
 @contextlib.contextmanager
-def chromium() -> Iterator[int]:
-    """Start headless Chromium with a fresh profile; yields its DevTools port."""
-    assert _CHROMIUM is not None
-    profile = tempfile.mkdtemp(prefix="oir-chromium-")
-    process = subprocess.Popen(
-        [_CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def artifacts_on_failure(ui: UI, name: str) -> Iterator[None]:
+    """On a failure: a screenshot and the whole browser console under test-artifacts/browser/."""
     try:
-        port = None
-        deadline = time.monotonic() + BROWSER_START_TIMEOUT
-        assert process.stderr is not None
-        log: list[str] = []
-        while port is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line and process.poll() is not None:
-                break
-            log.append(line)
-            match = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
-            if match:
-                port = int(match.group(1))
-        if port is None:
-            raise BrowserError("Chromium did not start:\n" + "".join(log[-20:]))
-        # Keep draining stderr so Chromium never blocks on a full pipe.
-        threading.Thread(target=process.stderr.read, daemon=True).start()
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        shutil.rmtree(profile, ignore_errors=True)
+        yield
+    except BaseException:
+        stem = f"FAILED-{ui.frontend.version}-{ui.mode}-{name}"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(Exception):
+            ui.page.screenshot(path=str(ARTIFACTS / f"{stem}.png"))
+        (ARTIFACTS / f"{stem}.console.log").write_text("\n".join(ui.console) + "\n", encoding="utf-8")
+        raise
 
 
-async def open_page(port: int, session: Any) -> Page:
-    """The browser's first page, with console, runtime and page events on."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
-        targets = json.loads(answer.read())
-    target = next(t for t in targets if t.get("type") == "page")
-    ws = await session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
-    page = Page(ws)
-    for domain in ("Runtime.enable", "Page.enable"):
-        await page.send(domain)
-    await page.send(
-        "Emulation.setDeviceMetricsOverride",
-        width=VIEWPORT[0],
-        height=VIEWPORT[1],
-        deviceScaleFactor=1,
-        mobile=False,
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=_CHROMIUM,
+            headless=True,
+            # The page may only talk to the test server: every other host fails to resolve.
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+        )
+        yield launched
+        launched.close()
+
+
+class _Servers:
+    """One running server per frontend: the session's shared one for the host's frontend."""
+
+    def __init__(self, factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> None:
+        self.factory, self.request = factory, request
+        self.current: tuple[Frontend, TestServer, dict[str, str]] | None = None
+
+    def get(self, frontend: Frontend) -> tuple[TestServer, dict[str, str]]:
+        if self.current is not None and self.current[0] == frontend:
+            return self.current[1], self.current[2]
+        self.close()
+        if frontend.root is None:
+            server = shared_test_server(self.factory, self.request)
+        else:
+            if not (frontend.root / "index.html").exists():
+                pytest.skip(
+                    f"frontend {frontend.version} is not installed at {frontend.root}: run pip install "
+                    f"--no-deps --target {NEW_FRONTEND_DIR.name} comfyui-frontend-package=={frontend.version}"
+                    " in the repository root (or set OIR_FRONTEND_1_58_ROOT)"
+                )
+            server = start_test_server(self.factory.mktemp("comfy_server_fe"), front_end_root=frontend.root)
+        paths = write_test_images(self.factory.mktemp("browser_images"))
+        uploads = {role: server.upload(path) for role, path in paths.items()}
+        self.current = (frontend, server, uploads)
+        return server, uploads
+
+    def close(self) -> None:
+        if self.current is not None and self.current[0].root is not None:
+            self.current[1].stop()
+        self.current = None
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[_Servers]:
+    pool = _Servers(tmp_path_factory, request)
+    yield pool
+    pool.close()
+
+
+def _post_settings(server: TestServer, settings: dict[str, Any]) -> None:
+    """The user's settings, as the settings dialog saves them (``POST /settings``)."""
+    import requests
+
+    answer = requests.post(f"{server.url}/settings", json=settings, timeout=30)
+    answer.raise_for_status()
+
+
+@pytest.fixture(scope="module", params=CASES)
+def ui(request: pytest.FixtureRequest, browser: Any, servers: _Servers) -> Iterator[UI]:
+    frontend, mode = request.param
+    server, uploads = servers.get(frontend)
+    # A fresh user folder would greet the page with the templates dialog; Nodes 2.0 is a setting.
+    _post_settings(server, {
+        "Comfy.TutorialCompleted": True,
+        "Comfy.Workflow.ShowMissingModelsWarning": False,
+        "Comfy.VueNodes.Enabled": mode == "nodes2",
+    })
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    state = UI(page, server, uploads, frontend, mode)
+    page.on("console", state.on_console)
+    page.on("pageerror", state.on_page_error)
+    # "Leave the page? Unsaved changes" on a reload: accept it, as a user reloading would.
+    page.on("dialog", lambda dialog: dialog.accept())
+    with artifacts_on_failure(state, "load"):
+        load_frontend(state)
+        vue = state.js(
+            "window.comfyAPI.app.app.extensionManager.setting.get('Comfy.VueNodes.Enabled')"
+        )
+        assert bool(vue) == (mode == "nodes2"), f"Comfy.VueNodes.Enabled is {vue!r} in {mode} mode"
+    yield state
+    context.close()
+
+
+def load_frontend(ui: UI) -> None:
+    ui.page.goto(ui.server.url)
+    # The extension's setup hook runs after node registration; the first graph then loads.
+    ui.page.wait_for_function(
+        "!!(document.getElementById('oir-search-ui-style')"
+        " && window.comfyAPI?.app?.app?.graph?.nodes?.length)"
     )
-    return page
 
 
 # -------------------------------------------------------------------------------------------------
 # The workflow, pointed at the tiny models
 # -------------------------------------------------------------------------------------------------
 
-
 OPEN_TEMPLATE = """
-(async (module, name) => {
+(async (module, name, expected) => {
   const app = window.comfyAPI.app.app;
+  // The page is reused: the nodes of the graph before are marked, the template's must replace them.
+  for (const n of app.graph.nodes) n.__oirBefore = true;
+  const types = () => JSON.stringify(app.graph.nodes.map((n) => n.type).sort());
+  const sameTypes = () => types() === JSON.stringify(expected);
   const dialog = () => document.querySelector('[role=dialog]');
   const until = async (test, what, ms = 60000) => {
     const end = Date.now() + ms;
@@ -312,7 +349,7 @@ OPEN_TEMPLATE = """
   const title = card.querySelector("h3") ?? card;
   const label = title.textContent.trim();
   title.click();
-  const loaded = () => !dialog() && app.graph.nodes.some((n) => n.type.startsWith("OIR"));
+  const loaded = () => !dialog() && sameTypes() && !app.graph.nodes.some((n) => n.__oirBefore);
   await until(loaded, "the template to load");
   await new Promise((r) => setTimeout(r, 500));
   const dialogs = [...document.querySelectorAll("[role=dialog]")].map((d) => d.textContent.slice(0, 300));
@@ -320,7 +357,7 @@ OPEN_TEMPLATE = """
     .filter((n) => !["Note", "MarkdownNote"].includes(n.type) && n.constructor.nodeData?.name !== n.type)
     .map((n) => n.type);
   return {label, dialogs, unregistered, types: app.graph.nodes.map((n) => n.type)};
-})(%(module)s, %(name)s)
+})(%(module)s, %(name)s, %(expected)s)
 """
 
 MISSING_INPUTS = """
@@ -380,12 +417,16 @@ POINT_AT_TINY_MODELS = """
     }
   }
   const api = window.comfyAPI.api.api;
-  window.__oirRuns = [];
-  api.addEventListener("execution_success", (e) => window.__oirRuns.push({ok: true, id: e.detail.prompt_id}));
-  api.addEventListener("execution_error", (e) => window.__oirRuns.push({ok: false, detail: e.detail}));
-  api.addEventListener("executed", (e) => {
-    if (e.detail?.output?.oir_scores) window.__oirScorerOutput = e.detail.output;
-  });
+  if (!window.__oirRuns) {
+    // Once per page. The test never listens to oir_progress itself: the extension must.
+    window.__oirRuns = [];
+    const runs = window.__oirRuns;
+    api.addEventListener("execution_success", (e) => runs.push({ok: true, id: e.detail.prompt_id}));
+    api.addEventListener("execution_error", (e) => window.__oirRuns.push({ok: false, detail: e.detail}));
+    api.addEventListener("executed", (e) => {
+      if (e.detail?.output?.oir_scores) window.__oirScorerOutput = e.detail.output;
+    });
+  }
   graph.setDirtyCanvas?.(true, true);
   return graph.nodes.map((n) => n.type);
 })(%(values)s, %(uploads)s, %(loader)s, %(checkpoint)s, %(checkpoints)s)
@@ -420,6 +461,26 @@ window.__oir = {
     this.app.canvas.draw(true, true);
     return true;
   },
+  /** The whole graph inside the viewport (Vue nodes are measured where they are drawn). */
+  fitAll(margin = 60) {
+    const nodes = this.app.graph.nodes;
+    const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
+    const title = LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+    const x0 = Math.min(...nodes.map((n) => n.pos[0])), y0 = Math.min(...nodes.map((n) => n.pos[1] - title));
+    const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
+    const y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+    const canvas = this.app.canvas.canvas;
+    const ds = this.app.canvas.ds;
+    const fit = (space, size) => (space - 2 * margin) / size;
+    ds.scale = Math.min(1, fit(canvas.clientWidth, x1 - x0), fit(canvas.clientHeight, y1 - y0));
+    ds.offset[0] = margin / ds.scale - x0;
+    ds.offset[1] = margin / ds.scale - y0;
+    this.app.canvas.setDirty(true, true);
+    this.app.canvas.draw(true, true);
+    return ds.scale;
+  },
+  /** The pack's progress line on the node of that type ("" when it has none). */
+  progress(type) { return this.node(type)?.oirProgress?.textContent ?? null; },
   rect(selector, index = 0) {
     const el = document.querySelectorAll(selector)[index];
     if (!el) return null;
@@ -465,25 +526,42 @@ NODE_OVERLAPS = """
   const app = window.comfyAPI.app.app;
   const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
   const title = LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
-  // Each node's box on the canvas, its title bar included (pos is the body's top left).
-  const boxes = app.graph.nodes.map((n) => ({
-    id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - title, w: n.size[0], h: n.size[1] + title,
-  }));
+  // Classic: each node's box on the canvas, its title bar included (pos is the body's top left).
+  // Nodes 2.0: the Vue nodes' element boxes as laid out in the page (the whole graph is fitted
+  // into the viewport first, so every node is rendered and measured at the same scale).
+  const vue = document.querySelectorAll("[data-node-id]").length > 0;
+  let boxes;
+  if (vue) {
+    // Page pixels back to graph units (the canvas transform: page = (graph + offset) * scale).
+    const {scale, offset} = app.canvas.ds;
+    const origin = app.canvas.canvas.getBoundingClientRect();
+    boxes = [...document.querySelectorAll("[data-node-id]")]
+      .filter((e) => !e.parentElement?.closest("[data-node-id]"))
+      .map((e) => {
+        const r = e.getBoundingClientRect();
+        const node = app.graph.getNodeById(e.dataset.nodeId);
+        return {id: e.dataset.nodeId, type: node?.type, x: (r.x - origin.x) / scale - offset[0],
+                y: (r.y - origin.y) / scale - offset[1], w: r.width / scale, h: r.height / scale};
+      });
+  } else {
+    boxes = app.graph.nodes.map((n) => ({
+      id: n.id, type: n.type, x: n.pos[0], y: n.pos[1] - title, w: n.size[0], h: n.size[1] + title,
+    }));
+  }
   const overlaps = [];
   for (let i = 0; i < boxes.length; i++) {
     for (let j = i + 1; j < boxes.length; j++) {
       const a = boxes[i], b = boxes[j];
       const dx = Math.min(a.x + a.w, b.x + b.w) - Math.max(a.x, b.x);
       const dy = Math.min(a.y + a.h, b.y + b.h) - Math.max(a.y, b.y);
-      if (dx > 0 && dy > 0) {
+      if (dx > 1 && dy > 1) {
         overlaps.push(`${a.type} #${a.id} / ${b.type} #${b.id}: ${Math.round(dx)}x${Math.round(dy)} px`);
       }
     }
   }
-  return {overlaps, boxes};
+  return {overlaps, boxes, vue, nodes: app.graph.nodes.length};
 })()
 """
-
 
 SCORER_INTO_SUBGRAPH = """
 (() => {
@@ -514,196 +592,167 @@ OUTPUTS_BY_LOCATOR = """
 """
 
 
-async def queue_and_wait(page: Page) -> dict[str, Any]:
-    before = await page.js("window.__oir.queue()")
-    run = await page.wait_for(
-        f"window.__oirRuns.length > {before} && window.__oirRuns[{before}]", RUN_TIMEOUT, "the run to finish"
+def queue_and_wait(ui: UI) -> dict[str, Any]:
+    before = ui.js("window.__oir.queue()")
+    handle = ui.page.wait_for_function(
+        f"window.__oirRuns.length > {before} && window.__oirRuns[{before}]",
+        timeout=RUN_TIMEOUT_S * 1000,
+        polling=250,
     )
+    run = handle.json_value()
     assert run["ok"], f"the workflow failed: {json.dumps(run.get('detail'))[:2000]}"
     return run
 
 
-async def settle(page: Page) -> None:
-    """Two animation frames: DOM widgets are positioned on the canvas's draw."""
-    await page.js("new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+def template_types(name: str) -> list[str]:
+    """The node types the template file holds (what the frontend must show once it is opened)."""
+    data = json.loads((REPO / "example_workflows" / f"{name}.json").read_text(encoding="utf-8"))
+    return sorted(node["type"] for node in data["nodes"])
 
 
-# -------------------------------------------------------------------------------------------------
-# The test
-# -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> TestServer:
-    return shared_test_server(tmp_path_factory, request)
-
-
-@pytest.fixture(scope="module")
-def uploads(server: TestServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    paths = write_test_images(tmp_path_factory.mktemp("browser_images"))
-    return {role: server.upload(path) for role, path in paths.items()}
-
-
-def _dismiss_first_run(server: TestServer) -> None:
-    """A fresh user folder would greet the page with the templates dialog: mark it seen."""
-    body = json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False})
-    request = urllib.request.Request(
-        f"{server.url}/settings", data=body.encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30):
-        pass
-
-
-def test_chart_draws_and_steers_the_search(server: TestServer, uploads: dict[str, str]) -> None:
-    _dismiss_first_run(server)
-    asyncio.run(_scenario(server, uploads))
-
-
-async def _scenario(server: TestServer, uploads: dict[str, str]) -> None:
-    import aiohttp
-
-    with chromium() as port:
-        async with aiohttp.ClientSession() as session:
-            page = await open_page(port, session)
-            try:
-                await _steps(page, server, uploads)
-            finally:
-                with contextlib.suppress(Exception):
-                    await page.screenshot(ARTIFACTS / "last.png")
-                await page.close()
-
-
-async def open_template(page: Page, server: TestServer, name: str, uploads: dict[str, str]) -> None:
+def open_template(ui: UI, name: str) -> None:
     """Open ``name`` from the template browser as a user would, then point it at the tiny models."""
-    loaded = await page.js(
-        OPEN_TEMPLATE % {"module": json.dumps(PACK_FOLDER), "name": json.dumps(name)}, timeout=PAGE_TIMEOUT
+    loaded = ui.js(
+        OPEN_TEMPLATE
+        % {
+            "module": json.dumps(PACK_FOLDER),
+            "name": json.dumps(name),
+            "expected": json.dumps(template_types(name)),
+        }
     )
     assert loaded["label"], f"the {name} card has no title"
     assert not loaded["dialogs"], f"a dialog opened with the template (missing nodes?): {loaded['dialogs']}"
     assert loaded["unregistered"] == [], f"node types the frontend does not know: {loaded['unregistered']}"
-    assert set(loaded["types"]) - {"Note", "MarkdownNote"} <= set(server.object_info())
-    pictures = await page.js(MISSING_INPUTS)
+    assert set(loaded["types"]) - {"Note", "MarkdownNote"} <= set(ui.server.object_info())
+    pictures = ui.js(MISSING_INPUTS)
     shipped = all(p["offered"] and p["value"].startswith("oir_example_") for p in pictures)
     assert pictures and shipped, f"the template names pictures LoadImage does not offer: {pictures}"
-    await point_at_tiny_models(page, uploads)
+    point_at_tiny_models(ui)
+    vue_nodes = ui.js("document.querySelectorAll('[data-node-id]').length")
+    if ui.mode == "nodes2":
+        assert vue_nodes >= len(loaded["types"]) - 1, "Nodes 2.0 is on but the nodes are not Vue nodes"
+    else:
+        assert vue_nodes == 0, "classic mode shows Vue nodes"
 
 
-async def assert_no_node_overlaps(page: Page, when: str) -> None:
-    """No two nodes' boxes (title bars included) overlap: the grown search and scorer nodes too."""
-    await settle(page)
-    found = await page.js(NODE_OVERLAPS)
-    assert not found["overlaps"], f"{when}: {found['overlaps']} (boxes: {found['boxes']})"
-
-
-async def point_at_tiny_models(page: Page, uploads: dict[str, str]) -> None:
+def point_at_tiny_models(ui: UI) -> None:
     """The open graph's loaders and pictures set to the tiny test files; event recorders and helpers."""
     values = {
         "values": json.dumps(WIDGET_VALUES),
-        "uploads": json.dumps(uploads),
+        "uploads": json.dumps(ui.uploads),
         "loader": json.dumps(TEST_LOADER),
         "checkpoint": json.dumps(TINY_CHECKPOINT),
         "checkpoints": json.dumps(TINY_CHECKPOINT_FOR),
     }
-    await page.js(POINT_AT_TINY_MODELS % values)
-    await page.js(HELPERS)
+    ui.js(POINT_AT_TINY_MODELS % values)
+    ui.js(HELPERS)
 
 
-async def run_and_click(page: Page) -> list[dict[str, Any]]:
-    """Queue the open graph; every pair gets a chart, and a click on a step sets step_override."""
-    await assert_no_node_overlaps(page, "as loaded")
-    await queue_and_wait(page)
-    await assert_no_node_overlaps(page, "after the run")
-    charts = await page.js(
+def assert_no_node_overlaps(ui: UI, when: str) -> None:
+    """No two nodes' boxes (title bars included) overlap: the grown search and scorer nodes too."""
+    ui.js("window.__oir.fitAll()")
+    ui.settle()
+    ui.settle()
+    found = ui.js(NODE_OVERLAPS)
+    assert found["vue"] == (ui.mode == "nodes2")
+    assert len(found["boxes"]) == found["nodes"], f"{when}: not every node was measured: {found['boxes']}"
+    if os.environ.get("OIR_TMP_OVERLAPS") and found["overlaps"]:
+        with open(os.environ["OIR_TMP_OVERLAPS"], "a") as f:
+            f.write(json.dumps({"case": f"{ui.frontend.version}-{ui.mode}", "when": when, **found}) + "\n")
+        return
+    assert not found["overlaps"], f"{when}: {found['overlaps']} (boxes: {found['boxes']})"
+
+
+def scorer_charts(ui: UI) -> list[dict[str, Any]]:
+    return ui.js(
         "window.__oir.node('OIRMaskMetricScorer').oirChart.charts"
-        ".map((c) => ({pair: c.pair, steps: c.steps, chosen: c.chosen, override: c.override}))"
+        ".map((c) => ({pair: c.pair, steps: c.steps, chosen: c.chosen, override: c.override,"
+        " searched: c.searched}))"
     )
-    pairs = await page.js("window.__oir.app.graph.nodes.filter((n) => n.type === 'OIREditPair').length")
+
+
+def point_of(ui: UI, pair: int, step: int) -> dict[str, float]:
+    selector = f'.oir-panel[data-pair="{pair}"] circle.oir-point[data-step="{step}"]'
+    point = ui.js("(s) => window.__oir.rect(s)", selector)
+    assert point, f"no point for pair {pair}, step {step}"
+    return point
+
+
+def click(ui: UI, point: dict[str, float]) -> None:
+    """A real mouse click at viewport coordinates (pointer events and all)."""
+    ui.page.mouse.move(point["x"], point["y"])
+    ui.page.mouse.click(point["x"], point["y"])
+
+
+def assert_progress_shown(ui: UI) -> None:
+    """The search node's progress line names the engine's stage, level and rows (oir_progress)."""
+    text = ui.js("window.__oir.progress('OIRParallelStepSearch')")
+    assert text and re.search(r"level \d+/\d+", text) and re.search(r"rows \d+/\d+", text), (
+        f"the search node shows no OIR progress: {text!r}"
+    )
+
+
+def run_and_click(ui: UI) -> list[dict[str, Any]]:
+    """Queue the open graph; every pair gets a chart, and a click on a step sets step_override."""
+    assert_no_node_overlaps(ui, "as loaded")
+    queue_and_wait(ui)
+    assert_no_node_overlaps(ui, "after the run")
+    assert_progress_shown(ui)
+    charts = scorer_charts(ui)
+    pairs = ui.js("window.__oir.app.graph.nodes.filter((n) => n.type === 'OIREditPair').length")
     assert [c["pair"] for c in charts] == list(range(pairs))
-    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
-    await settle(page)
+    ui.js("window.__oir.focus('OIRMaskMetricScorer')")
+    ui.settle()
     step = next(s for s in (3, 2, 4, 1, 5) if s != charts[0]["chosen"])
-    point = await page.js(
-        f'window.__oir.rect(\'.oir-panel[data-pair="0"] circle.oir-point[data-step="{step}"]\')'
-    )
-    assert point, "no point to click"
-    await page.click(point["x"], point["y"])
+    point = point_of(ui, 0, step)
+    click(ui, point)
     expected = ", ".join([str(step), *(["auto"] * (pairs - 1))])
-    assert await page.js("window.__oir.override()") == expected
-    await page.click(point["x"], point["y"])  # back to auto
-    assert await page.js("window.__oir.override()") == ""
+    assert ui.js("window.__oir.override()") == expected
+    click(ui, point_of(ui, 0, step))  # back to auto
+    assert ui.js("window.__oir.override()") == ""
     return charts
 
 
+# -------------------------------------------------------------------------------------------------
+# The tests (per frontend and mode; the page is reused, so the in-depth one comes last)
+# -------------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("name", [w for w in WORKFLOWS if w != "oir_two_object_edit"])
-def test_every_template_opens_runs_and_takes_a_click(
-    server: TestServer, uploads: dict[str, str], name: str
-) -> None:
-    _dismiss_first_run(server)
-
-    async def scenario() -> None:
-        import aiohttp
-
-        with chromium() as port:
-            async with aiohttp.ClientSession() as session:
-                page = await open_page(port, session)
-                try:
-                    await load_frontend(page, server)
-                    await open_template(page, server, name, uploads)
-                    await run_and_click(page)
-                    await page.screenshot(ARTIFACTS / f"{name}.png")
-                finally:
-                    with contextlib.suppress(Exception):
-                        await page.screenshot(ARTIFACTS / f"last_{name}.png")
-                    await page.close()
-
-    asyncio.run(scenario())
+def test_every_template_opens_runs_and_takes_a_click(ui: UI, name: str) -> None:
+    with artifacts_on_failure(ui, name):
+        open_template(ui, name)
+        run_and_click(ui)
+        ui.screenshot(name)
+        ui.assert_no_pack_problems()
 
 
-async def reloaded_page(page: Page) -> None:
-    """Wait until the old document is gone (evaluations during the reload may fail or hang)."""
-    deadline = time.monotonic() + PAGE_TIMEOUT
-    while time.monotonic() < deadline:
-        with contextlib.suppress(BrowserError, TimeoutError):
-            if await page.js("!window.__oirBeforeReload", timeout=5.0):
-                return
-        await asyncio.sleep(0.25)
-    raise BrowserError("timed out waiting for the page to reload")
+def test_chart_draws_and_steers_the_search(ui: UI) -> None:
+    with artifacts_on_failure(ui, "oir_two_object_edit"):
+        _in_depth(ui)
 
 
-async def load_frontend(page: Page, server: TestServer) -> None:
-    await page.send("Page.navigate", url=server.url)
-    await page.wait_for(
-        # The extension's setup hook runs after node registration; the first graph then loads.
-        "!!(document.getElementById('oir-search-ui-style') && window.comfyAPI.app.app.graph?.nodes.length)",
-        PAGE_TIMEOUT,
-        "the ComfyUI frontend with the OIR extension",
-    )
-
-
-async def _steps(page: Page, server: TestServer, uploads: dict[str, str]) -> None:
-    await load_frontend(page, server)
-    await open_template(page, server, "oir_two_object_edit", uploads)
+def _in_depth(ui: UI) -> None:
+    open_template(ui, "oir_two_object_edit")
 
     # Before any run: a placeholder, no chart, and the override widget untouched.
-    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
-    await settle(page)
-    placeholder = await page.js("window.__oir.node('OIRMaskMetricScorer').oirChart.element.textContent")
+    ui.js("window.__oir.focus('OIRMaskMetricScorer')")
+    ui.settle()
+    placeholder = ui.js("window.__oir.node('OIRMaskMetricScorer').oirChart.element.textContent")
     assert placeholder == "Queue the graph to see the search"
-    await page.screenshot(ARTIFACTS / "before_run.png")
+    ui.screenshot("before_run")
 
     # First run.
-    await assert_no_node_overlaps(page, "as loaded")
-    await queue_and_wait(page)
-    await assert_no_node_overlaps(page, "after the run")
-    charts = await page.js(
-        "window.__oir.node('OIRMaskMetricScorer').oirChart.charts"
-        ".map((c) => ({pair: c.pair, steps: c.steps, chosen: c.chosen, override: c.override}))"
-    )
+    assert_no_node_overlaps(ui, "as loaded")
+    queue_and_wait(ui)
+    assert_no_node_overlaps(ui, "after the run")
+    assert_progress_shown(ui)
+    charts = scorer_charts(ui)
     assert [c["pair"] for c in charts] == [0, 1]
     assert all(c["steps"] == list(range(1, STEPS + 1)) and c["override"] is None for c in charts)
-    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
-    await settle(page)
-    panels = await page.js(
+    ui.js("window.__oir.focus('OIRMaskMetricScorer')")
+    ui.settle()
+    panels = ui.js(
         "[...document.querySelectorAll('.oir-chart .oir-panel')].map((p) => ({"
         " pair: p.dataset.pair, points: p.querySelectorAll('circle.oir-point').length,"
         " lines: p.querySelectorAll('polyline.oir-line').length,"
@@ -720,7 +769,7 @@ async def _steps(page: Page, server: TestServer, uploads: dict[str, str]) -> Non
         assert panel["thumb"] > 0, "the chosen candidate's thumbnail was not drawn"
 
     # The search node's strip: one row per pair, the scorer's choice framed.
-    strip = await page.js(
+    strip = ui.js(
         "[...document.querySelectorAll('.oir-strip .oir-strip-row')].map((r) => ({"
         " cells: r.querySelectorAll('.oir-cell').length,"
         " chosen: r.querySelector('.oir-cell-chosen')?.dataset.step }))"
@@ -730,109 +779,88 @@ async def _steps(page: Page, server: TestServer, uploads: dict[str, str]) -> Non
     # Hover a step that is not the chosen one: its thumbnail and readout show.
     pair0 = charts[0]
     target = next(s for s in (3, 2, 4, 1, 5) if s != pair0["chosen"])
-    point = await page.js(
-        f'window.__oir.rect(\'.oir-panel[data-pair="0"] circle.oir-point[data-step="{target}"]\')'
-    )
-    assert point, "no point to hover"
-    await page.hover(point["x"], point["y"])
-    caption = await page.js("document.querySelector('.oir-panel[data-pair=\"0\"] .oir-caption').textContent")
+    point = point_of(ui, 0, target)
+    ui.page.mouse.move(point["x"], point["y"])
+    caption = ui.js("document.querySelector('.oir-panel[data-pair=\"0\"] .oir-caption').textContent")
     assert caption == f"t={target}"
-    await page.screenshot(ARTIFACTS / "scorer_chart_hover.png")
+    ui.screenshot("scorer_chart_hover")
 
     # Click it: the real widget holds the override; the chart shows the pending step.
-    await page.click(point["x"], point["y"])
-    assert await page.js("window.__oir.override()") == f"{target}, auto"
-    assert await page.js(
-        f'!!document.querySelector(\'.oir-panel[data-pair="0"] line.oir-next[data-step="{target}"]\')'
-    )
-    saved = await page.js(
+    click(ui, point)
+    assert ui.js("window.__oir.override()") == f"{target}, auto"
+    pending = f'.oir-panel[data-pair="0"] line.oir-next[data-step="{target}"]'
+    assert ui.js("(s) => !!document.querySelector(s)", pending)
+    saved = ui.js(
         "window.__oir.app.graph.serialize().nodes"
         ".find((n) => n.type === 'OIRMaskMetricScorer').widgets_values"
     )
     assert saved == [f"{target}, auto"]  # the chart itself is never serialised
 
     # Clicking the overridden step again goes back to auto.
-    point = await page.js(
-        f'window.__oir.rect(\'.oir-panel[data-pair="0"] circle.oir-point[data-step="{target}"]\')'
-    )
-    await page.click(point["x"], point["y"])
-    assert await page.js("window.__oir.override()") == ""
+    click(ui, point_of(ui, 0, target))
+    assert ui.js("window.__oir.override()") == ""
 
     # Second pair via its own chart, then the reset button of that pair.
     other = next(s for s in (2, 4, 3, 1, 5) if s != charts[1]["chosen"])
-    point = await page.js(
-        f'window.__oir.rect(\'.oir-panel[data-pair="1"] circle.oir-point[data-step="{other}"]\')'
-    )
-    await page.click(point["x"], point["y"])
-    assert await page.js("window.__oir.override()") == f"auto, {other}"
-    reset = await page.js("window.__oir.rect('.oir-panel[data-pair=\"1\"] .oir-reset')")
+    click(ui, point_of(ui, 1, other))
+    assert ui.js("window.__oir.override()") == f"auto, {other}"
+    reset = ui.js("window.__oir.rect('.oir-panel[data-pair=\"1\"] .oir-reset')")
     assert reset and reset["width"] > 0
-    await page.click(reset["x"], reset["y"])
-    assert await page.js("window.__oir.override()") == ""
+    click(ui, reset)
+    assert ui.js("window.__oir.override()") == ""
 
-    # A queued override is honoured: set pair 1's step by clicking, run again.
-    point = await page.js(
-        f'window.__oir.rect(\'.oir-panel[data-pair="0"] circle.oir-point[data-step="{target}"]\')'
-    )
-    await page.click(point["x"], point["y"])
-    await queue_and_wait(page)
-    rerun = await page.js(
-        "window.__oir.node('OIRMaskMetricScorer').oirChart.charts"
-        ".map((c) => ({chosen: c.chosen, searched: c.searched, override: c.override}))"
-    )
-    assert rerun[0] == {"chosen": target, "searched": pair0["chosen"], "override": target}
+    # A queued override is honoured on a partial re-run (only the scorer and what follows run).
+    click(ui, point_of(ui, 0, target))
+    queue_and_wait(ui)
+    rerun = scorer_charts(ui)
+    assert {k: rerun[0][k] for k in ("chosen", "searched", "override")} == {
+        "chosen": target, "searched": pair0["chosen"], "override": target
+    }
     assert rerun[1]["override"] is None
-    strip_chosen = await page.js("document.querySelector('.oir-strip-row .oir-cell-chosen')?.dataset.step")
+    strip_chosen = ui.js("document.querySelector('.oir-strip-row .oir-cell-chosen')?.dataset.step")
     assert strip_chosen == str(target)
 
-    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
-    await settle(page)
-    await page.hover(1000, 900)  # empty canvas: no hover state, no tooltip
-    await page.screenshot(ARTIFACTS / "scorer_chart_override.png")
-    await page.js("window.__oir.focus('OIRParallelStepSearch')")
-    await settle(page)
-    await page.screenshot(ARTIFACTS / "search_strip.png")
+    ui.js("window.__oir.focus('OIRMaskMetricScorer')")
+    ui.settle()
+    ui.page.mouse.move(1000, 900)  # empty canvas: no hover state, no tooltip
+    ui.screenshot("scorer_chart_override")
+    ui.js("window.__oir.focus('OIRParallelStepSearch')")
+    ui.settle()
+    ui.screenshot("search_strip")
 
     # A page reload loses the chart and the strip; queuing the unchanged graph brings them back
     # (the scorer and the search are output nodes: ComfyUI re-sends their cached results).
-    await page.js("window.__oirBeforeReload = true")
-    await page.send("Page.reload")
-    await reloaded_page(page)
-    await load_frontend(page, server)
-    await point_at_tiny_models(page, uploads)  # the same values: only the event listeners are new
-    assert await page.js("window.__oir.node('OIRMaskMetricScorer').oirChart.charts.length") == 0
-    await queue_and_wait(page)
-    reloaded = await page.js(
+    ui.page.reload()
+    load_frontend(ui)
+    point_at_tiny_models(ui)  # the same values: only the event listeners are new
+    assert ui.js("window.__oir.node('OIRMaskMetricScorer').oirChart.charts.length") == 0
+    queue_and_wait(ui)
+    reloaded = ui.js(
         "({charts: window.__oir.node('OIRMaskMetricScorer').oirChart.charts.length,"
         " strip: document.querySelectorAll('.oir-strip .oir-strip-row').length})"
     )
-    assert reloaded == {"charts": 2, "strip": 2}, (
-        f"after a reload the cached results did not come back: {reloaded}"
-    )
-    await assert_no_node_overlaps(page, "after the reload and run")
+    assert reloaded == {"charts": 2, "strip": 2}, f"after a reload the cached results are lost: {reloaded}"
+    assert_no_node_overlaps(ui, "after the reload and run")
 
     # The paper's 50 steps (synthetic scores; its grid image does not exist): 50 points, sensible
     # ticks, and a missing image only leaves the thumbnail empty.
-    drawn = await page.js(SYNTHETIC_50_STEPS)
+    drawn = ui.js(SYNTHETIC_50_STEPS)
     assert drawn == {"points": 50, "ticks": drawn["ticks"], "panels": 1} and 4 <= drawn["ticks"] <= 12, drawn
-    await page.js("window.__oir.focus('OIRMaskMetricScorer')")
-    await settle(page)
-    point = await page.js("window.__oir.rect('.oir-panel circle.oir-point[data-step=\"31\"]')")
-    await page.hover(point["x"], point["y"])
-    assert await page.js("document.querySelector('.oir-panel .oir-caption').textContent") == "t=31"
-    await page.screenshot(ARTIFACTS / "scorer_chart_50_steps.png")
+    ui.js("window.__oir.focus('OIRMaskMetricScorer')")
+    ui.settle()
+    point = ui.js("window.__oir.rect('.oir-panel circle.oir-point[data-step=\"31\"]')")
+    ui.page.mouse.move(point["x"], point["y"])
+    assert ui.js("document.querySelector('.oir-panel .oir-caption').textContent") == "t=31"
+    ui.screenshot("scorer_chart_50_steps")
 
     # The scorer inside a subgraph: a run reaches its chart (the frontend dispatches the output to
     # the inner node), and outputs handed back by locator id find the node inside the subgraph.
-    moved = await page.js(SCORER_INTO_SUBGRAPH)
+    moved = ui.js(SCORER_INTO_SUBGRAPH)
     assert moved["inRoot"] is False and moved["uuid"]
-    await queue_and_wait(page)
-    pairs_in_subgraph = await page.js("window.__oirSub.inner.oirChart.charts.length")
-    assert pairs_in_subgraph == 2, "the run did not reach the chart of the scorer inside the subgraph"
-    assert await page.js(OUTPUTS_BY_LOCATOR) == 2, "outputs by locator id did not reach the subgraph's scorer"
+    queue_and_wait(ui)
+    assert ui.js("window.__oirSub.inner.oirChart.charts.length") == 2, (
+        "the run did not reach the chart of the scorer inside the subgraph"
+    )
+    assert ui.js(OUTPUTS_BY_LOCATOR) == 2, "outputs by locator id did not reach the subgraph's scorer"
 
-    # Only what concerns the pack: the frontend itself may log unrelated startup errors.
-    problems = [e for e in page.exceptions if "oir" in e.lower()] + [
-        c["text"] for c in page.console if c["type"] in ("error", "assert") and "oir" in c["text"].lower()
-    ]
-    assert not problems, "\n".join(problems)
+    ui.assert_no_pack_problems()
