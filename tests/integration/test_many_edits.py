@@ -27,7 +27,7 @@ RSS_BOUND = 1.05
 """RSS after the last edit / after edit 5 (the issue's bound). Measured by the 30-edit benchmark
 (ComfyUI 0.33.0, CPU): 854.8 MiB after start, 1022.8 MiB after edit 5 (the first model and scorer
 loads and each code path's first run), 1025.4 MiB after edit 30 (RSS(30)/RSS(5) = 1.0025, under
-0.1 MiB per edit); a 3-edit run grew 27 MiB from edit 1 to edit 3, which is why edit 5 is the
+0.1 MiB per edit); edits 1 to 3 of that run grew 54 MiB, which is why edit 5 is the
 reference. 5 % (about 50 MiB) leaves room for allocator noise and still catches a leaked scorer or
 model (tens of MiB each) within the series."""
 
