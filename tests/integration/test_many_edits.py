@@ -28,8 +28,9 @@ RSS_BOUND = 1.05
 (ComfyUI 0.33.0, CPU): 854.8 MiB after start, 1022.8 MiB after edit 5 (the first model and scorer
 loads and each code path's first run), 1025.4 MiB after edit 30 (RSS(30)/RSS(5) = 1.0025, under
 0.1 MiB per edit); edits 1 to 3 of that run grew 54 MiB, which is why edit 5 is the
-reference. 5 % (about 50 MiB) leaves room for allocator noise and still catches a leaked scorer or
-model (tens of MiB each) within the series."""
+reference. 5 % (about 50 MiB) leaves room for allocator noise and still catches growth that keeps
+on with every edit (a buffer or a model copy per edit); a leak of the pack's own objects, small
+with the tiny models, is caught exactly by the probe after ``POST /free``, not by RSS."""
 
 
 @pytest.fixture(scope="module")
