@@ -304,7 +304,9 @@ _register_routes()
 class OIRTestWaitForFile:
     """Holds ComfyUI's queue until ``path`` exists (a test's release signal), at most ``timeout`` s.
 
-    Lets a test keep another prompt *pending* behind it for as long as it needs, with no timing.
+    Lets a test keep another prompt *pending* behind it for as long as it needs, with no timing. It
+    honours an interrupt like any working node (between its checks), so a test sees whether a
+    cancel meant for another prompt reached it.
     """
 
     @classmethod
@@ -323,8 +325,11 @@ class OIRTestWaitForFile:
     def wait(self, path: str, timeout: float) -> dict[str, Any]:
         import time
 
+        import comfy.model_management
+
         deadline = time.monotonic() + timeout
         while not Path(path).exists():
+            comfy.model_management.throw_exception_if_processing_interrupted()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{path} did not appear within {timeout} s")
             time.sleep(0.05)
