@@ -412,12 +412,14 @@ class OIRParallelStepSearch(io.ComfyNode):
             recipe=SearchRecipe(model, trajectory, oir_edit, original, negative, float(cfg)),
             key=candidates_key(stored, layouts),
         )
-        preview = ui.PreviewImage(grid, cls=cls).as_dict()
+        # Under its own key, not `images`: the frontend would draw the whole grid on the node under
+        # the strip; the strip crops its cells from it, and a Preview Image shows the grid once.
+        saved_grid = ui.PreviewImage(grid, cls=cls).as_dict()["images"]
         return io.NodeOutput(
             bundle,
             grid,
             ui={
-                **preview,
+                "oir_images": saved_grid,
                 "oir_grid": layouts,
                 "oir_candidates": [bundle.key],
                 "oir_stats": [candidates.stats.to_dict()],

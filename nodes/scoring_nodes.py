@@ -402,5 +402,7 @@ class OIRMaskMetricScorer(io.ComfyNode):
             }
             for k in range(len(tables))
         ]
-        preview = ui.PreviewImage(grid, cls=cls).as_dict()
-        return io.NodeOutput(result, plots, grid, report, ui={**preview, "oir_scores": chart})
+        # Under its own key, not `images` (the frontend would draw the grid under the chart again):
+        # the chart's hover thumbnails crop from it; the template's Preview Image shows the grid.
+        saved_grid = ui.PreviewImage(grid, cls=cls).as_dict()["images"]
+        return io.NodeOutput(result, plots, grid, report, ui={"oir_images": saved_grid, "oir_scores": chart})

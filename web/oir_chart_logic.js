@@ -100,7 +100,8 @@ export function gridLayout(value) {
  * into one chart model per edit pair. Malformed entries are skipped rather than thrown on: the
  * chart must degrade, never break the canvas.
  *
- * The k-th `oir_scores` entry goes with the k-th image of `images` (one grid image per pair).
+ * The k-th `oir_scores` entry goes with the k-th image of `oir_images` (one grid image per pair;
+ * not `images`, which the frontend would draw on the node as a second copy of the grid).
  *
  * @param {unknown} output
  * @returns {PairChart[]}
@@ -109,7 +110,7 @@ export function scoreCharts(output) {
   if (!output || typeof output !== "object") return [];
   const out = /** @type {Record<string, unknown>} */ (output);
   const entries = Array.isArray(out.oir_scores) ? out.oir_scores : [];
-  const images = Array.isArray(out.images) ? out.images : [];
+  const images = Array.isArray(out.oir_images) ? out.oir_images : [];
   /** @type {PairChart[]} */
   const charts = [];
   entries.forEach((entry, position) => {
@@ -168,7 +169,7 @@ export function searchGrids(output) {
   if (!output || typeof output !== "object") return [];
   const out = /** @type {Record<string, unknown>} */ (output);
   const layouts = Array.isArray(out.oir_grid) ? out.oir_grid : [];
-  const images = Array.isArray(out.images) ? out.images : [];
+  const images = Array.isArray(out.oir_images) ? out.oir_images : [];
   /** @type {SearchGrid[]} */
   const grids = [];
   layouts.forEach((value, position) => {

@@ -507,7 +507,7 @@ SYNTHETIC_50_STEPS = """
   const node = window.__oir.node("OIRMaskMetricScorer");
   node.widgets.find((w) => w.name === "step_override").value = "";
   node.onExecuted({
-    images: [{filename: "oir-missing-grid.png", subfolder: "", type: "temp"}],
+    oir_images: [{filename: "oir-missing-grid.png", subfolder: "", type: "temp"}],
     oir_scores: [{pair: 0, source: "dog", target: "cat", chosen: 31, searched: 31, override: null,
       table: {steps, editing: editing, fidelity: fidelity, editing_norm: editing, fidelity_norm: fidelity,
               combined, chosen_index: 30, chosen_step: 31, weights: [0.5, 0.5],

@@ -36,7 +36,9 @@ def test_two_object_graph_runs_every_node(nodes, tiny_unet, tiny_clip, tiny_vae,
     assert out["report"]["steps"] == list(chosen.steps)
     chart = out["score_ui"]["oir_scores"]
     assert [c["chosen"] for c in chart] == list(chosen.steps)
-    assert out["score_ui"]["images"] and out["search_ui"]["images"]
+    # the grids travel under the pack's own key, so the frontend draws no second copy on the nodes
+    assert out["score_ui"]["oir_images"] and out["search_ui"]["oir_images"]
+    assert "images" not in out["score_ui"] and "images" not in out["search_ui"]
     assert out["edited"]["samples"].shape == (1, 4, 8, 8)
     assert out["image"].shape == (1, IMAGE, IMAGE, 3)
     assert torch.isfinite(out["image"]).all()

@@ -39,7 +39,7 @@ function scorerOutput() {
     fidelity_constant: false,
   });
   return {
-    images: [
+    oir_images: [
       { filename: "ComfyUI_temp_a_00001_.png", subfolder: "", type: "temp" },
       { filename: "ComfyUI_temp_a_00002_.png", subfolder: "", type: "temp" },
     ],
@@ -68,10 +68,10 @@ test("scoreCharts shapes one chart per pair with its grid image", () => {
 
 test("scoreCharts degrades: nothing, junk, gaps and missing images never throw", () => {
   assert.deepEqual(scoreCharts(undefined), []);
-  assert.deepEqual(scoreCharts({ images: [] }), []);
+  assert.deepEqual(scoreCharts({ oir_images: [] }), []);
   assert.deepEqual(scoreCharts({ oir_scores: [null, 3, { table: { steps: [] } }, { table: { steps: ["a"] } }] }), []);
   const output = scorerOutput();
-  delete output.images;
+  delete output.oir_images;
   output.oir_scores[0].table.combined = [0.5, null, "x", Number.NaN, 1];
   delete output.oir_scores[0].grid;
   const [chart] = scoreCharts(output);
@@ -87,7 +87,7 @@ test("scoreCharts takes T from the payload when the node sends it", () => {
 });
 
 test("searchGrids pairs each layout with its image", () => {
-  const output = { images: [{ filename: "g0.png", type: "temp", subfolder: "" }], oir_grid: [scorerOutput().oir_scores[0].grid, { junk: 1 }], oir_stats: [{}] };
+  const output = { oir_images: [{ filename: "g0.png", type: "temp", subfolder: "" }], oir_grid: [scorerOutput().oir_scores[0].grid, { junk: 1 }], oir_stats: [{}] };
   const grids = searchGrids(output);
   assert.equal(grids.length, 1);
   assert.equal(grids[0].image.filename, "g0.png");

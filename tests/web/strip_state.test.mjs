@@ -18,7 +18,7 @@ const layout = (pair) => ({ pair, steps: [1, 2, 3], columns: 3, thumb_width: 8, 
 /** A search node's payload for candidates `key` (two pairs). */
 function searchOutput(key) {
   return {
-    images: [{ filename: `grid_${key}_0.png` }, { filename: `grid_${key}_1.png` }],
+    oir_images: [{ filename: `grid_${key}_0.png` }, { filename: `grid_${key}_1.png` }],
     oir_grid: [layout(0), layout(1)],
     oir_candidates: [key],
   };
@@ -27,7 +27,7 @@ function searchOutput(key) {
 /** A scorer's payload for candidates `key`, choosing `chosen[k]` for pair k. */
 function scorerOutput(key, chosen) {
   return {
-    images: [{ filename: "s0.png" }, { filename: "s1.png" }],
+    oir_images: [{ filename: "s0.png" }, { filename: "s1.png" }],
     oir_scores: chosen.map((step, pair) => ({
       pair,
       source: "a",
