@@ -225,7 +225,7 @@ class Server:
     versions: dict[str, Any] = field(default_factory=dict)
     devices: list[str] = field(default_factory=list)
     cases_done: int = 0
-    current: str | None = None
+    current: Any = None  # the Job this server's thread runs
 
     @property
     def client(self) -> TrackingClient:
@@ -500,7 +500,7 @@ class _Batch:
                 return
             attempt = Attempt(server.url, self.now())
             job.attempts.append(attempt)
-            server.current, server.client.active = job.case.name, None
+            server.current, server.client.active = job, None
             assert job.case.spec is not None
             try:
                 report = server.runner.run(job.case.spec, job.check, job.out_dir)
@@ -632,7 +632,8 @@ def run_on_servers(
             prompt = server.client.active if server.status == "ready" else None
             if prompt is not None:
                 outcome = cancel_own_prompt(ComfyClient(server.url, **QUICK), prompt)
-                batch.say(f"server {server.url}: prompt {prompt} of case {server.current} {outcome}")
+                name = server.current.case.name if server.current is not None else "?"
+                batch.say(f"server {server.url}: prompt {prompt} of case {name} {outcome}")
         deadline = time.monotonic() + JOIN_AFTER_STOP_S
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -642,15 +643,9 @@ def run_on_servers(
     finally:
         batch.stop.set()
         for server in servers:
-            if server.current is not None:  # a thread still busy after the wait: not finished
-                with contextlib.suppress(StopIteration):
-                    job_name = server.current
-                    case = next(c for c, _, d in pending if c.name == job_name)
-                    batch.fail(
-                        Job(case, None, out_dir / safe_case_dir(case.name)),  # type: ignore[arg-type]
-                        INTERRUPTED,
-                        interrupted=True,
-                    )
+            job = server.current
+            if job is not None:  # a thread still busy after the wait: not finished
+                batch.fail(job, INTERRUPTED, interrupted=True)
         while True:
             try:
                 job = batch.work.get_nowait()

@@ -337,7 +337,7 @@ def test_ctrl_c_cancels_only_its_own_prompts_and_a_rerun_on_other_servers_resume
     assert done and done == {p.parent.name for p in out.glob("*/report.json")}
     rest = set(names) - done
     assert rest and all(cases[n]["status"] == "failed" and cases[n]["interrupted"] for n in rest)
-    assert any(cases[n]["server"] == b.url for n in rest)  # the case that waited on b
+    assert any(cases[n]["server"] == b.url for n in rest), (cases, err)  # the case that waited on b
     finished = {p: p.stat().st_mtime_ns for p in out.glob("*/report.json")}
 
     resumed = run(batch_command(specs, out, b.url))  # another set of servers
