@@ -482,7 +482,15 @@ class _Batch:
         if not interrupted:
             self.say(f"[{job.case.name}] failed: {error}")
 
-    def worker(self, server: Server) -> None:
+    def worker(self, server: Server, finished: threading.Event) -> None:
+        """:meth:`work_on`, then ``finished`` is set (the main thread waits on these events, not on
+        ``Thread.join``, which a Ctrl-C arriving inside it can leave reporting a live thread as ended)."""
+        try:
+            self.work_on(server)
+        finally:
+            finished.set()
+
+    def work_on(self, server: Server) -> None:
         """One server's loop: take the next case, run it, record it; end when nothing is left, the
         batch is stopped or the server is lost."""
         from .cli import write_report
@@ -602,6 +610,7 @@ def run_on_servers(
             batch.fail(Job(case, None, case_dir), str(error))  # type: ignore[arg-type]
     interrupted = False
     threads: list[threading.Thread] = []
+    ended: list[threading.Event] = []
     not_run_reason = "not run"
     try:
         if pending:
@@ -615,12 +624,14 @@ def run_on_servers(
             ready = [s for s in servers if s.status == "ready"]
             if len(ready) > 1:
                 batch.say(f"batch: {batch.outstanding} cases on {len(ready)} servers")
-            threads = [threading.Thread(target=batch.worker, args=(s,), daemon=True) for s in ready]
+            ended = [threading.Event() for _ in ready]
+            threads = [
+                threading.Thread(target=batch.worker, args=(s, e), daemon=True) for s, e in zip(ready, ended)
+            ]
             for thread in threads:
                 thread.start()
-            while any(t.is_alive() for t in threads):
-                for thread in threads:
-                    thread.join(0.25)
+            while not all(e.is_set() for e in ended):
+                time.sleep(0.1)  # Ctrl-C arrives here as KeyboardInterrupt
             lost = [f"{s.url}: {s.reason}" for s in servers if s.status == "lost"]
             not_run_reason = f"not run: every server was lost ({'; '.join(lost)})"
     except KeyboardInterrupt:
@@ -635,8 +646,8 @@ def run_on_servers(
                 name = server.current.case.name if server.current is not None else "?"
                 batch.say(f"server {server.url}: prompt {prompt} of case {name} {outcome}")
         deadline = time.monotonic() + JOIN_AFTER_STOP_S
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        while not all(e.is_set() for e in ended) and time.monotonic() < deadline:
+            time.sleep(0.1)
     except HeadlessError as error:  # no server passed the checks
         not_run_reason = f"not run: {error}"
         raise
