@@ -66,8 +66,9 @@ def write_cases(folder: Path, count: int, seed: int) -> Path:
 
 
 def run_batch(specs: Path, out: Path, urls: list[str]) -> dict[str, Any]:
-    flags = [flag for url in urls for flag in ("--server", url)]
-    command = [str(CONSOLE), "batch", str(specs), "--out", str(out), *flags]
+    listed = out.with_name(out.name + "_servers.txt")  # --servers: the scheduler even for one server
+    listed.write_text("\n".join(urls) + "\n", encoding="utf-8")
+    command = [str(CONSOLE), "batch", str(specs), "--out", str(out), "--servers", str(listed)]
     command += ["--model-loader", "OIRTestTinyCheckpointLoader", "-q"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
