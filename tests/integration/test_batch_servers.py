@@ -353,8 +353,12 @@ def test_ctrl_c_interrupts_the_prompt_a_server_runs(a: TestServer, tmp_path: Pat
     """The stalling loader keeps oir-edit's prompt running until it is interrupted."""
     specs = write_cases(tmp_path, ["stalls"])
     out = tmp_path / "out"
+    listed = tmp_path / "servers.txt"  # --servers: the many-server batch, here with one server
+    listed.write_text(f"{a.url}\n", encoding="utf-8")
     command = subprocess.Popen(
-        batch_command(specs, out, a.url, loader=STALLING_LOADER), stderr=subprocess.PIPE, text=True
+        [*batch_command(specs, out, loader=STALLING_LOADER), "--servers", str(listed)],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_until(lambda: _ids(a, "queue_running"), "the case to run")
