@@ -134,12 +134,17 @@ def main() -> None:
         root = Path(tmp)
         clock = time.monotonic()
         with ThreadPoolExecutor(args.servers) as pool:
-            servers = list(
-                pool.map(
-                    lambda i: start_test_server(root / f"server{i}", controlnet=False, env=env),
-                    range(args.servers),
-                )
-            )
+            futures = [
+                pool.submit(start_test_server, root / f"server{i}", controlnet=False, env=env)
+                for i in range(args.servers)
+            ]
+        try:
+            servers = [future.result() for future in futures]
+        except BaseException:  # one failed to start: stop the others before leaving
+            for future in futures:
+                if future.exception() is None:
+                    future.result().stop()
+            raise
         print(
             f"{args.servers} servers started in {time.monotonic() - clock:.1f} s "
             f"({threads} torch thread(s) each)"
