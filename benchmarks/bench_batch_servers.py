@@ -66,8 +66,9 @@ def write_cases(folder: Path, count: int, seed: int) -> Path:
 
 
 def run_batch(specs: Path, out: Path, urls: list[str]) -> dict[str, Any]:
-    flags = [flag for url in urls for flag in ("--server", url)]
-    command = [str(CONSOLE), "batch", str(specs), "--out", str(out), *flags]
+    listed = out.with_name(out.name + "_servers.txt")  # --servers: the scheduler even for one server
+    listed.write_text("\n".join(urls) + "\n", encoding="utf-8")
+    command = [str(CONSOLE), "batch", str(specs), "--out", str(out), "--servers", str(listed)]
     command += ["--model-loader", "OIRTestTinyCheckpointLoader", "-q"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -133,12 +134,17 @@ def main() -> None:
         root = Path(tmp)
         clock = time.monotonic()
         with ThreadPoolExecutor(args.servers) as pool:
-            servers = list(
-                pool.map(
-                    lambda i: start_test_server(root / f"server{i}", controlnet=False, env=env),
-                    range(args.servers),
-                )
-            )
+            futures = [
+                pool.submit(start_test_server, root / f"server{i}", controlnet=False, env=env)
+                for i in range(args.servers)
+            ]
+        try:
+            servers = [future.result() for future in futures]
+        except BaseException:  # one failed to start: stop the others before leaving
+            for future in futures:
+                if future.exception() is None:
+                    future.result().stop()
+            raise
         print(
             f"{args.servers} servers started in {time.monotonic() - clock:.1f} s "
             f"({threads} torch thread(s) each)"

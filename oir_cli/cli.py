@@ -187,10 +187,11 @@ def run_batch_command(args: argparse.Namespace, stream: TextIO | None) -> int:
             f"no edit specs (*.yaml, *.yml, *.json with image/prompt/edits or OIR-Bench fields) "
             f"in {args.directory}"
         )
-    if args.server or args.servers is not None:  # running servers, one or many (oir_cli/scheduler.py)
+    if len(args.server or []) > 1 or args.servers is not None:  # many servers: oir_cli/scheduler.py
         from .scheduler import run_batch_on_servers
 
         return run_batch_on_servers(args, cases, out_dir, stream)
+    args.server = args.server[0] if args.server else None  # one server: run_batch below
     connection: Connection | None = None
 
     def factory() -> EditRunner:

@@ -228,7 +228,7 @@ class Server:
     versions: dict[str, Any] = field(default_factory=dict)
     devices: list[str] = field(default_factory=list)
     cases_done: int = 0
-    current: str | None = None
+    current: Any = None  # the Job this server's thread runs
 
     @property
     def client(self) -> TrackingClient:
@@ -484,7 +484,15 @@ class _Batch:
         if not interrupted:
             self.say(f"[{job.case.name}] failed: {error}")
 
-    def worker(self, server: Server) -> None:
+    def worker(self, server: Server, finished: threading.Event) -> None:
+        """:meth:`work_on`, then ``finished`` is set (the main thread waits on these events, not on
+        ``Thread.join``, which a Ctrl-C arriving inside it can leave reporting a live thread as ended)."""
+        try:
+            self.work_on(server)
+        finally:
+            finished.set()
+
+    def work_on(self, server: Server) -> None:
         """One server's loop: take the next case, run it, record it; end when nothing is left, the
         batch is stopped or the server is lost."""
 
@@ -501,7 +509,7 @@ class _Batch:
                 return
             attempt = Attempt(server.url, self.now())
             job.attempts.append(attempt)
-            server.current, server.client.active = job.case.name, None
+            server.current, server.client.active = job, None
             assert job.case.spec is not None
             try:
                 report = server.runner.run(job.case.spec, job.check, job.out_dir)
@@ -602,6 +610,7 @@ def run_on_servers(
             batch.fail(Job(case, None, case_dir), str(error))  # type: ignore[arg-type]
     interrupted = False
     threads: list[threading.Thread] = []
+    ended: list[threading.Event] = []
     not_run_reason = "not run"
     try:
         if pending:
@@ -615,12 +624,14 @@ def run_on_servers(
             ready = [s for s in servers if s.status == "ready"]
             if len(ready) > 1:
                 batch.say(f"batch: {batch.outstanding} cases on {len(ready)} servers")
-            threads = [threading.Thread(target=batch.worker, args=(s,), daemon=True) for s in ready]
+            ended = [threading.Event() for _ in ready]
+            threads = [
+                threading.Thread(target=batch.worker, args=(s, e), daemon=True) for s, e in zip(ready, ended)
+            ]
             for thread in threads:
                 thread.start()
-            while any(t.is_alive() for t in threads):
-                for thread in threads:
-                    thread.join(0.25)
+            while not all(e.is_set() for e in ended):
+                time.sleep(0.1)  # Ctrl-C arrives here as KeyboardInterrupt
             lost = [f"{s.url}: {s.reason}" for s in servers if s.status == "lost"]
             not_run_reason = f"not run: every server was lost ({'; '.join(lost)})"
     except KeyboardInterrupt:
@@ -632,25 +643,20 @@ def run_on_servers(
             prompt = server.client.active if server.status == "ready" else None
             if prompt is not None:
                 outcome = cancel_own_prompt(ComfyClient(server.url, **QUICK), prompt)
-                batch.say(f"server {server.url}: prompt {prompt} of case {server.current} {outcome}")
+                name = server.current.case.name if server.current is not None else "?"
+                batch.say(f"server {server.url}: prompt {prompt} of case {name} {outcome}")
         deadline = time.monotonic() + JOIN_AFTER_STOP_S
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        while not all(e.is_set() for e in ended) and time.monotonic() < deadline:
+            time.sleep(0.1)
     except HeadlessError as error:  # no server passed the checks
         not_run_reason = f"not run: {error}"
         raise
     finally:
         batch.stop.set()
         for server in servers:
-            if server.current is not None:  # a thread still busy after the wait: not finished
-                with contextlib.suppress(StopIteration):
-                    job_name = server.current
-                    case = next(c for c, _, d in pending if c.name == job_name)
-                    batch.fail(
-                        Job(case, None, out_dir / safe_case_dir(case.name)),  # type: ignore[arg-type]
-                        INTERRUPTED,
-                        interrupted=True,
-                    )
+            job = server.current
+            if job is not None:  # a thread still busy after the wait: not finished
+                batch.fail(job, INTERRUPTED, interrupted=True)
         while True:
             try:
                 job = batch.work.get_nowait()

@@ -58,7 +58,18 @@ def test_the_command_refuses_a_negative_retry_count_before_contacting_a_server(
     specs.mkdir()
     (specs / "a.yaml").write_text("image: a.png\nprompt: a dog\nedits: ['dog=cat:m.png']\n", encoding="utf-8")
     code = main(
-        ["batch", str(specs), "--out", str(tmp_path / "out"), "--server", "127.0.0.1:9", "--retries", "-1"]
+        [
+            "batch",
+            str(specs),
+            "--out",
+            str(tmp_path / "out"),
+            "--server",
+            "127.0.0.1:9",
+            "--server",
+            "127.0.0.1:10",
+            "--retries",
+            "-1",
+        ]
     )
     assert code == 2
     assert "--retries -1: must be 0 or more" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -103,11 +104,21 @@ def _import_path(name: str, path: Path) -> ModuleType:
     return sys.modules[name]
 
 
+_PREPARE_LOCK = threading.Lock()
+"""Servers started side by side import the tiny model builders once, not concurrently (a module
+half-executed by one thread would be seen without its functions by another)."""
+
+
 def prepare_models(root: Path, controlnet: bool = True) -> Path:
     """Write the tiny scorer / LoRA / ControlNet under ``root/models``; returns the YAML registering them.
 
     The YAML also registers :data:`TEST_NODES_DIR` as a custom-nodes folder.
     """
+    with _PREPARE_LOCK:
+        return _prepare_models(root, controlnet)
+
+
+def _prepare_models(root: Path, controlnet: bool) -> Path:
     models = root / "models"
     clip = _tiny_clip()
     clip.make_transformers_clip(models / "oir_clip" / TINY_SCORER, image_size=32, patch_size=8)

@@ -337,7 +337,7 @@ def test_ctrl_c_cancels_only_its_own_prompts_and_a_rerun_on_other_servers_resume
     assert done and done == {p.parent.name for p in out.glob("*/report.json")}
     rest = set(names) - done
     assert rest and all(cases[n]["status"] == "failed" and cases[n]["interrupted"] for n in rest)
-    assert any(cases[n]["server"] == b.url for n in rest)  # the case that waited on b
+    assert any(cases[n]["server"] == b.url for n in rest), (cases, err)  # the case that waited on b
     finished = {p: p.stat().st_mtime_ns for p in out.glob("*/report.json")}
 
     resumed = run(batch_command(specs, out, b.url))  # another set of servers
@@ -353,8 +353,12 @@ def test_ctrl_c_interrupts_the_prompt_a_server_runs(a: TestServer, tmp_path: Pat
     """The stalling loader keeps oir-edit's prompt running until it is interrupted."""
     specs = write_cases(tmp_path, ["stalls"])
     out = tmp_path / "out"
+    listed = tmp_path / "servers.txt"  # --servers: the many-server batch, here with one server
+    listed.write_text(f"{a.url}\n", encoding="utf-8")
     command = subprocess.Popen(
-        batch_command(specs, out, a.url, loader=STALLING_LOADER), stderr=subprocess.PIPE, text=True
+        [*batch_command(specs, out, loader=STALLING_LOADER), "--servers", str(listed)],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_until(lambda: _ids(a, "queue_running"), "the case to run")
