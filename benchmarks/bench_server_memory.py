@@ -1,4 +1,4 @@
-"""Benchmark 9: a ComfyUI server's memory over many consecutive OIR edits (issue #26).
+"""Benchmark 10: a ComfyUI server's memory over many consecutive OIR edits.
 
 **Measured.** One ComfyUI server, started the way the integration tests start one
 (``tests/integration/comfy_server.py``: the pack, the test node pack with the tiny models and the
