@@ -1,10 +1,10 @@
 """Object reassembly and re-inversion (OIR step 5, ARCHITECTURE.md §4.5; paper §3.3).
 
 1. Each pair ``k`` is denoised from its optimal level ``t_k*`` with its guided prompt down to the
-   reassembly level ``R``, giving ``z_k`` (:func:`denoise_objects_to_reassembly_step`).
+   reassembly level ``R``, giving ``z_k`` (:func:`_denoise_objects_to_reassembly_step`).
 2. ``z = M_bg * x_R + sum_k M_k * z_k`` with the masks on the latent grid (:func:`merge_regions`).
-3. ``z`` is re-inverted ``r`` levels with the original prompt (CFG off; :func:`reinvert_merged`).
-4. The last ``R + r`` levels are denoised with the target prompt (CFG; :func:`denoise_with_target`).
+3. ``z`` is re-inverted ``r`` levels with the original prompt (CFG off; :func:`_reinvert_merged`).
+4. The last ``R + r`` levels are denoised with the target prompt (CFG; :func:`_denoise_with_target`).
 
 :func:`reassemble` checks every input first (:func:`plan_reassembly`), then runs the four steps.
 
@@ -332,6 +332,17 @@ def plan_reassembly(
     )
 
 
+@dataclass(frozen=True)
+class _Stages:
+    """What the stages of one reassembly share: the host, the inversion, the batch cap, the accounting."""
+
+    host: Host
+    trajectory: InversionTrajectory
+    max_batch: int | None
+    stats: CallStats
+    progress: LevelCallback
+
+
 def _run_reassembly(
     host: Host,
     trajectory: InversionTrajectory,
@@ -341,8 +352,8 @@ def _run_reassembly(
 ) -> ReassemblyResult:
     """Steps 1-4 of the module on a settled plan (``preserve``'s blend in steps 3-4)."""
     stats = CallStats()
-    progress = _StageProgress(on_level, plan.total_levels)
-    pair_latents = denoise_objects_to_reassembly_step(host, trajectory, plan, max_batch, stats, progress)
+    stages = _Stages(host, trajectory, max_batch, stats, _StageProgress(on_level, plan.total_levels))
+    pair_latents = _denoise_objects_to_reassembly_step(stages, plan)
 
     # 2. Reassemble by masks at level R.
     background_latent = trajectory.latents[plan.reassembly_step]
@@ -351,8 +362,8 @@ def _run_reassembly(
     constrain = background_constraint(trajectory, weights) if plan.background_mode == "preserve" else None
     start = merged if constrain is None else constrain(plan.reassembly_step, merged[None])[0]
 
-    reinverted = reinvert_merged(host, trajectory, start, plan, constrain, max_batch, stats, progress)
-    final = denoise_with_target(host, trajectory, reinverted, plan, constrain, max_batch, stats, progress)
+    reinverted = _reinvert_merged(stages, start, plan, constrain)
+    final = _denoise_with_target(stages, reinverted, plan, constrain)
     return ReassemblyResult(
         latent=trajectory.to_clean(final),
         merged=merged,
@@ -369,14 +380,7 @@ def _run_reassembly(
     )
 
 
-def denoise_objects_to_reassembly_step(
-    host: Host,
-    trajectory: InversionTrajectory,
-    plan: ReassemblyPlan,
-    max_batch: int | None,
-    stats: CallStats,
-    progress: LevelCallback,
-) -> Tensor:
+def _denoise_objects_to_reassembly_step(stages: _Stages, plan: ReassemblyPlan) -> Tensor:
     """Step 1: each pair ``k`` from its start down to ``R`` with its guided prompt, giving ``z_k``.
 
     The pairs denoised here share calls (lockstep); a pair the search already brought to ``R``
@@ -385,6 +389,7 @@ def denoise_objects_to_reassembly_step(
     Returns:
         ``[K, *latent_shape]`` the pairs' latents at level ``R``.
     """
+    host, trajectory = stages.host, stages.trajectory
     latents = trajectory.latents
     level_sigmas = trajectory.level_sigmas.to(latents.device)
     reassembly_step, walking = plan.reassembly_step, plan.walking
@@ -414,24 +419,17 @@ def denoise_objects_to_reassembly_step(
             walk_starts,
             end_level=reassembly_step,
             cond_ids=rows,
-            max_batch=max_batch or host_max,
-            stats=stats,
-            on_level=progress,
+            max_batch=stages.max_batch or host_max,
+            stats=stages.stats,
+            on_level=stages.progress,
         ),
     )
     pair_latents.index_copy_(0, rows, walked.to(pair_latents.dtype))
     return pair_latents
 
 
-def reinvert_merged(
-    host: Host,
-    trajectory: InversionTrajectory,
-    start: Tensor,
-    plan: ReassemblyPlan,
-    constrain: LatentConstraint | None,
-    max_batch: int | None,
-    stats: CallStats,
-    progress: LevelCallback,
+def _reinvert_merged(
+    stages: _Stages, start: Tensor, plan: ReassemblyPlan, constrain: LatentConstraint | None
 ) -> Tensor:
     """Step 3: the merged ``z`` (``start``, ``[*latent_shape]``) re-inverted ``r`` levels, ``R -> R + r``.
 
@@ -440,6 +438,7 @@ def reinvert_merged(
     """
     if plan.reinversion_steps <= 0:
         return start
+    host, trajectory = stages.host, stages.trajectory
     level_sigmas = trajectory.level_sigmas.to(trajectory.latents.device)
     start_sigma = trajectory.clean_sigma
     stage = Stage(
@@ -460,24 +459,17 @@ def reinvert_merged(
             plan.top,
             trajectory.convention,  # type: ignore[arg-type]
             start_sigma,
-            max_batch=max_batch or host_max,
-            stats=stats,
-            on_level=progress,
+            max_batch=stages.max_batch or host_max,
+            stats=stages.stats,
+            on_level=stages.progress,
             constrain=constrain,
         ),
     )
     return path[-1][0]
 
 
-def denoise_with_target(
-    host: Host,
-    trajectory: InversionTrajectory,
-    reinverted: Tensor,
-    plan: ReassemblyPlan,
-    constrain: LatentConstraint | None,
-    max_batch: int | None,
-    stats: CallStats,
-    progress: LevelCallback,
+def _denoise_with_target(
+    stages: _Stages, reinverted: Tensor, plan: ReassemblyPlan, constrain: LatentConstraint | None
 ) -> Tensor:
     """Step 4: the last ``R + r`` levels denoised with the target prompt (CFG), down to level 0.
 
@@ -487,6 +479,7 @@ def denoise_with_target(
     top = plan.top
     if top <= 0:
         return reinverted
+    host, trajectory = stages.host, stages.trajectory
     level_sigmas = trajectory.level_sigmas.to(trajectory.latents.device)
     stage = Stage(
         role="target",
@@ -504,9 +497,9 @@ def denoise_with_target(
             reinverted.unsqueeze(0),
             [top],
             end_level=0,
-            max_batch=max_batch or host_max,
-            stats=stats,
-            on_level=progress,
+            max_batch=stages.max_batch or host_max,
+            stats=stages.stats,
+            on_level=stages.progress,
             constrain=constrain,
         ),
     )[0]
