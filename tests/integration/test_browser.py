@@ -656,10 +656,6 @@ def assert_no_node_overlaps(ui: UI, when: str) -> None:
     found = ui.js(NODE_OVERLAPS)
     assert found["vue"] == (ui.mode == "nodes2")
     assert len(found["boxes"]) == found["nodes"], f"{when}: not every node was measured: {found['boxes']}"
-    if os.environ.get("OIR_TMP_OVERLAPS") and found["overlaps"]:
-        with open(os.environ["OIR_TMP_OVERLAPS"], "a") as f:
-            f.write(json.dumps({"case": f"{ui.frontend.version}-{ui.mode}", "when": when, **found}) + "\n")
-        return
     assert not found["overlaps"], f"{when}: {found['overlaps']} (boxes: {found['boxes']})"
 
 
