@@ -723,6 +723,29 @@ def test_every_template_opens_runs_and_takes_a_click(ui: UI, name: str) -> None:
         ui.assert_no_pack_problems()
 
 
+README_SCREENSHOT = REPO / "docs" / "images" / "two-object-template.png"
+
+
+def save_readme_screenshot(ui: UI) -> None:
+    """With ``OIR_README_SCREENSHOT=1`` (``tests/integration/make_screenshot.sh``), on 1.58.1 classic:
+    the two-object template after its first run, search strip, score chart and grid preview in
+    view, saved small (1100 px wide, 128 colours) as the README's picture."""
+    wanted = os.environ.get("OIR_README_SCREENSHOT") == "1"
+    if not wanted or (ui.frontend.version, ui.mode) != (NEW_FRONTEND, "classic"):
+        return
+    from PIL import Image
+
+    ui.js("window.__oir.focus('OIRParallelStepSearch', 20)")
+    ui.settle()
+    shot = ARTIFACTS / "readme-two-object-template.png"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    ui.page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 1240, "height": 760})
+    with Image.open(shot) as picture:
+        small = picture.convert("RGB").resize((1100, round(760 * 1100 / 1240)), Image.LANCZOS)
+    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    small.quantize(colors=128).save(README_SCREENSHOT, optimize=True)
+
+
 def test_chart_draws_and_steers_the_search(ui: UI) -> None:
     with artifacts_on_failure(ui, "oir_two_object_edit"):
         _in_depth(ui)
@@ -743,6 +766,7 @@ def _in_depth(ui: UI) -> None:
     queue_and_wait(ui)
     assert_no_node_overlaps(ui, "after the run")
     assert_progress_shown(ui)
+    save_readme_screenshot(ui)
     charts = scorer_charts(ui)
     assert [c["pair"] for c in charts] == [0, 1]
     assert all(c["steps"] == list(range(1, STEPS + 1)) and c["override"] is None for c in charts)
