@@ -27,7 +27,7 @@ def test_no_two_test_modules_share_a_basename() -> None:
 def test_the_suite_runs_from_a_clone_named_oir_edit(tmp_path: Path) -> None:
     clone = tmp_path / "oir-edit"
     ignore = shutil.ignore_patterns(
-        ".git", ".venv*", "__pycache__", "*.egg-info", "test-artifacts", "node_modules"
+        ".git", ".venv*", "__pycache__", "*.egg-info", "test-artifacts", "node_modules", ".frontend-*"
     )
     shutil.copytree(REPO, clone, ignore=ignore)
     env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
