@@ -735,13 +735,13 @@ def save_readme_screenshot(ui: UI) -> None:
         return
     from PIL import Image
 
-    ui.js("window.__oir.focus('OIRParallelStepSearch', 20)")
+    ui.js("window.__oir.focus('OIRParallelStepSearch', 80)")
     ui.settle()
     shot = ARTIFACTS / "readme-two-object-template.png"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    ui.page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 1240, "height": 760})
+    ui.page.screenshot(path=str(shot), clip={"x": 50, "y": 40, "width": 1260, "height": 720})
     with Image.open(shot) as picture:
-        small = picture.convert("RGB").resize((1100, round(760 * 1100 / 1240)), Image.LANCZOS)
+        small = picture.convert("RGB").resize((1100, round(720 * 1100 / 1260)), Image.LANCZOS)
     README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     small.quantize(colors=128).save(README_SCREENSHOT, optimize=True)
 
