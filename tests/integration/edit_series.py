@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from oir_cli.checks import validate_local
 from oir_cli.cli import EditRunner
 from oir_cli.client import ComfyClient
-from oir_cli.specs import spec_from_mapping, validate_local
+from oir_cli.specs import spec_from_mapping
 
 SCENES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("a dog sitting next to a gift", (("dog", "cat"), ("gift", "cake"))),
