@@ -49,6 +49,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from . import answers
+from .batch import CaseResult
 from .checks import LocalCheck, validate_local
 from .client import (
     ComfyClient,
@@ -394,15 +395,10 @@ class Job:
 
 
 @dataclass
-class BatchCaseResult:
-    """What happened to one case (``cli.CaseResult``'s fields, plus the server and the tries)."""
+class BatchCaseResult(CaseResult):
+    """What happened to one case: a one-server batch's :class:`CaseResult`, plus the server that
+    ran it and every try."""
 
-    name: str
-    status: str  # "done", "skipped" or "failed"
-    out_dir: Path
-    error: str | None = None
-    seconds: float = 0.0
-    chosen_steps: list[int] = field(default_factory=list)
     server: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     interrupted: bool = False
@@ -413,12 +409,7 @@ class BatchCaseResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "status": self.status,
-            "out_dir": str(self.out_dir),
-            "error": self.error,
-            "seconds": round(self.seconds, 3),
-            "chosen_steps": self.chosen_steps,
+            **super().to_dict(),
             "server": self.server,
             "tries": self.tries,
             "attempts": [a.to_dict() for a in self.attempts],
