@@ -571,7 +571,7 @@ BAD_LOCAL_INPUTS: list[tuple[Any, str]] = [
         lambda f: {"controlnets": (ControlNetItem("cn", 1.0, f["hint"].with_name("h2.png")),)},
         "hint of controlnet 1",
     ),
-    # issue 16's catalogue: refused before anything is queued
+    # the catalogue of bad inputs: each refused before anything is queued
     (
         lambda f: {"image": _save(f["image"].with_name("tiny.png"), (24, 18), rgb=True)},
         "24x18: OIR needs at least 32",

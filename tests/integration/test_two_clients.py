@@ -1,4 +1,4 @@
-"""Two ``oir-edit`` processes against one ComfyUI at the same time (issue #26).
+"""Two ``oir-edit`` processes against one ComfyUI at the same time.
 
 The real console script, twice, against the shared test server: each gets its own edit (outputs,
 ``report.json``, progress), and Ctrl-C (SIGINT) in one cancels that one's prompt only, whether it
