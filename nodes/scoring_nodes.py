@@ -427,7 +427,9 @@ class OIREditRegionScore(io.ComfyNode):
                 "report.json as final_clip_score)."
             ),
             inputs=[
-                io.Image.Input("image", tooltip="The final image: VAE Decode of OIR Object Reassembly's latent."),
+                io.Image.Input(
+                    "image", tooltip="The final image: VAE Decode of OIR Object Reassembly's latent."
+                ),
                 Scorer.Input("scorer", tooltip="From OIR Load CLIP Scorer (the one the search ranked with)."),
                 OIREditType.Input(
                     "oir_edit", tooltip="From OIR Guided Prompt Builder: each pair's mask and target phrase."

@@ -201,7 +201,10 @@ def edited_region_scores(
     if image.ndim == 4:
         if image.shape[0] != 1:
             raise OIRInputError(
-                "image", f"batch of {image.shape[0]} images", "OIR scores one edit at a time", "pass one image"
+                "image",
+                f"batch of {image.shape[0]} images",
+                "OIR scores one edit at a time",
+                "pass one image",
             )
         image = image[0]
     if not bool(torch.isfinite(image).all()):

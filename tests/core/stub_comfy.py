@@ -59,7 +59,13 @@ def history_entry(workflow: dict[str, Any], status: dict[str, Any] | None = None
     for node in of["OIREditRegionScore"]:
         outputs[node] = {
             "oir_region_scores": [
-                {"pair": k, "source": f"s{k}", "target": f"t{k}", "score_text": f"t{k}", "clip_score": 0.25 + k / 100}
+                {
+                    "pair": k,
+                    "source": f"s{k}",
+                    "target": f"t{k}",
+                    "score_text": f"t{k}",
+                    "clip_score": 0.25 + k / 100,
+                }
                 for k in range(pairs)
             ]
         }
