@@ -164,6 +164,16 @@ def score_candidate_pairs(
     return tables
 
 
+def saved_8bit(image: Tensor) -> Tensor:
+    """``image`` (float 0..1, any shape) as the 8-bit picture ComfyUI's SaveImage writes, back in 0..1.
+
+    SaveImage stores ``clip(255 · x, 0, 255).astype(uint8)``: the product rounded in float32, then
+    truncated. The same here (float32 product, clamp, floor), so a score of the result is the score
+    of the PNG on disk; each value is an exact ``k / 255``, which the scorer reads back as level ``k``.
+    """
+    return torch.floor((image.detach().float() * 255.0).clamp(0.0, 255.0)) / 255.0
+
+
 def edited_region_scores(
     scorer: CandidateScorer,
     image: Tensor,
@@ -172,11 +182,13 @@ def edited_region_scores(
 ) -> list[float]:
     """The editing score ``S_e`` of one finished image, per pair (OIR step 4's metric, applied after step 5).
 
-    Each pair's value is what the search records as ``S_e`` for a candidate equal to ``image``:
-    :func:`oir_core.metric.search_scores` on a one-candidate table, through the same scorer (so
-    the same CLIP, attention mode, mask geometry and 8-bit reading). The image stands in as its own
-    original: ``S_ne`` is then 0 and unused. A finished edit scored this way says how well each
-    reassembled object matches its target phrase, on the scale the search ranked candidates on.
+    Each pair's value is what the search records as ``S_e`` for a candidate equal to the saved
+    picture: :func:`oir_core.metric.search_scores` on a one-candidate table, through the same scorer
+    (so the same CLIP, attention mode, mask geometry and 8-bit reading). The picture is ``image`` as
+    an image file stores it (:func:`saved_8bit`), so the number can be recomputed from the PNG. It
+    stands in as its own original: ``S_ne`` is then 0 and unused. A finished edit scored this way
+    says how well each reassembled object matches its target phrase, on the scale the search ranked
+    candidates on.
 
     Args:
         scorer: the search metric's scorer (:class:`oir_core.metric.CandidateScorer`).
@@ -223,9 +235,10 @@ def edited_region_scores(
     height, width = image.shape[0], image.shape[1]
     for index, mask in enumerate(masks, start=1):
         check_mask_aspect(mask, (height, width), f"mask of edit pair {index}")
-    single = image[None]
+    saved = saved_8bit(image)
+    single = saved[None]
     return [
-        float(search_scores(scorer, [1], single, image, mask, text).editing[0])
+        float(search_scores(scorer, [1], single, saved, mask, text).editing[0])
         for mask, text in zip(masks, score_texts)
     ]
 

@@ -110,13 +110,16 @@ def test_centered_geometry_is_a_different_choice(folder: Path) -> None:
 def test_edit_region_score_is_the_official_editing_score_of_the_saved_image(
     folder: Path, height: int, width: int, seed: int
 ) -> None:
-    """OIR Edit Region Score's engine function on a decoded (float) image, per pair, equals the official
-    S_e of the 8-bit picture ComfyUI's SaveImage writes from it (``clip(255 x).astype(uint8)``)."""
+    """OIR Edit Region Score's engine function on a decoded (float32) image, per pair, equals the
+    official S_e of the 8-bit picture ComfyUI's SaveImage writes from it
+    (``clip(255. * x, 0, 255).astype(uint8)`` on the float32 array)."""
     rng = np.random.default_rng(200 + seed)
-    levels = rng.integers(0, 256, (height, width, 3))
-    # decoded pixels lie between 8-bit levels; keep clear of a level's edge, where rounding rules differ
-    decoded = np.clip((levels + rng.uniform(0.02, 0.98, levels.shape)) / 255.0, 0.0, 1.0)
-    saved = np.clip(255.0 * decoded, 0, 255).astype(np.uint8)
+    decoded = rng.random((height, width, 3), dtype=np.float32)
+    # values on 8-bit levels and just below them, where truncation and rounding part ways
+    levels = rng.integers(0, 256, (height, width, 3)).astype(np.float32) / np.float32(255)
+    decoded = np.where(rng.random(decoded.shape) < 0.3, levels, decoded)
+    decoded = np.where(rng.random(decoded.shape) < 0.1, np.nextafter(levels, np.float32(0)), decoded)
+    saved = np.clip(255.0 * decoded, 0, 255).astype(np.uint8)  # what SaveImage writes
     masks = [off_grid_mask(height, width, seed), off_grid_mask(height, width, seed + 10)]
     texts = ["a cat", "a birthday cake"]
     expected = [reference_region_score(folder, saved, mask, text) for mask, text in zip(masks, texts)]
@@ -125,7 +128,7 @@ def test_edit_region_score_is_the_official_editing_score_of_the_saved_image(
     scorer = ClipScorer(model, attention_mode="official", fidelity_space="official", mask_geometry="official")
     ours = edited_region_scores(
         scorer,
-        torch.from_numpy(decoded).float()[None],
+        torch.from_numpy(decoded)[None],
         [torch.from_numpy(mask).float() / 255.0 for mask in masks],
         texts,
     )

@@ -160,15 +160,14 @@ def test_report_of_a_real_batch(server: TestServer, images: dict[str, Path], tmp
         recorded = [pair["final_clip_score"] for pair in report["pairs"]]
         region = nodes_of(report["workflow"], "OIREditRegionScore")
         assert len(region) == 1 and len(recorded) == len(masks)
-        # ... is the official S_e of the saved picture, recomputed here from the files (the node scores
-        # the decoded floats as 8-bit; SaveImage's rounding may differ on a level's edge: 1e-4)
+        # ... is the official S_e of the saved picture, recomputed here from the files
         edited = np.asarray(Image.open(out / name / "edited.png").convert("RGB"))
         scorer_folder = server.root / "models" / "oir_clip" / TINY_SCORER
         expected = [
             reference_region_score(scorer_folder, edited, np.asarray(Image.open(mask).convert("L")), target)
             for mask, target in zip(masks, ["cat", "cake"])
         ]
-        assert recorded == pytest.approx(expected, abs=1e-4)
+        assert recorded == pytest.approx(expected, rel=1e-5, abs=1e-6)
         assert [float(v) for v in row["final_clip_scores"].split()] == pytest.approx(recorded, rel=1e-7)
         assert float(row["final_clip_score"]) == pytest.approx(np.mean(recorded), rel=1e-7)
         page = (out / "report.html").read_text(encoding="utf-8")
