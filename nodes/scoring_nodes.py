@@ -421,9 +421,10 @@ class OIREditRegionScore(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Scores the finished edit: per pair, the CLIP similarity of the target phrase and the final "
-                "image restricted to the pair's mask, computed exactly as the search's S_e (same scorer, "
-                "attention mode, mask geometry, 8-bit reading). Higher = the object looks more like its "
-                "target. Shown on the node and kept in the prompt's history (oir-edit writes it to "
+                "image restricted to the pair's mask, computed exactly as the search's S_e of a candidate "
+                "(same scorer, attention mode, mask geometry) on the 8-bit picture Save Image writes. "
+                "Higher = the object looks more like its target. Shown on the node and kept in the "
+                "prompt's history (oir-edit adds this node to every edit and writes the numbers to "
                 "report.json as final_clip_score)."
             ),
             inputs=[
