@@ -1,4 +1,4 @@
-"""Benchmark 7: what a mask from words costs, next to the inversion of the same image (issue #17).
+"""Benchmark 7: what a mask from words costs, next to the inversion of the same image.
 
 **Measured** in one process, interleaved: OIR DDIM Inversion (``--steps`` levels, the paper's 50)
 and OIR Phrase Mask with each method (``--draws`` noise draws, DiffEdit's 10) on the same latent,

@@ -1,4 +1,4 @@
-"""OIR Phrase Mask: an object's mask from the diffusion model itself (issue #17; ARCHITECTURE.md §4.7).
+"""OIR Phrase Mask: an object's mask from the diffusion model itself (ARCHITECTURE.md §4.7).
 
 The node finds where a phrase of the original prompt lies in the source latent, with the engine's
 two methods (:mod:`oir_core.phrase_masks`): the phrase's cross-attention (captured through

@@ -10,11 +10,12 @@ local edits are told apart too.
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from .server_routes import register_on_prompt_server
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 ROUTE = "/oir/pack"
@@ -59,17 +60,5 @@ def add_pack_route(routes: Any) -> None:
 
 
 def register_pack_route() -> bool:
-    """Register the route on ComfyUI's server; ``False`` when there is no server (tests, scripts)."""
-    try:
-        from server import PromptServer
-    except ImportError:
-        return False
-    instance = getattr(PromptServer, "instance", None)
-    if instance is None or not hasattr(instance, "routes"):
-        return False
-    try:
-        add_pack_route(instance.routes)
-    except (ValueError, RuntimeError) as error:  # registered twice (the pack imported again)
-        logging.warning("OIR: %s not served (%s)", ROUTE, error)
-        return False
-    return True
+    """Serve ``GET /oir/pack`` on ComfyUI's server; ``False`` when there is none (tests, scripts)."""
+    return register_on_prompt_server(add_pack_route, ROUTE)

@@ -613,6 +613,7 @@ class OIRObjectReassembly(io.ComfyNode):
         ]
         report = {
             "reassembly_step": result.reassembly_step,
+            "reinversion_steps": result.reinversion_steps,
             "pairs": pairs,
             "background": background,
             "feather": feather,

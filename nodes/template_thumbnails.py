@@ -11,9 +11,10 @@ ComfyUI.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
+
+from .server_routes import register_on_prompt_server
 
 EXAMPLE_WORKFLOWS = Path(__file__).resolve().parents[1] / "example_workflows"
 
@@ -40,18 +41,9 @@ def add_thumbnail_route(routes: Any, pack_folder: str) -> None:
 
 
 def register_thumbnail_route(pack_folder: str) -> bool:
-    """Register the thumbnail route on ComfyUI's server; ``False`` when there is no server (tests,
-    scripts) or the folder name cannot be a route (a log line, the cards then show names only)."""
-    try:
-        from server import PromptServer
-    except ImportError:
-        return False
-    instance = getattr(PromptServer, "instance", None)
-    if instance is None or not hasattr(instance, "routes"):
-        return False
-    try:
-        add_thumbnail_route(instance.routes, pack_folder)
-    except ValueError as error:  # aiohttp refuses the path (a folder name with "{" or "/")
-        logging.warning("OIR: template thumbnails not served for folder %r (%s)", pack_folder, error)
-        return False
-    return True
+    """Serve the thumbnails on ComfyUI's server; ``False`` when there is no server (tests, scripts)
+    or the folder name cannot be a route (a log line, the cards then show names only)."""
+    return register_on_prompt_server(
+        lambda routes: add_thumbnail_route(routes, pack_folder),
+        f"template thumbnails for folder {pack_folder!r}",
+    )

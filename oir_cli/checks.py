@@ -24,6 +24,7 @@ from oir_core.prompts import EditPairText, PromptPlan, build_prompts
 from oir_core.regions import exclusive_regions
 from oir_core.steps import (
     coarse_steps,
+    most_levels,
     parse_step_overrides,
     parse_steps,
     validate_background,
@@ -50,7 +51,8 @@ class LocalCheck:
             content-addressed upload name.
         padded_size: the size ComfyUI works at: ``image_size`` rounded up to multiples of 8.
         mask_rules: per mask, ``"alpha"`` or ``"luminance"``: what it was read by.
-        reassembly: ``(R, r)`` the reassembly will use (``-1``, auto, resolved).
+        reassembly: ``(R, r)`` with auto (``-1``) resolved on :func:`~oir_core.steps.most_levels`
+            (the server's own values go into ``report.json``).
     """
 
     image_size: tuple[int, int]
@@ -163,7 +165,11 @@ def _cli_words(message: str) -> str:
 def _check_numbers(spec: EditSpec) -> tuple[int, int]:
     """Step settings, with the engine's own validators (``oir_core.steps``, plain Python).
 
-    Returns the reassembly's ``(R, r)`` with auto (-1) resolved.
+    Everything that counts the inversion's levels (candidates, ``custom_steps``, ``step_override``,
+    ``R`` and ``r``) is checked against :func:`~oir_core.steps.most_levels` of the typed ``steps``:
+    the server counts the levels its scheduler really made and refuses what is beyond them, so no
+    value the server accepts is refused here (``ddim_uniform`` makes 7 levels of ``steps`` = 6).
+    Returns the reassembly's ``(R, r)`` with auto (-1) resolved on those levels.
     """
     where = spec.name
     if spec.steps < 2:
@@ -174,16 +180,17 @@ def _check_numbers(spec: EditSpec) -> tuple[int, int]:
         raise SpecError(f"{where}: editing_weight = {spec.editing_weight}: must lie in 0..1")
     if spec.max_batch < 0:
         raise SpecError(f"{where}: max_batch = {spec.max_batch}: must be 0 (auto) or more")
+    levels = most_levels(spec.steps, spec.scheduler)
     try:
-        reassembly = validate_reassembly(spec.steps, spec.reassembly_step, spec.reinversion_steps)
+        reassembly = validate_reassembly(levels, spec.reassembly_step, spec.reinversion_steps)
         validate_background(spec.background, spec.feather)
         if spec.search_mode == "custom":
-            parse_steps(spec.custom_steps or f"1-{spec.steps}", spec.steps)
+            parse_steps(spec.custom_steps or f"1-{levels}", levels)
         if spec.search_mode == "coarse_to_fine":
-            coarse_steps(spec.steps, spec.coarse_stride)
+            coarse_steps(levels, spec.coarse_stride)
             if spec.refine_radius < 0:
                 raise OIRInputError("refine_radius", spec.refine_radius, "must not be negative", "use e.g. 2")
-        parse_step_overrides(spec.step_override, len(spec.edits), spec.steps)
+        parse_step_overrides(spec.step_override, len(spec.edits), levels)
     except OIRInputError as error:
         raise SpecError(f"{where}: {_cli_words(str(error))}") from None
     return reassembly

@@ -325,8 +325,10 @@ class EditRunner:
             "prompts": check.plan.to_dict(),
             "image_size": list(check.image_size),
             "reassembly": {
-                "reassembly_step": check.reassembly[0],
-                "reinversion_steps": check.reassembly[1],
+                # the server's R and r (counted on the levels its scheduler made); the local
+                # check's values stand in for a server that does not report them
+                "reassembly_step": reused.get("reassembly_step", check.reassembly[0]),
+                "reinversion_steps": reused.get("reinversion_steps", check.reassembly[1]),
                 # per pair: "search" (the search's latent at R reused), "denoised" (and why), "inverted"
                 "pairs": reused.get("pairs", []),
                 "background": spec.background,

@@ -1,4 +1,4 @@
-"""Masks from words: where the diffusion model itself places an object (issue #17; ARCHITECTURE.md §4.7).
+"""Masks from words: where the diffusion model itself places an object (ARCHITECTURE.md §4.7).
 
 OIR needs one mask per edited object. Two signals of the model localise a phrase of the original
 prompt without a segmentation model:

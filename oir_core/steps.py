@@ -145,6 +145,25 @@ def levels_note(steps: int, levels: int, scheduler: str, why: str = "") -> str |
     )
 
 
+MODEL_LEVELS = 1000
+"""The noise levels of the discrete-time models OIR runs (SD1.x, SD2, SDXL; SD3 and Flux's flow
+``model_sampling`` too): the ``len(model_sampling.sigmas)`` ComfyUI's schedulers step through."""
+
+
+def most_levels(steps: int, scheduler: str) -> int:
+    """The most denoising levels ComfyUI's ``scheduler`` can make of ``steps``, without the model.
+
+    ``ddim_uniform`` walks the model's 1000 levels ``1000 // steps`` at a time from level 1, so a
+    ``steps`` that does not divide 1000 gets one level more (6 -> 7); every other scheduler makes at
+    most ``steps`` (``beta`` can make fewer: it drops repeated levels). What the server counts is
+    exact (OIR DDIM Inversion reads the sigmas); this bound lets a check without the model accept
+    every level the server would, and leave the refusal of a level too many to the server.
+    """
+    if scheduler != "ddim_uniform" or steps < 1:
+        return steps
+    return len(range(1, MODEL_LEVELS, max(MODEL_LEVELS // steps, 1)))
+
+
 def levels_phrase(levels: int) -> str:
     """How every message names ``T``: the inversion's levels (which may differ from the typed steps)."""
     return f"the inversion's {levels} levels"

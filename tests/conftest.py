@@ -3,13 +3,15 @@
 Hub libraries are put in offline mode, and any socket connection to a non-loopback address fails
 the test that makes it (the integration tests' ComfyUI servers listen on 127.0.0.1). With
 ``OIR_FAIL_ON_SKIP=1`` (set by ``.ci/run``) a skipped test is reported as failed, with its reason:
-locally a missing ComfyUI or Chromium skips, in CI it must not.
+locally a missing ComfyUI or Chromium skips, in CI it must not. Ctrl-C reaches the processes the
+tests start however the suite itself was launched.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 from typing import Any
 
@@ -17,6 +19,12 @@ import pytest
 
 for _variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_variable] = "1"
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # A shell starts a background job with Ctrl-C ignored, and every process it starts inherits
+    # that, so the oir-edit processes the Ctrl-C tests signal would never see it. A handler (unlike
+    # an ignored signal) is reset by exec, so each child starts with Python's own Ctrl-C handling.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

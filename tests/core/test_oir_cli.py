@@ -561,13 +561,17 @@ BAD_LOCAL_INPUTS: list[tuple[Any, str]] = [
     (lambda f: {"steps": 1}, "at least 2 steps"),
     (lambda f: {"cfg": 0.0}, "cfg = 0.0: must be positive"),
     (lambda f: {"step_override": "auto, 3, 4"}, "3 entries for 2 edit pairs"),
+    # ddim_uniform makes at most 7 levels of 6 steps (1000 // 6 at a time from level 1); other
+    # schedules at most the typed steps
+    (lambda f: {"steps": 6, "step_override": "8, auto"}, r"step in 1\.\.7"),
+    (lambda f: {"steps": 6, "scheduler": "normal", "step_override": "7, auto"}, r"step in 1\.\.6"),
     (lambda f: {"search_mode": "custom", "custom_steps": "1-9"}, "steps must lie in 1..5"),
     (lambda f: {"search_mode": "coarse_to_fine", "coarse_stride": 9}, "coarse_stride"),
     (
         lambda f: {"controlnets": (ControlNetItem("cn", 1.0, f["hint"].with_name("h2.png")),)},
         "hint of controlnet 1",
     ),
-    # issue 16's catalogue: refused before anything is queued
+    # the catalogue of bad inputs: each refused before anything is queued
     (
         lambda f: {"image": _save(f["image"].with_name("tiny.png"), (24, 18), rgb=True)},
         "24x18: OIR needs at least 32",
@@ -600,6 +604,15 @@ BAD_LOCAL_INPUTS: list[tuple[Any, str]] = [
     (lambda f: {"edits": (EditItem("dog", "cat", f["clear"]),)}, "clear.png is empty by its alpha"),
 ]
 """(spec change, message): every local refusal, through the function and through the command."""
+
+
+def test_a_level_the_schedule_adds_beyond_the_typed_steps_is_not_refused(files: dict[str, Path]) -> None:
+    """ComfyUI's ddim_uniform makes 7 levels of steps = 6; the server accepts level 7 and R = 6, so
+    the checks made before it answers must too."""
+    check = validate_local(
+        make_spec(files, steps=6, step_override="7, auto", reassembly_step=6, reinversion_steps=1)
+    )
+    assert check.reassembly == (6, 1)
 
 
 @pytest.mark.parametrize(("change", "message"), BAD_LOCAL_INPUTS)

@@ -1,4 +1,4 @@
-"""Masks from words (issue #17): the engine's phrase mapping, map aggregation and DiffEdit mechanics."""
+"""Masks from words: the engine's phrase mapping, map aggregation and DiffEdit mechanics."""
 
 from __future__ import annotations
 

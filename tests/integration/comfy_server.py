@@ -30,6 +30,7 @@ import importlib.util
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -209,6 +210,22 @@ class TestServer:
         """Queue an API-format workflow, wait (polling ``/history``), return its history entry."""
         prompt_id = self.client.queue(workflow, client_id="oir-integration-tests")
         return self.client.wait(prompt_id, None, timeout, poll_every=0.5)
+
+    def queue_ids(self, which: str) -> list[str]:
+        """The prompt ids in ``GET /queue``'s ``queue_running`` or ``queue_pending``."""
+        return [str(item[1]) for item in self.client.get_json("/queue").get(which, [])]
+
+    def hold_queue(self, release: Path, timeout: float = RUN_TIMEOUT) -> str:
+        """Queue another client's prompt that runs until ``release`` exists, wait until it runs, and
+        return its id: what an edit queued next waits behind."""
+        waits = {"class_type": "OIRTestWaitForFile", "inputs": {"path": str(release), "timeout": 600}}
+        answer = self.client.post_json("/prompt", {"prompt": {"1": waits}, "client_id": "someone-else"})
+        prompt_id = str(answer["prompt_id"])
+        deadline = time.monotonic() + timeout
+        while prompt_id not in self.queue_ids("queue_running"):
+            assert time.monotonic() < deadline, f"the blocker {prompt_id} never ran"
+            time.sleep(0.1)
+        return prompt_id
 
     def stop(self) -> None:
         self.server.stop()

@@ -128,26 +128,6 @@ def servers_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {server["url"]: server for server in report["servers"]}
 
 
-def hold_queue(server: TestServer, release: Path) -> str:
-    """Queue another client's prompt that runs until ``release`` exists; returns its id."""
-    answer = server.client.post_json(
-        "/prompt",
-        {
-            "prompt": {
-                "1": {"class_type": "OIRTestWaitForFile", "inputs": {"path": str(release), "timeout": 600}}
-            },
-            "client_id": "someone-else",
-        },
-    )
-    prompt_id = str(answer["prompt_id"])
-    _wait_until(lambda: prompt_id in _ids(server, "queue_running"), "the blocker to run")
-    return prompt_id
-
-
-def _ids(server: TestServer, which: str) -> list[str]:
-    return [str(item[1]) for item in server.client.get_json("/queue").get(which, [])]
-
-
 def _closed_port() -> str:
     import socket
 
@@ -264,13 +244,13 @@ def test_a_server_killed_mid_case_has_that_case_finished_on_another(a: TestServe
     specs = write_cases(tmp_path, names)
     out = tmp_path / "out"
     try:
-        blocker = hold_queue(doomed, tmp_path / "never")
+        blocker = doomed.hold_queue(tmp_path / "never")
         command = subprocess.Popen(
             batch_command(specs, out, doomed.url, a.url), stderr=subprocess.PIPE, text=True
         )
         try:
             # oir-edit's prompt waits on the doomed server behind the blocker: that server is mid-case
-            _wait_until(lambda: [p for p in _ids(doomed, "queue_pending") if p != blocker], "a case on d")
+            _wait_until(lambda: [p for p in doomed.queue_ids("queue_pending") if p != blocker], "a case on d")
             assert doomed.server.process is not None
             os.killpg(doomed.server.process.pid, signal.SIGKILL)
             _, err = command.communicate(timeout=WAIT)
@@ -302,13 +282,14 @@ def test_ctrl_c_cancels_only_its_own_prompts_and_a_rerun_on_other_servers_resume
     specs = write_cases(tmp_path, names)
     out = tmp_path / "out"
     release = tmp_path / "release"
-    blocker = hold_queue(b, release)
+    blocker = b.hold_queue(release)
     try:
         command = subprocess.Popen(batch_command(specs, out, a.url, b.url), stderr=subprocess.PIPE, text=True)
         try:
             _wait_until(
                 lambda: (
-                    list(out.glob("*/report.json")) and [p for p in _ids(b, "queue_pending") if p != blocker]
+                    list(out.glob("*/report.json"))
+                    and [p for p in b.queue_ids("queue_pending") if p != blocker]
                 ),
                 "a finished case on a and a pending case on b",
             )
@@ -320,10 +301,11 @@ def test_ctrl_c_cancels_only_its_own_prompts_and_a_rerun_on_other_servers_resume
         assert command.returncode == 130, err
         assert "oir-edit: interrupted" in err
         # b: oir-edit's pending prompt removed; the other client's running prompt untouched
-        assert _ids(b, "queue_pending") == [] and _ids(b, "queue_running") == [blocker]
+        assert b.queue_ids("queue_pending") == [] and b.queue_ids("queue_running") == [blocker]
         # a: nothing of this batch left queued or running
         _wait_until(
-            lambda: not _ids(a, "queue_running") and not _ids(a, "queue_pending"), "a's queue to empty"
+            lambda: not a.queue_ids("queue_running") and not a.queue_ids("queue_pending"),
+            "a's queue to empty",
         )
     finally:
         release.touch()
@@ -361,8 +343,8 @@ def test_ctrl_c_interrupts_the_prompt_a_server_runs(a: TestServer, tmp_path: Pat
         text=True,
     )
     try:
-        _wait_until(lambda: _ids(a, "queue_running"), "the case to run")
-        (running,) = _ids(a, "queue_running")
+        _wait_until(lambda: a.queue_ids("queue_running"), "the case to run")
+        (running,) = a.queue_ids("queue_running")
         command.send_signal(signal.SIGINT)
         _, err = command.communicate(timeout=WAIT)
     finally:
@@ -371,7 +353,7 @@ def test_ctrl_c_interrupts_the_prompt_a_server_runs(a: TestServer, tmp_path: Pat
     assert command.returncode == 130, err
     entry = a.client.wait(running, None, WAIT, poll_every=0.5)
     assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"]), entry["status"]
-    assert not _ids(a, "queue_running") and not _ids(a, "queue_pending")
+    assert not a.queue_ids("queue_running") and not a.queue_ids("queue_pending")
     case = by_name(batch_report(out))["stalls"]
     assert (
         case["status"] == "failed" and case["interrupted"] and not (out / "stalls" / "report.json").exists()

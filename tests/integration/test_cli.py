@@ -155,6 +155,35 @@ def test_single_edit_against_a_running_server(
     assert report["workflow"]["1"]["class_type"] == TEST_LOADER
 
 
+def test_levels_beyond_the_typed_steps_are_accepted_as_the_server_counts_them(
+    server: TestServer, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """``ddim_uniform`` makes 7 levels of ``steps`` = 6 (ComfyUI walks 1000 // 6 levels at a time
+    from level 1), so level 7 is a valid ``step_override`` and ``R`` = 6 leaves a level to re-invert:
+    the command's own checks, made before any server answers, must not refuse what the server takes."""
+    out = tmp_path / "out"
+    result = oir_edit(
+        *server_flags(server),
+        "--steps", "6", "--scheduler", "ddim_uniform", "--reassembly-step", "6", "--reinversion-steps", "1",
+        "--step-override", "7, auto",
+        "--image", str(images["image"]), "--prompt", "a dog sitting next to a gift",
+        "--edit", f"dog=cat:{images['dog']}", "--edit", f"gift=cake:{images['gift']}",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = check_outputs(out, [("dog", "cat"), ("gift", "cake")])
+    assert report["chosen_steps"][0] == 7
+    assert all(table["table"]["steps"] == list(range(1, 8)) for table in report["scores"])
+    assert (report["reassembly"]["reassembly_step"], report["reassembly"]["reinversion_steps"]) == (6, 1)
+    refused = oir_edit(
+        *server_flags(server), "--steps", "6", "--step-override", "8, auto",
+        "--image", str(images["image"]), "--prompt", "a dog sitting next to a gift",
+        "--edit", f"dog=cat:{images['dog']}", "--edit", f"gift=cake:{images['gift']}",
+        "--out", str(tmp_path / "refused"),
+    )  # fmt: skip
+    assert refused.returncode == 2 and "step_override" in refused.stderr, refused.stderr
+
+
 def test_spec_file_with_lora_and_controlnet(
     server: TestServer, images: dict[str, Path], tmp_path: Path
 ) -> None:

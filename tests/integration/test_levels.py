@@ -96,3 +96,19 @@ def test_later_messages_count_levels_not_the_typed_steps(
     assert "-step" not in message
     with pytest.raises(OIRInputError, match=r"a step in 1\.\.7 \(the inversion's 7 levels\)"):
         parse_step_overrides("8", 1, 7)
+
+
+def test_the_level_bound_of_checks_without_the_model_matches_every_comfy_scheduler(tiny_unet: Any) -> None:
+    """``oir-edit`` checks a spec before any server answers with :func:`most_levels`: it must be
+    ComfyUI's own count for ``ddim_uniform`` and never below it for any scheduler, or the command
+    would refuse a level the server accepts."""
+    import comfy.samplers
+
+    from oir_core.steps import most_levels
+
+    for scheduler in comfy.samplers.SCHEDULER_NAMES:
+        for steps in range(2, 61):
+            levels = _comfy_levels(tiny_unet, scheduler, steps)
+            assert levels <= most_levels(steps, scheduler), (scheduler, steps, levels)
+            if scheduler == "ddim_uniform":
+                assert levels == most_levels(steps, scheduler), (steps, levels)

@@ -1,5 +1,5 @@
 """Many different edits on one ComfyUI server leave its memory flat, and "Free model and node cache"
-leaves no OIR object alive (issue #26; the 30-edit curve is ``benchmarks/bench_server_memory.py``).
+leaves no OIR object alive (the 30-edit curve is ``benchmarks/bench_server_memory.py``).
 
 A server of its own (other tests' prompts would move its RSS), 12 consecutive edits through
 ``oir-edit``'s runner (``edit_series.py``: every edit its own picture size and content, masks,

@@ -1,4 +1,4 @@
-"""SDXL, SD3 and Flux architectures through every OIR node (issue #18; ARCHITECTURE.md §7).
+"""SDXL, SD3 and Flux architectures through every OIR node (ARCHITECTURE.md §7).
 
 Tiny random-weight models built from ComfyUI's own ``supported_models`` configs and ``model_base``
 classes (``tiny_models.build_tiny_family_*``): SDXL's UNet with ``adm`` (pooled CLIP-G output and

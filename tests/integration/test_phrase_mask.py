@@ -1,4 +1,4 @@
-"""OIR Phrase Mask inside ComfyUI (issue #17): exact mechanics on constructed models.
+"""OIR Phrase Mask inside ComfyUI: exact mechanics on constructed models.
 
 - A tiny SD1.5 UNet and CLIP whose weights are *set* (not trained): the CLIP's output is non-zero
   only at the tokens of one word, and every cross-attention layer of the UNet attends to that token

@@ -1,4 +1,4 @@
-"""Two ``oir-edit`` processes against one ComfyUI at the same time (issue #26).
+"""Two ``oir-edit`` processes against one ComfyUI at the same time.
 
 The real console script, twice, against the shared test server: each gets its own edit (outputs,
 ``report.json``, progress), and Ctrl-C (SIGINT) in one cancels that one's prompt only, whether it
@@ -174,15 +174,7 @@ def test_ctrl_c_on_a_queued_edit_cancels_only_that_one(
     """Both edits wait behind another client's prompt; Ctrl-C in the horse client removes its prompt
     from the queue; released, the queue runs the dog edit to its own outputs."""
     release = tmp_path / "release"
-    blocker = server.client.post_json(
-        "/prompt",
-        {
-            "prompt": {
-                "1": {"class_type": "OIRTestWaitForFile", "inputs": {"path": str(release), "timeout": 600}}
-            },
-            "client_id": "someone-else",
-        },
-    )["prompt_id"]
+    blocker = server.hold_queue(release)
     dog = horse = None
     try:
         dog = start(dog_edit(images, tmp_path / "dog"), server)

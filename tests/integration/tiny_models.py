@@ -297,7 +297,7 @@ def random_conditioning(
 
 
 # --------------------------------------------------------------------------------------------------
-# Model families: SDXL, SD3 and Flux, tiny, from ComfyUI's own model classes (issue #18)
+# Model families: SDXL, SD3 and Flux, tiny, from ComfyUI's own model classes
 # --------------------------------------------------------------------------------------------------
 
 SIZE_EMBEDDING = 6 * 256
