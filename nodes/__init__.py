@@ -11,7 +11,7 @@ from .example_inputs import install_example_inputs
 from .mask_nodes import OIRPhraseMask
 from .pack_info import register_pack_route
 from .sampling_nodes import OIRDDIMInversion, OIRObjectReassembly, OIRParallelStepSearch
-from .scoring_nodes import OIRLoadCLIPScorer, OIRMaskMetricScorer, register_scorer_folder
+from .scoring_nodes import OIREditRegionScore, OIRLoadCLIPScorer, OIRMaskMetricScorer, register_scorer_folder
 from .template_thumbnails import register_thumbnail_route
 
 NODES: list[type[io.ComfyNode]] = [
@@ -23,6 +23,7 @@ NODES: list[type[io.ComfyNode]] = [
     OIRParallelStepSearch,
     OIRMaskMetricScorer,
     OIRObjectReassembly,
+    OIREditRegionScore,
 ]
 
 

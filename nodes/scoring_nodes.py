@@ -1,4 +1,4 @@
-"""The search metric in ComfyUI: OIR Load CLIP Scorer and OIR Mask Metric Scorer."""
+"""The search metric in ComfyUI: OIR Load CLIP Scorer, OIR Mask Metric Scorer and OIR Edit Region Score."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ from ..oir_core.options import (
     SCORER_DEVICES,
     SCORER_PRECISIONS,
 )
-from ..oir_core.search import score_candidate_pairs
+from ..oir_core.search import edited_region_scores, score_candidate_pairs
 from ..oir_core.steps import parse_step_overrides
-from .payloads import CandidateBundle, ChosenSteps
-from .types import Candidates, ChosenStepsType, Scorer
+from .payloads import CandidateBundle, ChosenSteps, OIREdit
+from .types import Candidates, ChosenStepsType, OIREditType, Scorer
 from .validation import refuse_unknown_choices
 
 CATEGORY = "OIR/scoring"
@@ -406,3 +406,64 @@ class OIRMaskMetricScorer(io.ComfyNode):
         # the chart's hover thumbnails crop from it; the template's Preview Image shows the grid.
         saved_grid = ui.PreviewImage(grid, cls=cls).as_dict()["images"]
         return io.NodeOutput(result, plots, grid, report, ui={"oir_images": saved_grid, "oir_scores": chart})
+
+
+class OIREditRegionScore(io.ComfyNode):
+    """The finished edit's CLIP score inside each pair's mask (the search's ``S_e``, on the final image)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OIREditRegionScore",
+            display_name="OIR Edit Region Score",
+            # An output node: it runs although nothing consumes it, and a cached run re-sends its numbers.
+            is_output_node=True,
+            category=CATEGORY,
+            description=(
+                "Scores the finished edit: per pair, the CLIP similarity of the target phrase and the final "
+                "image restricted to the pair's mask, computed exactly as the search's S_e of a candidate "
+                "(same scorer, attention mode, mask geometry) on the 8-bit picture Save Image writes. "
+                "Higher = the object looks more like its target. Shown on the node and kept in the "
+                "prompt's history (oir-edit adds this node to every edit and writes the numbers to "
+                "report.json as final_clip_score)."
+            ),
+            inputs=[
+                io.Image.Input(
+                    "image", tooltip="The final image: VAE Decode of OIR Object Reassembly's latent."
+                ),
+                Scorer.Input("scorer", tooltip="From OIR Load CLIP Scorer (the one the search ranked with)."),
+                OIREditType.Input(
+                    "oir_edit", tooltip="From OIR Guided Prompt Builder: each pair's mask and target phrase."
+                ),
+            ],
+            outputs=[
+                io.String.Output(
+                    display_name="scores", tooltip="Per pair source, target and CLIP score, as JSON."
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image: torch.Tensor, scorer: SearchMetric, oir_edit: OIREdit) -> io.NodeOutput:
+        if not isinstance(oir_edit, OIREdit):
+            raise OIRInputError(
+                "oir_edit",
+                type(oir_edit).__name__,
+                "is not an OIR edit",
+                "connect OIR Guided Prompt Builder's oir_edit output",
+            )
+        metric = check_metric(scorer)
+        values = edited_region_scores(
+            metric.scorer, image, [pair.mask for pair in oir_edit.pairs], oir_edit.plan.score_texts
+        )
+        rows = [
+            {
+                "pair": k,
+                "source": pair.text.source,
+                "target": pair.text.target,
+                "score_text": text,
+                "clip_score": value,
+            }
+            for k, (pair, text, value) in enumerate(zip(oir_edit.pairs, oir_edit.plan.score_texts, values))
+        ]
+        return io.NodeOutput(json.dumps(rows, indent=2), ui={"oir_region_scores": rows})

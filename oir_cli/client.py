@@ -59,6 +59,7 @@ OIR_NODE_IDS: tuple[str, ...] = (
     "OIRParallelStepSearch",
     "OIRMaskMetricScorer",
     "OIRObjectReassembly",
+    "OIREditRegionScore",
 )
 """Node ids of the pack (``nodes/__init__.py``'s ``NODES``) a server must know to run an edit (all but
 OIR Phrase Mask, which oir-edit's edits do not use: it takes painted masks)."""

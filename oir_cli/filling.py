@@ -98,7 +98,8 @@ def fill_workflow(
     Edit pairs are added or removed to match ``spec.edits`` (each with its own LoadImageMask),
     LoRAs are inserted between the checkpoint loader and every MODEL/CLIP consumer, ControlNets
     between the Guided Prompt Builder's original/target outputs and every consumer (target as
-    positive, original as negative). The template is not modified.
+    positive, original as negative), and an OIR Edit Region Score scores the saved image in the
+    same run (:func:`_add_region_score`). The template is not modified.
 
     Args:
         uploads: server-side name of every local file of the spec (``spec.files()``).
@@ -118,6 +119,7 @@ def fill_workflow(
     _fill_outputs(graph, spec, filename_prefix)
     _insert_loras(graph, spec.loras, loader)
     _insert_controlnets(graph, spec.controlnets, uploads, builder, source_image, loader)
+    _add_region_score(graph, builder)  # last: the other nodes keep the ids they have without it
     return graph
 
 
@@ -238,6 +240,32 @@ def _fill_outputs(graph: dict[str, Any], spec: EditSpec, filename_prefix: str | 
     """Every SaveImage's prefix: ``filename_prefix``, or ``oir-edit/<case folder>``."""
     for save in nodes_of(graph, "SaveImage"):
         graph[save]["inputs"]["filename_prefix"] = filename_prefix or f"oir-edit/{safe_case_dir(spec.name)}"
+
+
+REGION_SCORE = "OIREditRegionScore"
+"""The node that scores the final image inside each pair's mask (its ``ui.oir_region_scores``)."""
+
+
+def _add_region_score(graph: dict[str, Any], builder: str) -> str:
+    """An OIR Edit Region Score on the image the SaveImage saves, with the search's scorer; returns its id.
+
+    Added at fill time, not in the templates: in the frontend it is one more node to look at, and
+    the shipped API twins stay equal to the templates. The scorer is the one the search ranked with
+    and the pairs come from the prompt builder, so the number is the search's ``S_e`` of the final
+    image.
+    """
+    saved = graph[_one(graph, "SaveImage")]["inputs"]["images"]
+    score_id = _next_id(graph)
+    graph[score_id] = {
+        "class_type": REGION_SCORE,
+        "inputs": {
+            "image": list(saved),
+            "scorer": [_one(graph, "OIRLoadCLIPScorer"), 0],
+            "oir_edit": [builder, 2],
+        },
+        "_meta": {"title": "OIR Edit Region Score"},
+    }
+    return score_id
 
 
 def _insert_loras(graph: dict[str, Any], loras: Sequence[LoraItem], loader: str) -> None:

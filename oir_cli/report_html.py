@@ -7,14 +7,19 @@ It reads what ``oir-edit batch`` wrote (``batch_report.json`` and each case's ``
   embedded as small base64 JPEG/PNG thumbnails, so 500 cases stay a few MB): the batch averages,
   a histogram of the chosen steps per pair, and a contact sheet with per case the source, each
   pair's mask, the edited image, each pair's score curves (inline SVG, chosen step marked) and
-  its background fidelity;
-- ``OUT/metrics.csv``: one row per case: status, pairs, chosen steps, and PSNR/MSE/SSIM between
-  source and edit outside every mask (``oir_cli/fidelity.py``, PIE-Bench's definitions).
+  its background fidelity and the edited regions' CLIP score;
+- ``OUT/metrics.csv``: one row per case: status, pairs, chosen steps, PSNR/MSE/SSIM between
+  source and edit outside every mask (``oir_cli/fidelity.py``, PIE-Bench's definitions) and the
+  final image's CLIP score inside each pair's mask.
+
+The CLIP score is the one ``report.json`` records per pair as ``final_clip_score``: OIR Edit
+Region Score's value, computed in the ComfyUI run of the edit with the search's scorer (the
+search metric's ``S_e`` of the final image, a raw cosine: not PIE-Bench's CLIPScore, which scales
+by 100 and crops). A case's value is the mean over its pairs.
 
 Averages are plain means over the cases that have the metric, in the units PIE-Bench's tables
-use (PSNR in dB, MSE x 10^4, SSIM x 10^2). The edited regions' CLIP score of the final image is not
-shown: ``report.json`` does not record it (the search's CLIP scores are of candidates, not of the
-reassembled image).
+use (PSNR in dB, MSE x 10^4, SSIM x 10^2); the CLIP score's batch average is the mean of the
+cases' values.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ CSV_COLUMNS = (
     "psnr_db",
     "mse",
     "ssim",
+    "final_clip_score",
+    "final_clip_scores",
     "note",
 )
 
@@ -110,6 +117,18 @@ class CaseView:
 
     def chosen_steps(self) -> list[int]:
         return [int(p["chosen_step"]) for p in self.pairs()]
+
+    def final_clip_scores(self) -> list[float] | None:
+        """Each pair's CLIP score of the final image (``report.json``), or ``None`` when a pair lacks it."""
+        values = [p.get("final_clip_score") for p in self.pairs()]
+        if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return None
+        return [float(v) for v in values]
+
+    def final_clip_score(self) -> float | None:
+        """The case's CLIP score: the mean over its pairs (``None`` when not recorded)."""
+        values = self.final_clip_scores()
+        return None if values is None else float(np.mean(values))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,6 +267,12 @@ def averages(cases: Sequence[CaseView]) -> dict[str, float | int]:
     }
 
 
+def clip_average(cases: Sequence[CaseView]) -> tuple[int, float | None]:
+    """How many cases recorded the final image's CLIP score, and the mean of their values."""
+    scored = [value for c in cases if (value := c.final_clip_score()) is not None]
+    return len(scored), (float(np.mean(scored)) if scored else None)
+
+
 def _number(value: float | None) -> str:
     if value is None:
         return ""
@@ -271,6 +296,8 @@ def metrics_rows(cases: Iterable[CaseView]) -> list[dict[str, str]]:
                 "psnr_db": _number(fid.psnr if fid else None),
                 "mse": _number(fid.mse if fid else None),
                 "ssim": _number(fid.ssim if fid else None),
+                "final_clip_score": _number(case.final_clip_score()),
+                "final_clip_scores": " ".join(_number(v) for v in case.final_clip_scores() or []),
                 "note": note,
             }
         )
@@ -408,9 +435,21 @@ def render_page(out_dir: Path, cases: Sequence[CaseView]) -> str:
         )
     else:
         body.append("<p>No case could be measured (see the notes below).</p>")
+    body.append("<p class='note'>Means over the measured cases. Not shown: LPIPS (it needs a network).</p>")
+    body.append("<h2>Edited regions' CLIP score of the final image</h2>")
+    scored, clip_mean = clip_average(cases)
+    if clip_mean is not None:
+        body.append(
+            "<table class='summary'><tr><th>cases scored</th><th>CLIP score ↑</th></tr>"
+            f"<tr><td>{scored}</td><td class='clip-mean'>{clip_mean:.4f}</td></tr></table>"
+        )
+    else:
+        body.append("<p>No case recorded it (report.json written before oir-edit scored final images).</p>")
     body.append(
-        "<p class='note'>Means over the measured cases. Not shown: LPIPS (it needs a network), and the "
-        "edited regions' CLIP score of the final image, which report.json does not record.</p>"
+        "<p class='note'>Per pair, the search's editing score S_e of the edited image: the cosine of the "
+        "target phrase's CLIP text embedding and the image's embedding with attention restricted to the "
+        "pair's mask (the scorer and settings the search ranked with, computed in the same ComfyUI run). "
+        "A case's value is the mean over its pairs; the batch's, the mean over the cases.</p>"
     )
     body.append("<h2>Chosen steps per pair</h2><div class='histograms'>")
     for k, (counts, steps) in enumerate(_step_counts(finished), 1):
@@ -465,6 +504,12 @@ def _case_html(case: CaseView) -> str:
         metrics += (
             f"PSNR {_fmt(fid.psnr)} dB<br>MSE×10⁴ {_fmt(fid.mse * 1e4)}<br>"
             f"SSIM×10² {_fmt(fid.ssim * 1e2)}<br>background {fid.background_fraction:.0%}"
+        )
+    finals = case.final_clip_scores()
+    if finals is not None:
+        metrics += "<br>CLIP score " + ", ".join(
+            f"<span class='clip'>{value:.4f}</span> ({html.escape(str(pair.get('target')))})"
+            for value, pair in zip(finals, case.pairs())
         )
     parts.append(f"<div class='metrics'>{metrics}</div>")
     if case.note:

@@ -27,7 +27,7 @@ from .client import (
     InputRefusedByNode,
     one_line,
 )
-from .filling import BASE_TEMPLATE, describe_nodes, fill_workflow, load_template, nodes_of
+from .filling import BASE_TEMPLATE, REGION_SCORE, describe_nodes, fill_workflow, load_template, nodes_of
 from .progress import Progress
 from .server import PACK_ROOT, ComfyServer
 from .specs import EditSpec
@@ -302,6 +302,17 @@ class EditRunner:
                 f"OIR Mask Metric Scorer (node {metric}) reported {len(scores)} score tables for "
                 f"{len(spec.edits)} edit pairs",
             )
+        region = nodes_of(workflow, REGION_SCORE)[0]
+        final_scores = entry.get("outputs", {}).get(region, {}).get("oir_region_scores", [])
+        if len(final_scores) != len(spec.edits) or not all(
+            isinstance(row, dict) and isinstance(row.get("clip_score"), (int, float)) for row in final_scores
+        ):
+            raise BadAnswer(
+                self.client.url,
+                f"GET /history/{prompt_id}",
+                f"OIR Edit Region Score (node {region}) reported {len(final_scores)} scores for "
+                f"{len(spec.edits)} edit pairs",
+            )
         search_ui = entry.get("outputs", {}).get(search, {})
         reassembly = nodes_of(workflow, "OIRObjectReassembly")[0]
         reused = (entry.get("outputs", {}).get(reassembly, {}).get("oir_reassembly") or [{}])[0]
@@ -336,8 +347,10 @@ class EditRunner:
                     "chosen_step": s["chosen"],
                     "searched_step": s["searched"],
                     "override": s["override"],
+                    # the search's S_e of the final image inside this pair's mask (OIR Edit Region Score)
+                    "final_clip_score": float(final["clip_score"]),
                 }
-                for s in scores
+                for s, final in zip(scores, final_scores)
             ],
             "scores": scores,
             "search": {"stats": search_ui.get("oir_stats", []), "grid_layout": search_ui.get("oir_grid", [])},

@@ -32,6 +32,7 @@ from .edit import fit_image
 from .errors import OIRInputError
 from .host import Host
 from .inversion import InversionTrajectory
+from .masks import check_mask_aspect
 from .metric import DEFAULT_WEIGHTS, CandidateScorer, ScoreTable, SearchMetric, search_scores
 from .options import SEARCH_MODES
 from .sampling import LevelCallback, SubSchedule, walked_levels
@@ -161,6 +162,85 @@ def score_candidate_pairs(
         steps = [candidates.steps[i] for i in index]
         tables.append(search_scores(scorer, steps, images[index], original, mask, text, weights=weights))
     return tables
+
+
+def saved_8bit(image: Tensor) -> Tensor:
+    """``image`` (float 0..1, any shape) as the 8-bit picture ComfyUI's SaveImage writes, back in 0..1.
+
+    SaveImage stores ``clip(255 · x, 0, 255).astype(uint8)``: the product rounded in float32, then
+    truncated. The same here (float32 product, clamp, floor), so a score of the result is the score
+    of the PNG on disk; each value is an exact ``k / 255``, which the scorer reads back as level ``k``.
+    """
+    return torch.floor((image.detach().float() * 255.0).clamp(0.0, 255.0)) / 255.0
+
+
+def edited_region_scores(
+    scorer: CandidateScorer,
+    image: Tensor,
+    masks: Sequence[Tensor],
+    score_texts: Sequence[str],
+) -> list[float]:
+    """The editing score ``S_e`` of one finished image, per pair (OIR step 4's metric, applied after step 5).
+
+    Each pair's value is what the search records as ``S_e`` for a candidate equal to the saved
+    picture: :func:`oir_core.metric.search_scores` on a one-candidate table, through the same scorer
+    (so the same CLIP, attention mode, mask geometry and 8-bit reading). The picture is ``image`` as
+    an image file stores it (:func:`saved_8bit`), so the number can be recomputed from the PNG. It
+    stands in as its own original: ``S_ne`` is then 0 and unused. A finished edit scored this way
+    says how well each reassembled object matches its target phrase, on the scale the search ranked
+    candidates on.
+
+    Args:
+        scorer: the search metric's scorer (:class:`oir_core.metric.CandidateScorer`).
+        image: ``[H, W, 3]`` or ``[1, H, W, 3]`` float 0..1, the decoded final image.
+        masks: ``K`` masks ``[h, w]`` (any resolution of the same aspect ratio as ``image``).
+        score_texts: ``K`` target phrases, in pair order.
+
+    Returns:
+        ``K`` raw ``S_e`` values (cosine similarities), in pair order.
+
+    Raises:
+        OIRInputError: not one image, non-finite pixels, no pairs, a mask/text count or aspect
+            mismatch; all before the scorer runs.
+    """
+    if not isinstance(image, Tensor) or image.ndim not in (3, 4) or image.shape[-1] != 3:
+        raise OIRInputError(
+            "image",
+            getattr(image, "shape", type(image).__name__),
+            "must be one RGB image [1,H,W,3]",
+            "connect the VAE Decode of the reassembled latent",
+        )
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise OIRInputError(
+                "image",
+                f"batch of {image.shape[0]} images",
+                "OIR scores one edit at a time",
+                "pass one image",
+            )
+        image = image[0]
+    if not bool(torch.isfinite(image).all()):
+        raise OIRInputError(
+            "image", "NaN/inf pixels", "cannot be scored", "decode in float32 or lower the CFG scale"
+        )
+    if not masks:
+        raise OIRInputError("oir_edit", 0, "has no edit pairs to score", "connect the Guided Prompt Builder")
+    if len(masks) != len(score_texts):
+        raise OIRInputError(
+            "oir_edit",
+            f"{len(masks)} masks, {len(score_texts)} target phrases",
+            "every pair needs its mask and its phrase",
+            "connect the Guided Prompt Builder's oir_edit output",
+        )
+    height, width = image.shape[0], image.shape[1]
+    for index, mask in enumerate(masks, start=1):
+        check_mask_aspect(mask, (height, width), f"mask of edit pair {index}")
+    saved = saved_8bit(image)
+    single = saved[None]
+    return [
+        float(search_scores(scorer, [1], single, saved, mask, text).editing[0])
+        for mask, text in zip(masks, score_texts)
+    ]
 
 
 def search_step_sets(mode: str, steps: int, pair_count: int, custom: str = "") -> list[list[int]]:

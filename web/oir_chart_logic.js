@@ -761,3 +761,17 @@ export function levelsSummary(output) {
   if (!report || typeof report.note !== "string" || !report.note) return null;
   return report.note;
 }
+
+/**
+ * OIR Edit Region Score's line, from its `ui.oir_region_scores` (nodes/scoring_nodes.py): each
+ * pair's CLIP score of the final image inside its mask, or null when the payload has none.
+ * @param {any} output
+ * @returns {string|null}
+ */
+export function regionScoreSummary(output) {
+  const rows = Array.isArray(output?.oir_region_scores) ? output.oir_region_scores : [];
+  const scored = rows.filter((row) => row && Number.isFinite(row.clip_score));
+  if (!scored.length) return null;
+  const parts = scored.map((row) => `${row.source} → ${row.target} ${row.clip_score.toFixed(4)}`);
+  return `CLIP score in the mask: ${parts.join(" · ")}`;
+}

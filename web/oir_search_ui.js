@@ -42,6 +42,7 @@ import {
   withPairOverride,
   reassemblySummary,
   levelsSummary,
+  regionScoreSummary,
   scoredKey,
   xForStep,
   yForValue,
@@ -52,6 +53,7 @@ const SCORER = "OIRMaskMetricScorer";
 const SEARCH = "OIRParallelStepSearch";
 const REASSEMBLY = "OIRObjectReassembly";
 const INVERSION = "OIRDDIMInversion";
+const REGION_SCORE = "OIREditRegionScore";
 const OVERRIDE_WIDGET = "step_override";
 const CHART_WIDGET = "oir_search_chart";
 const STRIP_WIDGET = "oir_search_strip";
@@ -657,6 +659,32 @@ function decorateInversion(nodeType) {
   };
 }
 
+/**
+ * OIR Edit Region Score: one read-only line with each pair's CLIP score of the final image (a DOM
+ * widget never serialised).
+ * @param {any} nodeType
+ */
+function decorateRegionScore(nodeType) {
+  const onExecuted = nodeType.prototype.onExecuted;
+  nodeType.prototype.onExecuted = function (output) {
+    const result = onExecuted?.apply(this, arguments);
+    showRegionScores(this, output);
+    return result;
+  };
+}
+
+function showRegionScores(node, output) {
+  const text = regionScoreSummary(output);
+  if (text === null) return;
+  if (!node.oirRegionScores) {
+    const element = html("div", { class: "oir-summary" }, []);
+    node.oirRegionScores = element;
+    addViewWidget(node, "oir_region_scores", { element, preferredHeight: () => 48 });
+  }
+  node.oirRegionScores.textContent = text;
+  fitNode(node);
+}
+
 function showLevels(node, output) {
   const text = levelsSummary(output);
   if (text === null && !node.oirLevels) return;
@@ -737,6 +765,7 @@ app.registerExtension({
     else if (nodeData?.name === SEARCH) decorateSearch(nodeType);
     else if (nodeData?.name === REASSEMBLY) decorateReassembly(nodeType);
     else if (nodeData?.name === INVERSION) decorateInversion(nodeType);
+    else if (nodeData?.name === REGION_SCORE) decorateRegionScore(nodeType);
   },
   // Outputs restored from the queue history (no `executed` message then). The keys are node
   // locator ids: "<node id>" at the top level, "<subgraph uuid>:<node id>" inside a subgraph.
@@ -750,6 +779,7 @@ app.registerExtension({
       if (node?.oirChart) showScores(node, output);
       if (node?.type === REASSEMBLY) showReassembly(node, output);
       if (node?.type === INVERSION) showLevels(node, output);
+      if (node?.type === REGION_SCORE) showRegionScores(node, output);
     }
   },
 });

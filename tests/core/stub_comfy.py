@@ -43,6 +43,7 @@ def history_entry(workflow: dict[str, Any], status: dict[str, Any] | None = None
         "OIRMaskMetricScorer",
         "OIRParallelStepSearch",
         "OIRObjectReassembly",
+        "OIREditRegionScore",
     )
     of = {cls: [i for i, n in workflow.items() if n["class_type"] == cls] for cls in classes}
     pairs = len(of["OIREditPair"])
@@ -55,6 +56,19 @@ def history_entry(workflow: dict[str, Any], status: dict[str, Any] | None = None
             for k in range(pairs)
         ]
     }  # fmt: skip
+    for node in of["OIREditRegionScore"]:
+        outputs[node] = {
+            "oir_region_scores": [
+                {
+                    "pair": k,
+                    "source": f"s{k}",
+                    "target": f"t{k}",
+                    "score_text": f"t{k}",
+                    "clip_score": 0.25 + k / 100,
+                }
+                for k in range(pairs)
+            ]
+        }
     outputs[of["OIRParallelStepSearch"][0]] = {"oir_stats": [{"rows": 10}], "oir_grid": []}
     outputs[of["OIRObjectReassembly"][0]] = {
         "oir_reassembly": [{"reassembly_step": 1, "pairs": [{"step": 3, "source": "search"}] * pairs}]

@@ -24,6 +24,7 @@ from oir_core.edit import check_cfg, check_choice, check_masks_match, fit_image,
 from oir_core.inversion import check_trajectory_source
 from oir_core.metric import score_table
 from oir_core.prompts import EditPairText, build_prompts
+from oir_core.search import edited_region_scores
 
 STEPS = 10
 
@@ -56,6 +57,17 @@ def _pickle_with_code(path: Path) -> Path:
     with path.open("wb") as handle:
         pickle.dump({"weight": torch.zeros(2), "hook": print}, handle, protocol=2)
     return path
+
+
+class _NeverScores:
+    """A scorer that fails the test if it is ever called: the refusals below come before the scorer."""
+
+    def score(self, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+        raise AssertionError("the scorer ran before the inputs were checked")
+
+
+def _region(image: torch.Tensor, masks: list[torch.Tensor], texts: list[str]) -> object:
+    return edited_region_scores(_NeverScores(), image, masks, texts)
 
 
 ERRORS: list[tuple[str, Callable[[], object], str, str]] = [
@@ -174,6 +186,42 @@ ERRORS: list[tuple[str, Callable[[], object], str, str]] = [
         lambda: generate_candidates(*_host_and_trajectory(), [[]]),
         "search_steps",
         "no steps",
+    ),
+    (
+        "Edit Region Score: a batch of final images",
+        lambda: _region(torch.rand(2, 64, 64, 3), [_box(0, 0)], ["cat"]),
+        "image",
+        "one edit at a time",
+    ),
+    (
+        "Edit Region Score: not an image",
+        lambda: _region(torch.rand(64, 64), [_box(0, 0)], ["cat"]),
+        "image",
+        "one RGB image",
+    ),
+    (
+        "Edit Region Score: NaN pixels",
+        lambda: _region(torch.full((1, 64, 64, 3), float("nan")), [_box(0, 0)], ["cat"]),
+        "image",
+        "cannot be scored",
+    ),
+    (
+        "Edit Region Score: no pairs",
+        lambda: _region(torch.rand(1, 64, 64, 3), [], []),
+        "oir_edit",
+        "no edit pairs",
+    ),
+    (
+        "Edit Region Score: masks and phrases of different counts",
+        lambda: _region(torch.rand(1, 64, 64, 3), [_box(0, 0)], ["cat", "cake"]),
+        "oir_edit",
+        "its mask and its phrase",
+    ),
+    (
+        "Edit Region Score: a mask of another image",
+        lambda: _region(torch.rand(1, 64, 128, 3), [_box(0, 0)], ["cat"]),
+        "mask of edit pair 1",
+        "aspect ratio",
     ),
     (
         "scores with NaN",

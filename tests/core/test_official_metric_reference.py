@@ -1,16 +1,9 @@
-"""The ``official`` search metric reproduces the OIR code's S_e, S_ne and chosen steps.
+"""The ``official`` search metric reproduces the OIR code's S_e, S_ne and chosen steps, and OIR Edit
+Region Score's engine function gives the official S_e of a finished image.
 
-The reference follows ``utils/optimal_candidate_selection.py`` and ``models/mask_clip.py`` of the
-official code, built from the libraries, never from this pack's functions:
-
-- images go through CLIP's image processor on 8-bit arrays with PIL (transformers'
-  ``PilBackend`` configured as the CLIP processor the official code used: bicubic shortest-side
-  resize, centre crop, rescale, normalize);
-- the mask file is read as ``np.where(png >= 1, 1, 0)``, resized ``nearest`` straight to the patch
-  grid (``F.interpolate``), CLS forced in, and the 0/1 matrix of in-region token pairs is *added* to
-  the attention logits of every layer through transformers' own ``CLIPEncoder``;
-- S_ne: both images processed, multiplied by ``nearest(1 - M)`` at the processor's size, ``-mse``;
-- each score min-max normalised, summed, first argmax.
+The reference (``official_metric.py``) follows ``utils/optimal_candidate_selection.py`` and
+``models/mask_clip.py`` of the official code, built from the libraries, never from this pack's
+functions; each score min-max normalised, summed, first argmax.
 
 Masks have edges off the patch grid, images are square and not; an 8-bit candidate reaches the
 pack as ``k / 255`` floats, the way ComfyUI hands images over.
@@ -24,33 +17,15 @@ import numpy as np
 import pytest
 import tiny_clip
 import torch
-import torch.nn.functional as F
-from transformers import CLIPModel, CLIPTokenizer
-from transformers.image_processing_backends import PilBackend
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from official_metric import reference_region_score, reference_scores
 
 from oir_core.clip_backends import load_clip
 from oir_core.clip_scorer import ClipScorer
 from oir_core.metric import score_table
+from oir_core.search import edited_region_scores
 
 IMAGE = 32
 PATCH = 8
-
-
-class OfficialClipProcessor(PilBackend):
-    """CLIP's image processor on PIL (what transformers 4.26's ``CLIPImageProcessor`` was)."""
-
-    resample = PILImageResampling.BICUBIC
-    image_mean = OPENAI_CLIP_MEAN
-    image_std = OPENAI_CLIP_STD
-    size = {"shortest_edge": IMAGE}  # noqa: RUF012
-    default_to_square = False
-    crop_size = {"height": IMAGE, "width": IMAGE}  # noqa: RUF012
-    do_resize = True
-    do_center_crop = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
 
 
 @pytest.fixture(scope="module")
@@ -59,53 +34,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("official_metric") / "clip", image_size=IMAGE, patch_size=PATCH, seed=4
     )
     return path
-
-
-def reference_attention_mask(mask: np.ndarray) -> torch.Tensor:
-    """``change_mask_to_attention_mask``: nearest to the patch grid, > 0.5, CLS in, pairs both in."""
-    grid = IMAGE // PATCH
-    m = torch.from_numpy(mask).float()[None, None]
-    m = (F.interpolate(m, size=(grid, grid), mode="nearest") > 0.5).squeeze(1).flatten(1)
-    m = torch.cat([torch.ones_like(m[:, :1]), m], dim=1)[0]
-    length = grid * grid + 1
-    attention = torch.zeros(1, 1, length, length)
-    for i in range(length):
-        for j in range(length):
-            if m[i] and m[j]:
-                attention[:, :, i, j] = 1
-    return attention
-
-
-def reference_scores(
-    folder: Path, original: np.ndarray, candidates: list[np.ndarray], mask_png: np.ndarray, text: str
-) -> tuple[list[float], list[float]]:
-    model = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval()
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
-    processor = OfficialClipProcessor()
-    mask = np.where(mask_png >= 1, 1, 0)
-    with torch.no_grad():
-        tokens = tokenizer([text], padding=True, return_tensors="pt")
-        text_features = model.get_text_features(**tokens)
-        text_features = (
-            text_features if isinstance(text_features, torch.Tensor) else text_features.pooler_output
-        )
-        attention = reference_attention_mask(mask)
-        vision = model.vision_model
-        editing = []
-        for candidate in candidates:
-            pixels = processor(images=[candidate], return_tensors="pt")["pixel_values"]
-            hidden = vision.pre_layrnorm(vision.embeddings(pixels))
-            hidden = vision.encoder(inputs_embeds=hidden, attention_mask=attention).last_hidden_state
-            features = model.visual_projection(vision.post_layernorm(hidden[:, 0]))
-            editing.append(torch.cosine_similarity(text_features, features).item())
-        source = processor(images=[original], return_tensors="pt")["pixel_values"]
-        keep = torch.from_numpy(1 - mask).float()[None, None].repeat(1, 3, 1, 1)
-        keep = F.interpolate(keep, size=source.shape[-2:], mode="nearest") > 0.5
-        fidelity = []
-        for candidate in candidates:
-            pixels = processor(images=[candidate], return_tensors="pt")["pixel_values"]
-            fidelity.append(-F.mse_loss(source * keep, pixels * keep).item())
-    return editing, fidelity
 
 
 def reference_choice(editing: list[float], fidelity: list[float]) -> int:
@@ -176,3 +104,33 @@ def test_centered_geometry_is_a_different_choice(folder: Path) -> None:
     official = ClipScorer(model, mask_geometry="official").editing_scores(candidates, mask, "a cat")
     centered = ClipScorer(model, mask_geometry="centered").editing_scores(candidates, mask, "a cat")
     assert (official - centered).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(("height", "width", "seed"), [(64, 64, 5), (48, 80, 6)])
+def test_edit_region_score_is_the_official_editing_score_of_the_saved_image(
+    folder: Path, height: int, width: int, seed: int
+) -> None:
+    """OIR Edit Region Score's engine function on a decoded (float32) image, per pair, equals the
+    official S_e of the 8-bit picture ComfyUI's SaveImage writes from it
+    (``clip(255. * x, 0, 255).astype(uint8)`` on the float32 array)."""
+    rng = np.random.default_rng(200 + seed)
+    decoded = rng.random((height, width, 3), dtype=np.float32)
+    # values on 8-bit levels and just below them, where truncation and rounding part ways
+    levels = rng.integers(0, 256, (height, width, 3)).astype(np.float32) / np.float32(255)
+    decoded = np.where(rng.random(decoded.shape) < 0.3, levels, decoded)
+    decoded = np.where(rng.random(decoded.shape) < 0.1, np.nextafter(levels, np.float32(0)), decoded)
+    saved = np.clip(255.0 * decoded, 0, 255).astype(np.uint8)  # what SaveImage writes
+    masks = [off_grid_mask(height, width, seed), off_grid_mask(height, width, seed + 10)]
+    texts = ["a cat", "a birthday cake"]
+    expected = [reference_region_score(folder, saved, mask, text) for mask, text in zip(masks, texts)]
+
+    model = load_clip(folder, backend="transformers", device="cpu")
+    scorer = ClipScorer(model, attention_mode="official", fidelity_space="official", mask_geometry="official")
+    ours = edited_region_scores(
+        scorer,
+        torch.from_numpy(decoded)[None],
+        [torch.from_numpy(mask).float() / 255.0 for mask in masks],
+        texts,
+    )
+    assert ours == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert abs(ours[0] - ours[1]) > 1e-4  # each pair is scored with its own mask and phrase

@@ -39,7 +39,7 @@ from oir_cli.client import (
     describe_refusal,
 )
 from oir_cli.discovery import Case, discover_cases
-from oir_cli.filling import fill_workflow, load_template
+from oir_cli.filling import fill_workflow, load_template, nodes_of
 from oir_cli.progress import Progress
 from oir_cli.runner import EditRunner
 from oir_cli.server import ComfyServer
@@ -736,7 +736,13 @@ def test_two_pair_spec_fills_every_input(files: dict[str, Path]) -> None:
         "chosen_steps": ["12", 0], "original": ["8", 0], "target": ["8", 1],
     }  # fmt: skip
     assert graph["15"]["inputs"] == {"filename_prefix": "oir-edit/case", "images": ["14", 0]}
-    assert sorted(graph, key=int) == [str(i) for i in range(1, 18)]
+    # the final image is scored in the same run, with the search's scorer and the builder's pairs
+    assert graph["18"] == {
+        "class_type": "OIREditRegionScore",
+        "inputs": {"image": ["14", 0], "scorer": ["10", 0], "oir_edit": ["8", 2]},
+        "_meta": {"title": "OIR Edit Region Score"},
+    }
+    assert sorted(graph, key=int) == [str(i) for i in range(1, 19)]
 
 
 def test_pairs_are_removed_or_added_to_match_the_spec(files: dict[str, Path]) -> None:
@@ -772,7 +778,8 @@ def test_lora_and_controlnet_insertion_reproduces_the_shipped_template(files: di
     )
     graph = fill_workflow(load_template(), spec, uploads_for(spec), scorer="s")
     shipped = load_template("oir_lora_controlnet_edit")
-    assert sorted(graph) == sorted(shipped)
+    (region,) = nodes_of(graph, "OIREditRegionScore")  # added at fill time, not in the templates
+    assert sorted(set(graph) - {region}) == sorted(shipped)
     for node_id, node in shipped.items():
         links = {k: v for k, v in node["inputs"].items() if isinstance(v, list)}
         filled = {k: v for k, v in graph[node_id]["inputs"].items() if isinstance(v, list)}
@@ -848,6 +855,7 @@ OBJECT_INFO: dict[str, dict[str, Any]] = {
     "OIRParallelStepSearch": {"input": {"required": {"cfg": ["FLOAT", {"min": 0.0, "max": 100.0}]}}},
     "OIRMaskMetricScorer": {"input": {"required": {}}},
     "OIRObjectReassembly": {"input": {"required": {}}},
+    "OIREditRegionScore": {"input": {"required": {}}},
     "LoraLoader": {"input": {"required": {"lora_name": _combo(["style.safetensors"], v3=False)}}},
 }
 

@@ -184,6 +184,34 @@ def test_a_score_table_per_pair_or_the_answer_is_refused(
     assert "GET /history/p1: OIR Mask Metric Scorer (node" in err and "0 score tables for 1 edit pairs" in err
 
 
+def test_the_final_images_region_score_per_pair_goes_into_the_report_or_the_answer_is_refused(
+    files: dict[str, Path],
+    tmp_path: Path,
+    stubs: Callable[..., StubComfy],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stub = stubs()
+    code, err = run(edit_args(files, stub.url, tmp_path / "ok"), capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "ok" / "report.json").read_text(encoding="utf-8"))
+    region = [i for i, n in report["workflow"].items() if n["class_type"] == "OIREditRegionScore"]
+    assert len(region) == 1  # queued in the same prompt as the edit
+    sent = history_entry(stub.workflow or {})["outputs"][region[0]]["oir_region_scores"]
+    assert [p["final_clip_score"] for p in report["pairs"]] == [row["clip_score"] for row in sent]
+
+    def no_region_scores(request: web.Request) -> web.Response:
+        entry = history_entry(stub.workflow or {})
+        for outputs in entry["outputs"].values():
+            outputs.pop("oir_region_scores", None)
+        return web.json_response({PROMPT_ID: entry})
+
+    stub = stubs({"history": no_region_scores})
+    code, err = run(edit_args(files, stub.url, tmp_path / "out"), capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "GET /history/p1: OIR Edit Region Score (node" in err and "0 scores for 1 edit pairs" in err
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # numbers and paths that cannot mean anything: refused before anything is sent
 

@@ -34,6 +34,12 @@ def _photo(seed: int, size: tuple[int, int]) -> np.ndarray:
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
+def final_clip_scores(name: str) -> list[float]:
+    """The two pairs' recorded CLIP scores of a case (distinct per case, so means are checkable)."""
+    index = int(name.rsplit("_", 1)[-1]) if name[-1].isdigit() else 0
+    return [0.2 + index / 10_000, 0.3 - index / 20_000]
+
+
 def _report(name: str, image: Path, masks: list[Path], steps: list[int]) -> dict[str, Any]:
     """The fields of an ``oir-edit`` report.json that the report reads (as ``EditRunner.run`` writes them)."""
     pairs = [("dog", "cat"), ("gift", "cake")][: len(masks)]
@@ -49,8 +55,8 @@ def _report(name: str, image: Path, masks: list[Path], steps: list[int]) -> dict
         },
         "chosen_steps": steps,
         "pairs": [
-            {"pair": k + 1, "source": s, "target": t, "chosen_step": step}
-            for k, ((s, t), step) in enumerate(zip(pairs, steps))
+            {"pair": k + 1, "source": s, "target": t, "chosen_step": step, "final_clip_score": score}
+            for k, ((s, t), step, score) in enumerate(zip(pairs, steps, final_clip_scores(name)))
         ],
         "scores": [
             {
@@ -142,9 +148,13 @@ def test_500_case_report_is_small_and_every_picture_loads_offline(tmp_path: Path
     with (out / "metrics.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 501 and rows[-1]["status"] == "failed" and "'cow' not found" in rows[-1]["note"]
-    for row, steps in zip(rows, chosen):
+    for index, (row, steps) in enumerate(zip(rows, chosen)):
         assert row["chosen_steps"] == f"{steps[0]} {steps[1]}" and row["note"] == ""
         assert float(row["mse"]) > 0 and math.isfinite(float(row["psnr_db"]))
+        recorded = final_clip_scores(f"case_{index:03d}")
+        assert [float(v) for v in row["final_clip_scores"].split()] == pytest.approx(recorded, rel=1e-7)
+        assert float(row["final_clip_score"]) == pytest.approx(sum(recorded) / 2, rel=1e-7)
+    assert rows[-1]["final_clip_score"] == rows[-1]["final_clip_scores"] == ""  # the failed case
     full_pictures = sum(p.stat().st_size for p in (tmp_path / "inputs").glob("case_???.png"))
     full_pictures += sum(p.stat().st_size for p in out.glob("*/edited.png"))
     page = out / "report.html"
@@ -155,9 +165,33 @@ def test_500_case_report_is_small_and_every_picture_loads_offline(tmp_path: Path
     assert 0 < facts["largest_side"] <= 128
     assert facts["cases"] == 501 and facts["svgs"] == 500 * 2 + 2  # score curves, one histogram per pair
     assert facts["outside_links"] == [] and facts["requests"] == [] and facts["scripts"] == 0
-    histograms = page.read_text(encoding="utf-8").split('<svg class="histogram"')[1:]
+    text = page.read_text(encoding="utf-8")
+    batch_mean = np.mean([np.mean(final_clip_scores(f"case_{i:03d}")) for i in range(500)])
+    assert f"<td class='clip-mean'>{batch_mean:.4f}</td>" in text  # the mean of the cases' means
+    assert text.count("<span class='clip'>") == 500 * 2  # each pair's score on its case
+    histograms = text.split('<svg class="histogram"')[1:]
     for k, histogram in enumerate(histograms):  # each pair's bars count every case's chosen step
         drawn = histogram.split("</svg>")[0]
         for step in range(1, STEPS + 1):
             count = sum(steps[k] == step for steps in chosen)
             assert (f"<title>step {step}: {count} case" in drawn) == (count > 0)
+
+
+def test_a_report_without_final_clip_scores_is_left_out_of_the_clip_average(tmp_path: Path) -> None:
+    """A report.json written before oir-edit scored final images: its CLIP cells stay empty, and the
+    batch average is the other case's value alone."""
+    out, _ = _batch(tmp_path, 2, (64, 48))
+    older = out / "case_001" / "report.json"
+    report = json.loads(older.read_text(encoding="utf-8"))
+    for pair in report["pairs"]:
+        del pair["final_clip_score"]
+    older.write_text(json.dumps(report), encoding="utf-8")
+    assert cli.main(["report", str(out), "-q"]) == 0
+    with (out / "metrics.csv").open(encoding="utf-8") as handle:
+        rows = {row["case"]: row for row in csv.DictReader(handle)}
+    assert rows["case_001"]["final_clip_score"] == rows["case_001"]["final_clip_scores"] == ""
+    assert rows["case_001"]["psnr_db"] != ""  # the background is still measured
+    only = float(np.mean(final_clip_scores("case_000")))
+    assert float(rows["case_000"]["final_clip_score"]) == pytest.approx(only, rel=1e-7)
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert "<tr><td>1</td>" in text and f"<td class='clip-mean'>{only:.4f}</td>" in text

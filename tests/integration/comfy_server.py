@@ -196,7 +196,7 @@ class TestServer:
         return self.server.import_problems(["oir_test_models"])
 
     def check_loaded(self) -> None:
-        """Fail (AssertionError) unless all 7 OIR nodes and the test loader loaded without import errors."""
+        """Fail (AssertionError) unless every OIR node and the test loader loaded without import errors."""
         info = self.object_info()
         missing = [node for node in (*OIR_NODE_IDS, TEST_LOADER) if node not in info]
         problems = self.import_problems()

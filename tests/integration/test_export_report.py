@@ -1,11 +1,14 @@
 """``oir-edit export`` and ``oir-edit report`` against a real ComfyUI with the tiny test models.
 
 - An exported job, handled the way a serverless worker handles it (every picture it carries
-  uploaded under its name, the workflow queued on ``/prompt``), gives the same edited pixels as
-  ``oir-edit`` on the same spec, and its workflow is the one ``oir-edit`` queued.
+  uploaded under its name, the workflow queued on ``/prompt``), gives the same edited pixels and
+  the same region scores as ``oir-edit`` on the same spec, and its workflow is the one
+  ``oir-edit`` queued.
 - ``oir-edit report`` on a real batch folder: ``metrics.csv`` matches the background metrics
-  computed here from the files by their definitions, and the page opens offline in Chromium with
-  every picture loaded.
+  computed here from the files by their definitions, ``report.json``'s ``final_clip_score`` per
+  pair is the official S_e of the saved ``edited.png`` recomputed here with transformers' CLIP
+  (``official_metric.py``), the page shows it with the batch average, and the page opens offline
+  in Chromium with every picture loaded.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from comfy_server import TEST_LOADER, TINY_CHECKPOINT, TestServer, shared_test_server, write_test_images
+from comfy_server import (
+    TEST_LOADER,
+    TINY_CHECKPOINT,
+    TINY_SCORER,
+    TestServer,
+    shared_test_server,
+    write_test_images,
+)
+from official_metric import reference_region_score
 from PIL import Image
 from report_browser import open_page
 from test_cli import TINY_FLAGS, oir_edit, server_flags
@@ -98,6 +109,10 @@ def test_exported_job_run_like_a_worker_gives_the_same_edit(
     saved = entry["outputs"][nodes_of(job["workflow"], "SaveImage")[0]]["images"][0]
     worker_pixels = np.asarray(Image.open(io.BytesIO(server.client.view(saved))).convert("RGB"))
     assert np.array_equal(worker_pixels, np.asarray(Image.open(out / "edited.png").convert("RGB")))
+    # the job scores its final image in the same run, as oir-edit's prompt did
+    (region,) = nodes_of(job["workflow"], "OIREditRegionScore")
+    worker_scores = [row["clip_score"] for row in entry["outputs"][region]["oir_region_scores"]]
+    assert worker_scores == [pair["final_clip_score"] for pair in report["pairs"]]
 
 
 def _background_reference(source: Path, masks: list[Path], edited: Path) -> tuple[float, float]:
@@ -123,7 +138,8 @@ def test_report_of_a_real_batch(server: TestServer, images: dict[str, Path], tmp
         spec = {"image": str(images["image"]), "prompt": PROMPT, "edits": edits}
         (batch / f"{name}.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
     out = tmp_path / "results"
-    ran = oir_edit("batch", str(batch), "--out", str(out), *server_flags(server), *TINY_FLAGS, "-q")
+    flags = [*server_flags(server), *TINY_FLAGS, "--scorer", TINY_SCORER]
+    ran = oir_edit("batch", str(batch), "--out", str(out), *flags, "-q")
     assert ran.returncode == 1, ran.stderr  # the broken case
     reported = oir_edit("report", str(out))
     assert reported.returncode == 0, reported.stderr
@@ -140,6 +156,23 @@ def test_report_of_a_real_batch(server: TestServer, images: dict[str, Path], tmp
         assert float(row["mse"]) == pytest.approx(mse, rel=1e-4)
         assert float(row["psnr_db"]) == pytest.approx(psnr, rel=1e-4)
         assert 0 < float(row["ssim"]) < 1 and row["note"] == ""
+        # the final image's CLIP score per pair, computed by ComfyUI in the edit's own run ...
+        recorded = [pair["final_clip_score"] for pair in report["pairs"]]
+        region = nodes_of(report["workflow"], "OIREditRegionScore")
+        assert len(region) == 1 and len(recorded) == len(masks)
+        # ... is the official S_e of the saved picture, recomputed here from the files
+        edited = np.asarray(Image.open(out / name / "edited.png").convert("RGB"))
+        scorer_folder = server.root / "models" / "oir_clip" / TINY_SCORER
+        expected = [
+            reference_region_score(scorer_folder, edited, np.asarray(Image.open(mask).convert("L")), target)
+            for mask, target in zip(masks, ["cat", "cake"])
+        ]
+        assert recorded == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert [float(v) for v in row["final_clip_scores"].split()] == pytest.approx(recorded, rel=1e-7)
+        assert float(row["final_clip_score"]) == pytest.approx(np.mean(recorded), rel=1e-7)
+        page = (out / "report.html").read_text(encoding="utf-8")
+        assert f"<td class='clip-mean'>{np.mean(recorded):.4f}</td>" in page  # one case: its mean
+        assert [f"<span class='clip'>{v:.4f}</span>" in page for v in recorded] == [True, True]
 
     facts = open_page(out / "report.html")
     assert facts["broken"] == [] and facts["images"] == 2 + 2  # source, the two masks, edited

@@ -248,3 +248,35 @@ def test_scorer_device_gpu_is_refused_when_queued_on_a_cpu_host(nodes) -> None:
     refusal = nodes["OIRLoadCLIPScorer"].validate_inputs(device="gpu")
     assert isinstance(refusal, str) and "device" in refusal and "choose 'auto' or 'cpu'" in refusal
     assert nodes["OIRLoadCLIPScorer"].validate_inputs(device="auto") is True
+
+
+class _NeverScores:
+    """A scorer that fails the test if OIR Edit Region Score calls it before checking its inputs."""
+
+    def score(self, *args: Any) -> Any:
+        raise AssertionError("the scorer ran before the inputs were checked")
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("oir_edit is the edit pairs", r"'oir_edit' = 'tuple': is not an OIR edit"),
+        ("scorer is not a metric", r"'scorer' = 'str': is not an OIR search metric"),
+        ("two images", r"'image' = 'batch of 2 images'"),
+        ("image of another aspect", r"'mask of edit pair 1' = '64x64 mask': its aspect ratio differs"),
+    ],
+)
+def test_edit_region_score_refuses_before_scoring(nodes, errors, edit, pack, case: str, match: str) -> None:
+    metric = sys.modules[f"{pack.__name__}.oir_core.metric"].SearchMetric(_NeverScores())
+    inputs: dict[str, Any] = {"image": torch.rand(1, IMAGE, IMAGE, 3), "scorer": metric, "oir_edit": edit[2]}
+    if case == "oir_edit is the edit pairs":
+        inputs["oir_edit"] = edit[2].pairs
+    elif case == "scorer is not a metric":
+        inputs["scorer"] = "tiny-clip"
+    elif case == "two images":
+        inputs["image"] = torch.rand(2, IMAGE, IMAGE, 3)
+    else:
+        inputs["image"] = torch.rand(1, IMAGE, 2 * IMAGE, 3)
+    with pytest.raises(errors, match=match) as caught:
+        nodes["OIREditRegionScore"].execute(**inputs)
+    assert "Fix:" in str(caught.value)

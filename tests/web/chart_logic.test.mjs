@@ -232,3 +232,18 @@ test("levelsSummary shows the inversion's note only when levels and steps differ
   assert.equal(levelsSummary({ oir_split: [] }), null);
   assert.equal(levelsSummary(undefined), null);
 });
+
+test("regionScoreSummary lists each pair's final CLIP score", async () => {
+  const { regionScoreSummary } = await import("../../web/oir_chart_logic.js");
+  const rows = [
+    { pair: 0, source: "dog", target: "cat", score_text: "cat", clip_score: 0.305339 },
+    { pair: 1, source: "gift", target: "cake", score_text: "cake", clip_score: 0.10760093 },
+  ];
+  assert.equal(
+    regionScoreSummary({ oir_region_scores: rows }),
+    "CLIP score in the mask: dog → cat 0.3053 · gift → cake 0.1076",
+  );
+  assert.equal(regionScoreSummary({ oir_region_scores: [{ source: "a", target: "b", clip_score: null }] }), null);
+  assert.equal(regionScoreSummary({ oir_region_scores: [] }), null);
+  assert.equal(regionScoreSummary(undefined), null);
+});
