@@ -1201,7 +1201,7 @@ def test_three_pairs_fit_with_the_error_line(ui: UI) -> None:
         assert_oir_layout(ui, "three pairs, after the run")
         assert_strip_follows_chart(ui, "three pairs", pairs=3)
         assert_error_line_fits(ui)
-        ui.js("window.__oir.focus('OIRMaskMetricScorer')")
+        ui.js("window.__oir.focus('OIRMaskMetricScorer', 100)")
         ui.settle()
         ui.screenshot("three_pairs")
         ui.assert_no_pack_problems()
