@@ -775,3 +775,88 @@ export function regionScoreSummary(output) {
   const parts = scored.map((row) => `${row.source} → ${row.target} ${row.clip_score.toFixed(4)}`);
   return `CLIP score in the mask: ${parts.join(" · ")}`;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Widget heights: how much of the node each of the pack's DOM widgets reserves
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Layout of the scorer's chart, in graph units (CSS pixels at zoom 1): the legend row, the red
+ * `step_override` error line (shown only when the text is invalid), and per pair a header, the
+ * plot (its x-axis labels inside it) and the gap below each panel.
+ */
+export const CHART_LAYOUT = Object.freeze({ legend: 22, error: 16, header: 34, plot: 118, thumb: 84, gap: 6, placeholder: 34 });
+
+/** Layout of the search node's strip: one row per pair (its margin included), or the placeholder. */
+export const STRIP_LAYOUT = Object.freeze({ row: 36, thumb: 32, placeholder: 30 });
+
+/** Line box of the pack's 11 px text (progress line, notes), and the width of an average glyph. */
+export const TEXT_LAYOUT = Object.freeze({ line: 16, glyph: 6.2 });
+
+/**
+ * Height the chart's content needs: the placeholder before any run, else the legend, the error
+ * line when there is one, and one panel per pair.
+ * @param {number} pairs charts shown (0 = the placeholder)
+ * @param {boolean} error whether the red step_override error line is shown
+ * @param {typeof CHART_LAYOUT} [layout]
+ * @returns {number}
+ */
+export function chartHeight(pairs, error, layout = CHART_LAYOUT) {
+  if (!pairs) return layout.placeholder;
+  return layout.legend + (error ? layout.error : 0) + pairs * (layout.header + layout.plot + layout.gap);
+}
+
+/**
+ * Height the strip's content needs: one row per pair, or the placeholder.
+ * @param {number} pairs
+ * @param {typeof STRIP_LAYOUT} [layout]
+ * @returns {number}
+ */
+export function stripHeight(pairs, layout = STRIP_LAYOUT) {
+  return pairs ? pairs * layout.row : layout.placeholder;
+}
+
+/**
+ * Height of wrapped text (the reassembly summary, the levels note) in `width` px, wrapped greedily
+ * at spaces as the browser wraps it; a word wider than a line breaks over several (the CSS says
+ * `overflow-wrap: anywhere`). Empty text takes no height.
+ * @param {string} text
+ * @param {number} width px available for the text
+ * @param {(text: string) => number} [measure] px width of a piece of text (the UI passes the
+ *   canvas's measureText in the element's font; the default is an average glyph width)
+ * @param {number} [line] px per line
+ * @returns {number}
+ */
+export function textHeight(text, width, measure = (part) => part.length * TEXT_LAYOUT.glyph, line = TEXT_LAYOUT.line) {
+  const words = String(text ?? "").split(/\s+/).filter(Boolean);
+  if (!words.length) return 0;
+  const room = Math.max(1, width);
+  const space = measure(" ");
+  let lines = 1;
+  let used = 0; // px taken on the current line
+  for (const word of words) {
+    const size = measure(word);
+    if (used > 0 && used + space + size <= room) {
+      used += space + size;
+      continue;
+    }
+    if (used > 0) lines += 1; // the word starts the next line
+    const spans = Math.max(1, Math.ceil(size / room));
+    lines += spans - 1;
+    used = size - (spans - 1) * room;
+  }
+  return lines * line;
+}
+
+/**
+ * The height a DOM widget must ask the node for so its element gets `content` px: on the canvas
+ * (classic nodes) the frontend places the element `margin` inside the widget's slot at the top
+ * and at the bottom, so a slot of exactly `content` would clip the last `2 * margin` px (the
+ * strip's last row, the chart's x-axis labels, the progress line).
+ * @param {number} content px the element's content needs
+ * @param {number} margin the widget's margin option
+ * @returns {number}
+ */
+export function domWidgetHeight(content, margin) {
+  return Math.ceil(Math.max(0, content)) + 2 * Math.max(0, margin);
+}

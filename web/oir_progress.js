@@ -10,13 +10,16 @@
 
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { TEXT_LAYOUT, domWidgetHeight } from "./oir_chart_logic.js";
 import { everyNode, fitNode, nodeByExecutionId } from "./oir_frontend_adapter.js";
 
 const EVENT = "oir_progress";
 const WIDGET = "oir_progress";
 /** The nodes whose engine calls run stages (others get the line on their first event). */
 const STAGE_NODES = new Set(["OIRDDIMInversion", "OIRParallelStepSearch", "OIRObjectReassembly"]);
-const LINE_HEIGHT = 18;
+/** The line's own box, and the margin the frontend insets it by inside its widget slot. */
+const LINE_HEIGHT = TEXT_LAYOUT.line;
+const MARGIN = 4;
 
 /**
  * One event as a line: "search · level 3/5 · rows 6/10 · ETA 4 s" (or "done in 9 s").
@@ -47,16 +50,18 @@ function progressElement(node) {
   const element = document.createElement("div");
   element.className = "oir-progress";
   element.style.cssText =
-    "font: 11px/16px sans-serif; color: var(--descrip-text, #aaa); white-space: nowrap;" +
+    `font: 11px/${LINE_HEIGHT}px sans-serif; color: var(--descrip-text, #aaa); white-space: nowrap;` +
     "overflow: hidden; text-overflow: ellipsis;";
   node.oirProgress = element;
   const widget = node.addDOMWidget(WIDGET, "oir-progress", element, {
     serialize: false,
     getValue: () => "",
     setValue: () => {},
-    getMinHeight: () => LINE_HEIGHT,
-    getMaxHeight: () => LINE_HEIGHT,
-    margin: 4,
+    // Its own slot below the node's other widgets: the line plus the margins around it, so it
+    // never covers the strip or the chart above it.
+    getMinHeight: () => domWidgetHeight(LINE_HEIGHT, MARGIN),
+    getMaxHeight: () => domWidgetHeight(LINE_HEIGHT, MARGIN),
+    margin: MARGIN,
   });
   widget.serialize = false;
   return element;

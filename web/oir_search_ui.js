@@ -19,17 +19,22 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
+  CHART_LAYOUT as CHART,
   COLORS,
   SERIES,
+  STRIP_LAYOUT as STRIP,
+  TEXT_LAYOUT as TEXT,
   ScoreBoard,
   StripState,
   candidatesKey,
   axisTicks,
   chartFrame,
+  chartHeight,
   chartMarkers,
   choicesByPair,
   clickedOverride,
   cropRect,
+  domWidgetHeight,
   fitSize,
   polylineRuns,
   readOverrides,
@@ -38,6 +43,8 @@ import {
   searchGrids,
   stepAtX,
   stepReadout,
+  stripHeight,
+  textHeight,
   viewUrl,
   withPairOverride,
   reassemblySummary,
@@ -59,9 +66,10 @@ const CHART_WIDGET = "oir_search_chart";
 const STRIP_WIDGET = "oir_search_strip";
 const SVG_NS = "http://www.w3.org/2000/svg";
 
-/** Layout constants (graph units: DOM widgets are scaled with the canvas). */
-const CHART = Object.freeze({ legend: 22, header: 34, plot: 118, thumb: 84, gap: 6, placeholder: 34 });
-const STRIP = Object.freeze({ row: 36, thumb: 32, placeholder: 30 });
+/** Margin of the pack's view widgets (the frontend insets the element by it inside its slot). */
+const VIEW_MARGIN = 6;
+/** The notes' font (the reassembly summary, the levels note); their heights are measured in it. */
+const NOTE_FONT = "11px sans-serif";
 
 // ---------------------------------------------------------------------------------------------
 // Small DOM helpers
@@ -193,10 +201,9 @@ class ScoreChartView {
     this.render();
   }
 
-  /** Height the widget asks for: legend + one panel per pair, or the placeholder. */
+  /** Height the content needs: legend, the error line when shown, one panel per pair; or the placeholder. */
   preferredHeight() {
-    if (!this.charts.length) return CHART.placeholder;
-    return CHART.legend + this.charts.length * (CHART.header + CHART.plot + CHART.gap);
+    return chartHeight(this.charts.length, this.charts.length > 0 && this.pending().error !== null);
   }
 
   /** @param {import("./oir_chart_logic.js").PairChart[]} charts */
@@ -234,8 +241,13 @@ class ScoreChartView {
     const value = withPairOverride(String(old ?? ""), this.charts.length, pair, step);
     if (value === old) return;
     setWidgetValue(app, this.node, widget, value);
+    this.refresh();
+  }
+
+  /** Re-draws and grows the node when the content got taller (the error line appeared). */
+  refresh() {
     this.render();
-    this.node.setDirtyCanvas(true, true);
+    fitNode(this.node);
   }
 
   render() {
@@ -464,7 +476,7 @@ class SearchStripView {
   }
 
   preferredHeight() {
-    return this.grids.length ? this.grids.length * STRIP.row : STRIP.placeholder;
+    return stripHeight(this.grids.length);
   }
 
   /**
@@ -546,9 +558,10 @@ function addViewWidget(node, name, view) {
     hideOnZoom: true,
     getValue: () => "",
     setValue: () => {},
-    getMinHeight: () => view.preferredHeight(),
-    getMaxHeight: () => view.preferredHeight(),
-    margin: 6,
+    // The slot is the content plus the margins the frontend insets the element by.
+    getMinHeight: () => domWidgetHeight(view.preferredHeight(), VIEW_MARGIN),
+    getMaxHeight: () => domWidgetHeight(view.preferredHeight(), VIEW_MARGIN),
+    margin: VIEW_MARGIN,
   });
   widget.serialize = false;
   return widget;
@@ -568,7 +581,7 @@ function decorateScorer(nodeType) {
       const callback = widget.callback;
       widget.callback = function () {
         const out = callback?.apply(this, arguments);
-        view.render();
+        view.refresh(); // an invalid text shows the error line: the node grows for it
         return out;
       };
     }
@@ -691,8 +704,7 @@ function showLevels(node, output) {
   if (!node.oirLevels) {
     const element = html("div", { class: "oir-summary oir-levels" }, []);
     node.oirLevels = element;
-    // About 48 characters a line at the node's default width; the note is 3 to 5 lines.
-    addViewWidget(node, "oir_levels_note", { element, preferredHeight: () => (element.textContent ? 78 : 0) });
+    addViewWidget(node, "oir_levels_note", { element, preferredHeight: () => noteHeight(node, element) });
   }
   node.oirLevels.textContent = text ?? "";
   fitNode(node);
@@ -704,10 +716,28 @@ function showReassembly(node, output) {
   if (!node.oirSummary) {
     const element = html("div", { class: "oir-summary" }, []);
     node.oirSummary = element;
-    addViewWidget(node, "oir_reassembly_summary", { element, preferredHeight: () => 32 });
+    addViewWidget(node, "oir_reassembly_summary", { element, preferredHeight: () => noteHeight(node, element) });
   }
   node.oirSummary.textContent = text;
-  node.setDirtyCanvas?.(true, true);
+  fitNode(node);
+}
+
+/** Widths of text in the notes' font, measured by the browser (a canvas 2D context). */
+const measureContext = document.createElement("canvas").getContext("2d");
+function measureNoteText(text) {
+  if (!measureContext) return text.length * TEXT.glyph;
+  measureContext.font = NOTE_FONT;
+  return measureContext.measureText(text).width;
+}
+
+/**
+ * Height a note's text needs at the node's current width (inside the widget's margins, a few px
+ * narrower so a sub-pixel difference to the browser's own wrap never costs a line). Never read
+ * back from the element: its height follows this number, and a rounded read-back would grow the
+ * node a pixel per frame.
+ */
+function noteHeight(node, element) {
+  return textHeight(element.textContent, (node.size?.[0] ?? 0) - 2 * VIEW_MARGIN - 4, measureNoteText);
 }
 
 const STYLE = `
@@ -718,7 +748,8 @@ const STYLE = `
 .oir-legend { display: flex; gap: 10px; align-items: center; height: ${CHART.legend}px; white-space: nowrap; }
 .oir-key i { display: inline-block; width: 12px; height: 3px; margin-right: 4px; vertical-align: middle; }
 .oir-hint { margin-left: auto; color: var(--descrip-text, #999); overflow: hidden; text-overflow: ellipsis; }
-.oir-error { color: #ff6b6b; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.oir-error { color: #ff6b6b; height: ${CHART.error}px; line-height: ${CHART.error}px; white-space: nowrap;
+  overflow: hidden; text-overflow: ellipsis; }
 .oir-panel { margin-bottom: ${CHART.gap}px; border-radius: 6px; background: var(--comfy-input-bg, #222); }
 .oir-header { display: grid; grid-template-columns: 1fr auto; column-gap: 6px; height: ${CHART.header}px;
   padding: 2px 6px 0; box-sizing: border-box; }
@@ -751,7 +782,8 @@ const STYLE = `
 .oir-cells { display: flex; gap: 1px; height: 12px; }
 .oir-cell { flex: 1 1 0; min-width: 2px; border-radius: 2px; }
 .oir-cell:hover { outline: 1px solid #fff; }
-.oir-summary { font: 11px/1.3 sans-serif; color: var(--fg-color, #ddd); white-space: normal; }
+.oir-summary { font: ${NOTE_FONT}; line-height: ${TEXT.line}px; color: var(--fg-color, #ddd); white-space: normal;
+  overflow-wrap: anywhere; overflow: hidden; }
 .oir-cell-chosen { outline: 2px solid ${COLORS.highlight}; outline-offset: -1px; z-index: 1; }
 `;
 

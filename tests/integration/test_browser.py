@@ -245,6 +245,7 @@ class _Servers:
                 )
             server = start_test_server(self.factory.mktemp("comfy_server_fe"), front_end_root=frontend.root)
         paths = write_test_images(self.factory.mktemp("browser_images"))
+        paths["third"] = write_third_mask(paths["dog"].parent)
         uploads = {role: server.upload(path) for role, path in paths.items()}
         self.current = (frontend, server, uploads)
         return server, uploads
@@ -260,6 +261,19 @@ def servers(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
     pool = _Servers(tmp_path_factory, request)
     yield pool
     pool.close()
+
+
+def write_third_mask(folder: Path) -> Path:
+    """A third object's mask, clear of the "dog" and "gift" masks (the three-pair graph)."""
+    import numpy as np
+    from PIL import Image
+
+    size = Image.open(folder / "dog_gift.png").size
+    mask = np.zeros((size[1], size[0]), dtype="uint8")
+    mask[size[1] // 32: size[1] * 5 // 16, size[0] * 9 // 16: size[0] * 15 // 16] = 255
+    path = folder / "third_mask.png"
+    Image.fromarray(mask, mode="L").save(path)
+    return path
 
 
 def _post_settings(server: TestServer, settings: dict[str, Any]) -> None:
@@ -450,9 +464,16 @@ window.__oir = {
   override() {
     return this.node("OIRMaskMetricScorer").widgets.find((w) => w.name === "step_override").value;
   },
+  /** The one node of that type, at the top level or inside a subgraph. */
+  anywhere(type) {
+    const root = this.app.rootGraph ?? this.app.graph;
+    const graphs = [root, ...(root.subgraphs?.values?.() ?? [])];
+    const found = graphs.flatMap((g) => g.nodes ?? []).filter((n) => n.type === type);
+    if (found.length !== 1) throw new Error(`${found.length} ${type} nodes in the workflow`);
+    return found[0];
+  },
   /** Scale 1, the given node near the top left of the viewport. */
-  focus(type, margin = 40) {
-    const node = this.node(type);
+  focus(type, margin = 40, node = this.node(type)) {
     const ds = this.app.canvas.ds;
     ds.scale = 1;
     ds.offset[0] = -node.pos[0] + margin;
@@ -460,6 +481,11 @@ window.__oir = {
     this.app.canvas.setDirty(true, true);
     this.app.canvas.draw(true, true);
     return true;
+  },
+  /** Scale 1, the node with that id near the top left of the viewport. */
+  focusId(id, margin = 40) {
+    const node = this.app.graph.getNodeById(id);
+    return this.focus(node.type, margin, node);
   },
   /** The whole graph inside the viewport (Vue nodes are measured where they are drawn). */
   fitAll(margin = 60) {
@@ -478,6 +504,14 @@ window.__oir = {
     this.app.canvas.setDirty(true, true);
     this.app.canvas.draw(true, true);
     return ds.scale;
+  },
+  /** Types `text` into the scorer's step_override as a user edit does (value, then the widget's
+   * callback); returns the chart's error line (null when it shows none). */
+  typeOverride(text, node = this.node("OIRMaskMetricScorer")) {
+    const widget = node.widgets.find((w) => w.name === "step_override");
+    widget.value = text;
+    widget.callback?.(widget.value, this.app.canvas, node, this.app.canvas.graph_mouse);
+    return node.oirChart.element.querySelector(".oir-error")?.textContent ?? null;
   },
   /** The pack's progress line on the node of that type ("" when it has none). */
   progress(type) { return this.node(type)?.oirProgress?.textContent ?? null; },
@@ -563,6 +597,146 @@ NODE_OVERLAPS = """
 })()
 """
 
+ELEMENT_LAYOUT = """
+((id) => {
+  // One OIR node, measured where it is drawn (scale 1, the node in view): every top-level area
+  // (a canvas widget, a DOM widget's element, the image preview) must lie inside the node and
+  // overlap no other; inside the pack's own widgets every row, panel, axis label and text line
+  // must lie inside its widget's element (else that element clips it) and overlap no sibling.
+  const app = window.comfyAPI.app.app;
+  const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
+  const widgetHeight = LiteGraph?.NODE_WIDGET_HEIGHT ?? 20;
+  const node = app.graph.getNodeById(id);
+  const label = `${node.type} #${node.id}`;
+  const vue = document.querySelectorAll("[data-node-id]").length > 0;
+  const {scale, offset} = app.canvas.ds;
+  const origin = app.canvas.canvas.getBoundingClientRect();
+  // Page pixels to graph units (the canvas transform: page = (graph + offset) * scale).
+  const boxOf = (el) => {
+    const r = el.getBoundingClientRect();
+    return {x: (r.x - origin.x) / scale - offset[0], y: (r.y - origin.y) / scale - offset[1],
+            w: r.width / scale, h: r.height / scale};
+  };
+  const shown = (el) => !!el && el.isConnected && el.getClientRects().length > 0
+    && el.getBoundingClientRect().height > 0;
+  const inside = (a, b) => a.x >= b.x - 1 && a.y >= b.y - 1
+    && a.x + a.w <= b.x + b.w + 1 && a.y + a.h <= b.y + b.h + 1;
+  const overlap = (a, b) => {
+    const dx = Math.min(a.x + a.w, b.x + b.w) - Math.max(a.x, b.x);
+    const dy = Math.min(a.y + a.h, b.y + b.h) - Math.max(a.y, b.y);
+    return dx > 1 && dy > 1 ? `${Math.round(dx)}x${Math.round(dy)} px` : null;
+  };
+  const fmt = (b) => `[${Math.round(b.x)},${Math.round(b.y)} ${Math.round(b.w)}x${Math.round(b.h)}]`;
+  const problems = [];
+  /** Every part inside `container`, no two parts overlapping. */
+  const check = (where, container, parts) => {
+    for (const part of parts) {
+      if (!inside(part.box, container.box)) {
+        problems.push(`${label}: ${part.what} ${fmt(part.box)} is not inside `
+          + `${container.what} ${fmt(container.box)}`);
+      }
+    }
+    for (let i = 0; i < parts.length; i++) {
+      for (let j = i + 1; j < parts.length; j++) {
+        const found = overlap(parts[i].box, parts[j].box);
+        if (found) {
+          problems.push(`${label}: ${parts[i].what} ${fmt(parts[i].box)} overlaps `
+            + `${parts[j].what} ${fmt(parts[j].box)} by ${found}${where}`);
+        }
+      }
+    }
+  };
+  /** A text element whose lines need more height than it has is cut off (overflow hidden). */
+  const unclipped = (what, el) => {
+    if (el.scrollHeight > el.clientHeight + 1) {
+      problems.push(`${label}: ${what} is cut off: its content needs ${el.scrollHeight} px, `
+        + `it has ${el.clientHeight} px`);
+    }
+  };
+  let body;
+  const areas = [];
+  const views = [];
+  if (vue) {
+    const element = document.querySelector(`[data-node-id="${node.id}"]`);
+    if (!shown(element)) return {problems: [`${label}: its Vue node is not shown`], areas: []};
+    body = {what: "the node", box: boxOf(element)};
+    const rows = [...element.querySelectorAll(".lg-node-widget, [data-widget-name]")]
+      .filter((row) => !row.parentElement.closest(".lg-node-widget, [data-widget-name]"));
+    for (const row of rows.filter(shown)) {
+      const name = row.dataset.widgetName ?? row.textContent.trim().slice(0, 24);
+      areas.push({what: `widget ${name}`, box: boxOf(row)});
+    }
+    for (const preview of [...element.querySelectorAll(".image-preview")].filter(shown)) {
+      areas.push({what: "the image preview", box: boxOf(preview)});
+    }
+  } else {
+    body = {what: "the node", box: {x: node.pos[0], y: node.pos[1], w: node.size[0], h: node.size[1]}};
+    for (const widget of node.widgets ?? []) {
+      if (widget.hidden || widget.type === "hidden" || (widget.computedHeight ?? 1) <= 0) continue;
+      if (widget.element) {
+        if (shown(widget.element)) areas.push({what: `widget ${widget.name}`, box: boxOf(widget.element)});
+        continue;
+      }
+      if (widget.y == null) continue;
+      // A canvas widget is drawn over one widget row from its y (the preview: its computed height).
+      const preview = widget.name === "$$canvas-image-preview";
+      const height = preview
+        ? widget.computedHeight : Math.min(widgetHeight, widget.computedHeight ?? widgetHeight);
+      areas.push({what: preview ? "the image preview" : `widget ${widget.name}`,
+                  box: {x: body.box.x, y: body.box.y + widget.y, w: body.box.w, h: height}});
+    }
+    if (node.imgs?.length && !node.widgets?.some((w) => w.name === "$$canvas-image-preview")) {
+      // Older frontends draw the preview below the last widget, down to the node's bottom.
+      const last = Math.max(0, ...(node.widgets ?? []).map((w) => (w.y ?? 0) + (w.computedHeight ?? 0)));
+      areas.push({what: "the image preview",
+                  box: {x: body.box.x, y: body.box.y + last, w: body.box.w, h: body.box.h - last}});
+    }
+  }
+  check("", body, areas);
+  // The pack's own widgets, inside out.
+  const pack = [node.oirStrip?.element, node.oirChart?.element, node.oirProgress, node.oirLevels,
+    node.oirSummary].filter(shown);
+  for (const el of pack) {
+    const what = el.className.split(" ")[0];
+    const view = {what, box: boxOf(el)};
+    views.push(view);
+    if (!inside(view.box, body.box)) {
+      problems.push(`${label}: ${what} ${fmt(view.box)} is not inside the node ${fmt(body.box)}`);
+    }
+    if (el.matches(".oir-progress, .oir-summary")) unclipped(what, el);
+    const children = el.matches(".oir-strip")
+      ? [...el.querySelectorAll(".oir-strip-row, .oir-placeholder")]
+      : el.matches(".oir-chart")
+        ? [...el.querySelectorAll(".oir-legend, .oir-error, .oir-panel, .oir-placeholder")] : [];
+    const parts = children.filter(shown).map((child) => {
+      const kind = child.className.split(" ")[0];
+      const pair = child.dataset.pair == null ? "" : ` of pair ${Number(child.dataset.pair) + 1}`;
+      return {what: `${kind}${pair}`, box: boxOf(child)};
+    });
+    check(` in ${what}`, view, parts);
+    for (const error of el.querySelectorAll(".oir-error")) unclipped("the step_override error line", error);
+    for (const panel of el.querySelectorAll(".oir-panel")) {
+      const pair = `pair ${Number(panel.dataset.pair) + 1}`;
+      const plot = panel.querySelector("svg.oir-plot");
+      if (!plot) continue;
+      const plotBox = {what: `the plot of ${pair}`, box: boxOf(plot)};
+      const labels = [...plot.querySelectorAll("text.oir-axis")]
+        .map((text) => ({what: `axis label ${text.textContent} of ${pair}`, box: boxOf(text)}));
+      for (const part of labels) {
+        for (const container of [plotBox, view]) {
+          if (!inside(part.box, container.box)) {
+            problems.push(`${label}: ${part.what} ${fmt(part.box)} is not inside `
+              + `${container.what} ${fmt(container.box)}`);
+          }
+        }
+      }
+    }
+  }
+  return {problems, areas: areas.map((a) => `${a.what} ${fmt(a.box)}`),
+          views: views.map((v) => `${v.what} ${fmt(v.box)}`)};
+})
+"""
+
 SCORER_INTO_SUBGRAPH = """
 (() => {
   const app = window.comfyAPI.app.app;
@@ -589,6 +763,66 @@ OUTPUTS_BY_LOCATOR = """
   extension.onNodeOutputsUpdated({[`${subgraph.id}:${inner.id}`]: window.__oirScorerOutput});
   return inner.oirChart.charts.length;
 })()
+"""
+
+
+INTO_SUBGRAPH = """
+((types) => {
+  // The frontend's own conversion (what "Convert to Subgraph" on a selection runs).
+  const graph = window.comfyAPI.app.app.graph;
+  const nodes = types.map((type) => graph.nodes.find((n) => n.type === type));
+  if (nodes.some((n) => !n)) throw new Error(`not all of ${types} are at the top level`);
+  const {subgraph} = graph.convertToSubgraph(new Set(nodes));
+  return {uuid: String(subgraph.id),
+          inner: subgraph.nodes.map((n) => n.type).filter((t) => types.includes(t)).sort(),
+          left: graph.nodes.filter((n) => types.includes(n.type)).length};
+})
+"""
+
+STRIP_AND_CHART = """
+(() => {
+  // What a person sees on the search node's strip and on the scorer's chart, wherever they are.
+  const search = window.__oir.anywhere("OIRParallelStepSearch");
+  const scorer = window.__oir.anywhere("OIRMaskMetricScorer");
+  const neutral = (cell) => cell.style.background.replace(/\\s/g, "") === "rgb(70,70,78)";
+  const rows = [...search.oirStrip.element.querySelectorAll(".oir-strip-row")].map((row) => {
+    const cells = [...row.querySelectorAll(".oir-cell")];
+    const framed = cells.filter((c) => c.classList.contains("oir-cell-chosen"));
+    return {pair: Number(row.dataset.pair), cells: cells.length,
+            shaded: cells.filter((c) => !neutral(c)).length,
+            framed: framed.map((c) => Number(c.dataset.step)),
+            label: row.querySelector(".oir-strip-label")?.textContent ?? ""};
+  });
+  const charts = scorer.oirChart.charts.map((c) => ({pair: c.pair, chosen: c.chosen}));
+  return {rows, charts, searchIn: String(search.graph?.id ?? ""), scorerIn: String(scorer.graph?.id ?? "")};
+})()
+"""
+
+ADD_THIRD_PAIR = """
+((mask) => {
+  // A third OIR Edit Pair at the end of the chain, with its own mask (the saucer of the prompt).
+  const graph = window.comfyAPI.app.app.graph;
+  const LiteGraph = window.LiteGraph ?? window.comfyAPI.litegraph?.LiteGraph;
+  const pairs = graph.nodes.filter((n) => n.type === "OIREditPair").sort((a, b) => a.id - b.id);
+  const last = pairs[pairs.length - 1];
+  const builder = graph.nodes.find((n) => n.type === "OIRGuidedPromptBuilder");
+  const set = (node, name, value) => { node.widgets.find((w) => w.name === name).value = value; };
+  const loader = LiteGraph.createNode("LoadImageMask");
+  loader.pos = [0, 1330];
+  graph.add(loader);
+  set(loader, "image", mask);
+  set(loader, "channel", "red");
+  const pair = LiteGraph.createNode("OIREditPair");
+  pair.pos = [380, 1330];
+  graph.add(pair);
+  set(pair, "source", "saucer");
+  set(pair, "target", "plate");
+  loader.connect(0, pair, pair.findInputSlot("mask"));
+  last.connect(0, pair, pair.findInputSlot("edit_pairs"));
+  pair.connect(0, builder, builder.findInputSlot("edit_pairs"));
+  graph.setDirtyCanvas?.(true, true);
+  return graph.nodes.filter((n) => n.type === "OIREditPair").length;
+})
 """
 
 
@@ -659,6 +893,67 @@ def assert_no_node_overlaps(ui: UI, when: str) -> None:
     assert not found["overlaps"], f"{when}: {found['overlaps']} (boxes: {found['boxes']})"
 
 
+def assert_oir_layout(ui: UI, when: str) -> None:
+    """Inside every OIR node nothing is clipped or covered (element boxes, each node at scale 1).
+
+    Strip rows, chart legend, error line, panels and their axis labels (the last pair's x-axis
+    included) and the progress line each lie inside their widget's element and inside the node,
+    and no canvas widget, DOM widget or image preview overlaps another."""
+    ids = ui.js(
+        "window.__oir.app.graph.nodes.filter((n) => String(n.type).startsWith('OIR')).map((n) => n.id)"
+    )
+    assert ids, f"{when}: no OIR node in the graph"
+    problems: list[str] = []
+    for node_id in ids:
+        ui.js("(id) => window.__oir.focusId(id)", node_id)
+        ui.settle()
+        ui.settle()
+        found = ui.js(ELEMENT_LAYOUT, node_id)
+        problems += found["problems"]
+    assert not problems, f"{when}:\n" + "\n".join(problems)
+
+
+def assert_error_line_fits(ui: UI) -> None:
+    """A step_override the node would reject, typed in: the chart's red error line shows, and the
+    node grows so nothing is covered; the empty override takes the line away again."""
+    shown = ui.js("window.__oir.typeOverride('9, auto')")
+    assert shown and "step_override" in shown and "1..5" in shown, f"no error line for '9, auto': {shown!r}"
+    assert_no_node_overlaps(ui, "with the step_override error line")
+    assert_oir_layout(ui, "with the step_override error line")
+    assert ui.js("window.__oir.typeOverride('')") is None
+
+
+def assert_strip_follows_chart(ui: UI, when: str, pairs: int = 2) -> list[int]:
+    """The search node's strip shows the scorer's state: per pair every cell shaded by its score,
+    exactly the chart's chosen step framed, and the label naming it; returns the chosen steps."""
+    state = ui.js(STRIP_AND_CHART)
+    rows, charts = state["rows"], state["charts"]
+    assert [c["pair"] for c in charts] == list(range(pairs)), f"{when}: the chart shows {charts}"
+    assert [r["pair"] for r in rows] == list(range(pairs)), f"{when}: the strip shows {rows}"
+    for row, chart in zip(rows, charts):
+        pair = chart["pair"] + 1
+        assert row["framed"] == [chart["chosen"]], (
+            f"{when}: pair {pair}'s strip frames {row['framed']}, "
+            f"the chart chose t={chart['chosen']} ({state})"
+        )
+        shaded = row["cells"] == STEPS and row["shaded"] == STEPS
+        assert shaded, f"{when}: pair {pair}'s strip is not shaded: {row}"
+        assert f"chosen t={chart['chosen']}" in row["label"], f"{when}: pair {pair}'s label: {row['label']!r}"
+    return [c["chosen"] for c in charts]
+
+
+def rerun_with_another_step(ui: UI, chosen: list[int], when: str) -> list[int]:
+    """Override pair 1 with a step the scorer did not choose, queue, and check that the strip
+    (wherever it is) frames the new step the chart (wherever it is) shows."""
+    step = next(s for s in (2, 4, 3, 1, 5) if s != chosen[0])
+    scorer = "window.__oir.anywhere('OIRMaskMetricScorer')"
+    ui.js(f"(text) => window.__oir.typeOverride(text, {scorer})", f"{step}, auto")
+    queue_and_wait(ui)
+    now = assert_strip_follows_chart(ui, when)
+    assert now[0] == step, f"{when}: the override {step} for pair 1 did not reach the chart: {now}"
+    return now
+
+
 def scorer_charts(ui: UI) -> list[dict[str, Any]]:
     return ui.js(
         "window.__oir.node('OIRMaskMetricScorer').oirChart.charts"
@@ -691,8 +986,10 @@ def assert_progress_shown(ui: UI) -> None:
 def run_and_click(ui: UI) -> list[dict[str, Any]]:
     """Queue the open graph; every pair gets a chart, and a click on a step sets step_override."""
     assert_no_node_overlaps(ui, "as loaded")
+    assert_oir_layout(ui, "as loaded")
     queue_and_wait(ui)
     assert_no_node_overlaps(ui, "after the run")
+    assert_oir_layout(ui, "after the run")
     assert_progress_shown(ui)
     charts = scorer_charts(ui)
     pairs = ui.js("window.__oir.app.graph.nodes.filter((n) => n.type === 'OIREditPair').length")
@@ -763,13 +1060,16 @@ def _in_depth(ui: UI) -> None:
 
     # First run.
     assert_no_node_overlaps(ui, "as loaded")
+    assert_oir_layout(ui, "as loaded")
     queue_and_wait(ui)
     assert_no_node_overlaps(ui, "after the run")
+    assert_oir_layout(ui, "after the run")
     assert_progress_shown(ui)
     save_readme_screenshot(ui)
     charts = scorer_charts(ui)
     assert [c["pair"] for c in charts] == [0, 1]
     assert all(c["steps"] == list(range(1, STEPS + 1)) and c["override"] is None for c in charts)
+    assert_error_line_fits(ui)
     ui.js("window.__oir.focus('OIRMaskMetricScorer')")
     ui.settle()
     panels = ui.js(
@@ -837,8 +1137,7 @@ def _in_depth(ui: UI) -> None:
         "chosen": target, "searched": pair0["chosen"], "override": target
     }
     assert rerun[1]["override"] is None
-    strip_chosen = ui.js("document.querySelector('.oir-strip-row .oir-cell-chosen')?.dataset.step")
-    assert strip_chosen == str(target)
+    assert assert_strip_follows_chart(ui, "after a partial re-run")[0] == target
 
     ui.js("window.__oir.focus('OIRMaskMetricScorer')")
     ui.settle()
@@ -860,7 +1159,9 @@ def _in_depth(ui: UI) -> None:
         " strip: document.querySelectorAll('.oir-strip .oir-strip-row').length})"
     )
     assert reloaded == {"charts": 2, "strip": 2}, f"after a reload the cached results are lost: {reloaded}"
+    assert assert_strip_follows_chart(ui, "after a reload and a cached re-queue")[0] == target
     assert_no_node_overlaps(ui, "after the reload and run")
+    assert_oir_layout(ui, "after the reload and run")
 
     # The paper's 50 steps (synthetic scores; its grid image does not exist): 50 points, sensible
     # ticks, and a missing image only leaves the thumbnail empty.
@@ -881,6 +1182,54 @@ def _in_depth(ui: UI) -> None:
     assert ui.js("window.__oirSub.inner.oirChart.charts.length") == 2, (
         "the run did not reach the chart of the scorer inside the subgraph"
     )
+    assert_strip_follows_chart(ui, "with the scorer inside a subgraph")
     assert ui.js(OUTPUTS_BY_LOCATOR) == 2, "outputs by locator id did not reach the subgraph's scorer"
 
     ui.assert_no_pack_problems()
+
+
+def test_three_pairs_fit_with_the_error_line(ui: UI) -> None:
+    """Three pairs (the two-object template and a third OIR Edit Pair): nothing of the strip's
+    three rows, the three charts (the last x-axis included) or the error line is covered."""
+    with artifacts_on_failure(ui, "three_pairs"):
+        open_template(ui, "oir_two_object_edit")
+        assert ui.js(ADD_THIRD_PAIR, ui.uploads["third"]) == 3
+        assert_no_node_overlaps(ui, "three pairs, as loaded")
+        assert_oir_layout(ui, "three pairs, as loaded")
+        queue_and_wait(ui)
+        assert_no_node_overlaps(ui, "three pairs, after the run")
+        assert_oir_layout(ui, "three pairs, after the run")
+        assert_strip_follows_chart(ui, "three pairs", pairs=3)
+        assert_error_line_fits(ui)
+        ui.js("window.__oir.focus('OIRMaskMetricScorer', 100)")
+        ui.settle()
+        ui.screenshot("three_pairs")
+        ui.assert_no_pack_problems()
+
+
+def test_strip_follows_the_chart_in_every_arrangement(ui: UI) -> None:
+    """The strip shows the chart's state with the search inside a subgraph, with the search and
+    the scorer each inside its own subgraph, and with both inside one (each nested once); the
+    scorer alone inside a subgraph, a partial re-run and a reload with a cached re-queue are
+    checked by the in-depth test."""
+    with artifacts_on_failure(ui, "arrangements"):
+        open_template(ui, "oir_two_object_edit")
+        queue_and_wait(ui)
+        chosen = assert_strip_follows_chart(ui, "at the top level")
+
+        moved = ui.js(INTO_SUBGRAPH, ["OIRParallelStepSearch"])
+        assert moved["left"] == 0 and moved["inner"] == ["OIRParallelStepSearch"], moved
+        chosen = rerun_with_another_step(ui, chosen, "the search inside a subgraph")
+
+        moved = ui.js(INTO_SUBGRAPH, ["OIRMaskMetricScorer"])
+        assert moved["left"] == 0 and moved["inner"] == ["OIRMaskMetricScorer"], moved
+        rerun_with_another_step(ui, chosen, "the search and the scorer, each inside its own subgraph")
+
+        open_template(ui, "oir_two_object_edit")
+        moved = ui.js(INTO_SUBGRAPH, ["OIRMaskMetricScorer", "OIRParallelStepSearch"])
+        both = ["OIRMaskMetricScorer", "OIRParallelStepSearch"]
+        assert moved["left"] == 0 and moved["inner"] == both, moved
+        queue_and_wait(ui)
+        chosen = assert_strip_follows_chart(ui, "both inside one subgraph")
+        rerun_with_another_step(ui, chosen, "both inside one subgraph, re-run")
+        ui.assert_no_pack_problems()
