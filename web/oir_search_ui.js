@@ -692,7 +692,7 @@ function showRegionScores(node, output) {
   if (!node.oirRegionScores) {
     const element = html("div", { class: "oir-summary" }, []);
     node.oirRegionScores = element;
-    addViewWidget(node, "oir_region_scores", { element, preferredHeight: () => 48 });
+    addViewWidget(node, "oir_region_scores", { element, preferredHeight: () => noteHeight(node, element) });
   }
   node.oirRegionScores.textContent = text;
   fitNode(node);
