@@ -189,6 +189,15 @@ class PairScore(Answer):
     table: dict[str, Any] = Field(default_factory=dict)
 
 
+class RegionScore(Answer):
+    """One pair's entry of OIR Edit Region Score's ``oir_region_scores`` (``nodes/scoring_nodes.py``)."""
+
+    pair: int = Field(ge=0)
+    source: str
+    target: str
+    clip_score: float
+
+
 class ReassembledPair(Answer):
     step: int
     source: str
@@ -198,6 +207,7 @@ class ReassemblyReport(Answer):
     """OIR Object Reassembly's ``oir_reassembly`` (``nodes/sampling_nodes.py``)."""
 
     reassembly_step: int
+    reinversion_steps: int | None = None  # reported since the levels fix; older packs omit it
     pairs: list[ReassembledPair] = Field(default_factory=list)
 
 
@@ -209,6 +219,7 @@ class NodeOutputs(Answer):
     oir_stats: list[dict[str, Any]] = Field(default_factory=list)
     oir_grid: list[Any] = Field(default_factory=list)
     oir_reassembly: list[ReassemblyReport] = Field(default_factory=list)
+    oir_region_scores: list[RegionScore] = Field(default_factory=list)
 
 
 class HistoryStatus(Answer):

@@ -304,9 +304,7 @@ class EditRunner:
             )
         region = nodes_of(workflow, REGION_SCORE)[0]
         final_scores = entry.get("outputs", {}).get(region, {}).get("oir_region_scores", [])
-        if len(final_scores) != len(spec.edits) or not all(
-            isinstance(row, dict) and isinstance(row.get("clip_score"), (int, float)) for row in final_scores
-        ):
+        if len(final_scores) != len(spec.edits):  # each row's fields: answers.RegionScore
             raise BadAnswer(
                 self.client.url,
                 f"GET /history/{prompt_id}",
@@ -328,7 +326,11 @@ class EditRunner:
                 # the server's R and r (counted on the levels its scheduler made); the local
                 # check's values stand in for a server that does not report them
                 "reassembly_step": reused.get("reassembly_step", check.reassembly[0]),
-                "reinversion_steps": reused.get("reinversion_steps", check.reassembly[1]),
+                "reinversion_steps": (
+                    check.reassembly[1]
+                    if reused.get("reinversion_steps") is None
+                    else reused["reinversion_steps"]
+                ),
                 # per pair: "search" (the search's latent at R reused), "denoised" (and why), "inverted"
                 "pairs": reused.get("pairs", []),
                 "background": spec.background,
